@@ -1,0 +1,88 @@
+// `deno task bench`: every case is checked against its float64 reference, then timed as whole
+// submits (median of --runs). Prints a table, or with --json one object per line as
+// interfaces.md specifies. --filter NAME keeps cases whose kernel contains NAME.
+import { parseArgs } from "node:util";
+import { Engine } from "../engine/device.ts";
+import type { BenchCase } from "./case.ts";
+import { allCases } from "./cases/index.ts";
+
+const { values: flags } = parseArgs({
+  args: Deno.args,
+  options: {
+    json: { type: "boolean", default: false },
+    filter: { type: "string" },
+    runs: { type: "string", default: "7" },
+    variant: { type: "string" },
+    help: { type: "boolean", default: false },
+  },
+  strict: true,
+});
+if (flags.help) {
+  console.log(
+    "usage: deno task bench [--json] [--filter NAME] [--runs N] [--variant texture|storage]",
+  );
+  Deno.exit(0);
+}
+const runs = Number(flags.runs);
+if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
+
+const engine = await Engine.create({
+  variant: flags.variant as "texture" | "storage" | undefined,
+  verbose: !flags.json,
+});
+const selected = allCases.filter((c) => !flags.filter || c.kernel.includes(flags.filter));
+
+async function measure(benchCase: BenchCase): Promise<Record<string, unknown>> {
+  const setup = await benchCase.setup(engine);
+  try {
+    await engine.run(setup.commands, benchCase.kernel);
+    await engine.sync();
+    const ok = await setup.check();
+    const times: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      const t0 = performance.now();
+      await engine.run(setup.commands, benchCase.kernel);
+      await engine.sync();
+      times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    const ms = times[times.length >> 1];
+    const rate = setup.flops !== undefined
+      ? { gflops: round(setup.flops / ms / 1e6) }
+      : { gbs: round(setup.bytes! / ms / 1e6) };
+    return {
+      kernel: benchCase.kernel,
+      ...(benchCase.variant ? { variant: benchCase.variant } : {}),
+      ...benchCase.shape,
+      ...rate,
+      ms: round(ms),
+      runs,
+      ok,
+      adapter: engine.adapterName,
+    };
+  } finally {
+    setup.dispose();
+  }
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+const results: Record<string, unknown>[] = [];
+for (const benchCase of selected) {
+  const result = await measure(benchCase);
+  results.push(result);
+  if (flags.json) console.log(JSON.stringify(result));
+  else {
+    const { kernel, variant, ok, adapter: _, runs: __, ...rest } = result;
+    console.log(
+      `${String(kernel).padEnd(24)} ${String(variant ?? "").padEnd(8)} ${ok ? "ok  " : "FAIL"} ` +
+        Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" "),
+    );
+  }
+}
+if (!flags.json) {
+  console.log(`bytes allocated: ${engine.bytesAllocated}, pipelines: ${engine.pipelines.size}`);
+}
+if (results.some((r) => !r.ok)) Deno.exit(1);

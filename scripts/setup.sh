@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine: npm packages (Deno itself comes from npm, pinned in package.json)
+# and, on Linux without any Vulkan driver, Mesa's lavapipe so WebGPU has a (software) adapter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v npm >/dev/null; then
+  echo "setup: npm not found. Install Node.js 20+ with npm (e.g. apt-get install -y nodejs npm)." >&2
+  exit 1
+fi
+if [ ! -x node_modules/deno/deno ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+# The deno package links its platform binary in a postinstall script; run it if npm skipped it.
+[ -x node_modules/deno/deno ] || (cd node_modules/deno && node install.cjs)
+
+if [ "$(uname -s)" = Linux ]; then
+  if ! compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null &&
+    ! compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: no Vulkan driver found; installing Mesa's lavapipe (mesa-vulkan-drivers)" >&2
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+    else
+      echo "setup: no Vulkan driver found, so WebGPU has no adapter. Install lavapipe with:" >&2
+      echo "  sudo apt-get install -y mesa-vulkan-drivers" >&2
+      exit 1
+    fi
+  fi
+fi

@@ -1,0 +1,134 @@
+// Shared test helpers: one engine per test process, a seeded RNG, closeness checks with the
+// worst offender named, and central finite differences for checking float64 references.
+import { Engine } from "../engine/device.ts";
+
+let shared: Promise<Engine> | undefined;
+
+/** The engine all tests in this process share (creating a device per test is slow). */
+export function testEngine(): Promise<Engine> {
+  shared ??= Engine.create();
+  return shared;
+}
+
+/** Deno.test for GPU work: WebGPU keeps resources and async ops alive between tests. */
+export function gpuTest(name: string, fn: (engine: Engine) => Promise<void>): void {
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => fn(await testEngine()),
+  });
+}
+
+/** Mulberry32: a tiny deterministic PRNG. */
+export class Rng {
+  #state: number;
+  constructor(seed: number) {
+    this.#state = seed >>> 0;
+  }
+  /** Uniform in [0, 1). */
+  next(): number {
+    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  uniform(n: number, lo = -1, hi = 1): Float64Array {
+    return Float64Array.from({ length: n }, () => lo + (hi - lo) * this.next());
+  }
+  normal(n: number, std = 1): Float64Array {
+    return Float64Array.from({ length: n }, () => {
+      const u = 1 - this.next(), v = this.next();
+      return std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+    });
+  }
+  int(n: number, below: number): Uint32Array {
+    return Uint32Array.from({ length: n }, () => Math.floor(this.next() * below));
+  }
+}
+
+/** Rounds to float32, so references see exactly the inputs the GPU sees. */
+export function f32(values: ArrayLike<number>): Float64Array {
+  return Float64Array.from(Float32Array.from(values));
+}
+
+/**
+ * Asserts |got − ref| ≤ atol + rtol·|ref| everywhere (llm.c's rule), naming the worst element.
+ * Also fails on NaN or on a length mismatch.
+ */
+export function assertClose(
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  tol: { atol: number; rtol: number },
+  what: string,
+): void {
+  if (got.length !== ref.length) {
+    throw new Error(`${what}: got ${got.length} values, reference has ${ref.length}`);
+  }
+  let worst = -1, worstExcess = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const allowed = tol.atol + tol.rtol * Math.abs(ref[i]);
+    const err = Math.abs(got[i] - ref[i]);
+    if (!(err <= allowed)) {
+      const excess = Number.isNaN(err) ? Infinity : err / allowed;
+      if (worst < 0 || excess > worstExcess) [worst, worstExcess] = [i, excess];
+    }
+  }
+  if (worst >= 0) {
+    throw new Error(
+      `${what}: element ${worst} is ${got[worst]}, reference ${ref[worst]} ` +
+        `(|err| ${Math.abs(got[worst] - ref[worst]).toExponential(2)} > atol ${tol.atol} + ` +
+        `rtol ${tol.rtol}·|ref|)`,
+    );
+  }
+}
+
+/**
+ * Central finite differences of a scalar float64 function at `x`, at the coordinates listed
+ * (all by default). Used to prove the analytic float64 references, never the GPU directly.
+ */
+export function finiteDifference(
+  f: (x: Float64Array) => number,
+  x: Float64Array,
+  coordinates: Iterable<number> = x.keys(),
+  h = 1e-6,
+): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const i of coordinates) {
+    const saved = x[i];
+    x[i] = saved + h;
+    const up = f(x);
+    x[i] = saved - h;
+    const down = f(x);
+    x[i] = saved;
+    out.set(i, (up - down) / (2 * h));
+  }
+  return out;
+}
+
+/** Checks an analytic gradient against central finite differences at `count` sampled points. */
+export function assertGradMatchesFD(
+  f: (x: Float64Array) => number,
+  x: Float64Array,
+  analytic: ArrayLike<number>,
+  what: string,
+  opts: { count?: number; seed?: number; atol?: number; rtol?: number } = {},
+): void {
+  const rng = new Rng(opts.seed ?? 1);
+  const count = Math.min(opts.count ?? 40, x.length);
+  const picks = count === x.length
+    ? [...x.keys()]
+    : Array.from({ length: count }, () => Math.floor(rng.next() * x.length));
+  const fd = finiteDifference(f, x, picks);
+  const got = picks.map((i) => analytic[i]);
+  const ref = picks.map((i) => fd.get(i)!);
+  // Central differences in float64 with h = 1e-6 are accurate to ~1e-8 for smooth functions.
+  assertClose(got, ref, { atol: opts.atol ?? 1e-6, rtol: opts.rtol ?? 1e-5 }, `${what} vs FD`);
+}
+
+/** Σ a_i·b_i in float64: the scalar whose gradient is the vector-Jacobian product with b. */
+export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
