@@ -96,7 +96,8 @@ export class Engine {
     });
     const info = adapter.info;
     const name = info.description || [info.vendor, info.architecture, info.device]
-      .filter(Boolean).join(" ") || "unknown adapter";
+      .filter(Boolean).join(" ") ||
+      "unknown adapter";
     const fallback = (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       false;
     const forced = Deno.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
@@ -106,7 +107,9 @@ export class Engine {
     }
     const variant: KernelVariant = requested ?? (fallback ? "texture" : "storage");
     if (options.verbose) {
-      console.error(`WebGPU adapter: ${name}${fallback ? " (CPU fallback)" : ""}; kernels: ${variant}`);
+      console.error(
+        `WebGPU adapter: ${name}${fallback ? " (CPU fallback)" : ""}; kernels: ${variant}`,
+      );
     }
     return new Engine(device, name, fallback, variant);
   }

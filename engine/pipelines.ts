@@ -1,7 +1,7 @@
 // Compute pipelines cached by their WGSL text: compiled once, asynchronously, with concurrent
 // requests for the same text sharing one compilation. A compile error carries the numbered source.
 import { ShaderCompileError } from "./errors.ts";
-import { type BindingKind, bindGroupLayoutEntries } from "./bindings.ts";
+import { bindGroupLayoutEntries, type BindingKind } from "./bindings.ts";
 
 export interface Kernel {
   readonly label: string;

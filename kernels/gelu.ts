@@ -66,7 +66,12 @@ export function gelu(tape: Tape, x: Tensor): Tensor {
         ["read", "read", "rw"],
       );
       return [
-        engine.dispatch("gelu backward", kernel, [x, ctx.gradOutput(0), dx.tensor], grid.workgroups),
+        engine.dispatch(
+          "gelu backward",
+          kernel,
+          [x, ctx.gradOutput(0), dx.tensor],
+          grid.workgroups,
+        ),
       ];
     },
   });

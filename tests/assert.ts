@@ -1,0 +1,51 @@
+// The assertions tests use (JSR's @std/assert is unreachable here, so we keep our own few).
+import { deepStrictEqual } from "node:assert/strict";
+
+export function assertEquals<T>(actual: T, expected: T, message?: string): void {
+  deepStrictEqual(actual, expected, message);
+}
+
+export function assert(condition: unknown, message = "assertion failed"): asserts condition {
+  if (!condition) throw new Error(message);
+}
+
+/** Asserts `fn` throws an instance of `type` whose message includes (or matches) `pattern`. */
+export function assertThrows(
+  fn: () => unknown,
+  type: new (...args: never[]) => Error = Error,
+  pattern?: string | RegExp,
+): Error {
+  try {
+    fn();
+  } catch (e) {
+    return checkError(e, type, pattern);
+  }
+  throw new Error(`expected ${type.name} to be thrown, but nothing was`);
+}
+
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  type: new (...args: never[]) => Error = Error,
+  pattern?: string | RegExp,
+): Promise<Error> {
+  try {
+    await fn();
+  } catch (e) {
+    return checkError(e, type, pattern);
+  }
+  throw new Error(`expected ${type.name} to be rejected, but it resolved`);
+}
+
+function checkError(
+  e: unknown,
+  type: new (...args: never[]) => Error,
+  pattern?: string | RegExp,
+): Error {
+  if (!(e instanceof type)) {
+    throw new Error(`expected ${type.name}, got ${e instanceof Error ? e.name : typeof e}: ${e}`);
+  }
+  const matches = pattern === undefined ||
+    (typeof pattern === "string" ? e.message.includes(pattern) : pattern.test(e.message));
+  if (!matches) throw new Error(`error message "${e.message}" does not match ${pattern}`);
+  return e;
+}
