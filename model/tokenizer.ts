@@ -1,0 +1,99 @@
+// The tokenizer a model uses, chosen by what lies beside it (interfaces.md): vocab.json +
+// merges.txt (our byte-level BPE), or neither with vocab_size 50257 (GPT-2's own r50k_base
+// through gpt-tokenizer). Both share one contract: `encode` treats its input as plain text, so
+// the literal characters "<|endoftext|>" encode as ordinary tokens and never as `eotId`; callers
+// insert `eotId` themselves (between documents). This keeps user text from smuggling in control
+// tokens. Decoding `eotId` gives the text "<|endoftext|>".
+import { join } from "node:path";
+import { BpeTokenizer, EOT, TokenBytes, TokenizerError } from "./bpe.ts";
+
+export { TokenizerError };
+
+export interface Tokenizer {
+  readonly vocabSize: number;
+  readonly eotId: number;
+  encode(text: string): number[];
+  /** Invalid UTF-8 (e.g. a cut-off multi-byte character) decodes to U+FFFD. */
+  decode(ids: readonly number[]): string;
+  /** A decoder for generation, fed one id at a time. */
+  decoder(): TextStream;
+}
+
+/** Streaming decode: the text of everything pushed so far, in pieces. */
+export interface TextStream {
+  /** The newly completed text; bytes of a multi-byte character still incomplete are held back. */
+  push(id: number): string;
+  /** Whatever is held back (as U+FFFD), so that all pieces joined equal `decode(ids)`. */
+  end(): string;
+}
+
+/** The vocabulary size that, without tokenizer files, means GPT-2's own encoding. */
+export const R50K_VOCAB_SIZE = 50257;
+
+/** The tokenizer for the model in `modelDir`, whose config.json says `vocabSize`. */
+export async function loadTokenizer(modelDir: string, vocabSize: number): Promise<Tokenizer> {
+  const vocabPath = join(modelDir, "vocab.json");
+  const mergesPath = join(modelDir, "merges.txt");
+  const [hasVocab, hasMerges] = await Promise.all([exists(vocabPath), exists(mergesPath)]);
+  if (hasVocab !== hasMerges) {
+    const [present, absent] = hasVocab ? [vocabPath, mergesPath] : [mergesPath, vocabPath];
+    throw new TokenizerError(modelDir, `found ${present} but not ${absent}; a BPE needs both`);
+  }
+  const tokenizer = hasVocab
+    ? await BpeTokenizer.load(modelDir)
+    : await r50kOrFail(modelDir, vocabSize);
+  if (tokenizer.vocabSize !== vocabSize) {
+    throw new TokenizerError(
+      modelDir,
+      `the tokenizer has ${tokenizer.vocabSize} tokens but config.json says vocab_size ${vocabSize}`,
+    );
+  }
+  return tokenizer;
+}
+
+async function r50kOrFail(modelDir: string, vocabSize: number): Promise<Tokenizer> {
+  if (vocabSize !== R50K_VOCAB_SIZE) {
+    throw new TokenizerError(
+      modelDir,
+      `no vocab.json + merges.txt, and vocab_size ${vocabSize} is not GPT-2's ${R50K_VOCAB_SIZE}`,
+    );
+  }
+  return await r50kTokenizer();
+}
+
+let r50k: Promise<Tokenizer> | undefined;
+
+/** GPT-2's encoding. Imported on first use: its tables are large and most models bring their own. */
+export function r50kTokenizer(): Promise<Tokenizer> {
+  r50k ??= (async () => {
+    const [{ encode }, { default: ranks }] = await Promise.all([
+      import("gpt-tokenizer/encoding/r50k_base"),
+      import("gpt-tokenizer/bpeRanks/r50k_base"),
+    ]);
+    // The ranks table holds each token's text, or its bytes when those are not valid UTF-8.
+    const utf8 = new TextEncoder();
+    const bytes = ranks.map((t) => typeof t === "string" ? utf8.encode(t) : Uint8Array.from(t));
+    const tokenBytes = new TokenBytes([...bytes, utf8.encode(EOT)]);
+    // An empty disallowed set makes gpt-tokenizer encode "<|endoftext|>" as text instead of
+    // throwing (its default); no special token is allowed, so eotId never comes out.
+    const plainText = { disallowedSpecial: new Set<string>() };
+    return {
+      vocabSize: tokenBytes.size,
+      eotId: tokenBytes.size - 1,
+      encode: (text: string) => encode(text, plainText),
+      decode: (ids: readonly number[]) => tokenBytes.decode(ids),
+      decoder: () => tokenBytes.stream(),
+    };
+  })();
+  return r50k;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
