@@ -27,7 +27,8 @@ export class BufferPool {
     return this.#bytesInUse;
   }
 
-  acquire(bytes: number, label: string): GPUBuffer {
+  /** A buffer of at least `bytes`; `fresh` buffers are new, hence zero (WebGPU guarantees it). */
+  acquire(bytes: number, label: string): { buffer: GPUBuffer; fresh: boolean } {
     const size = Math.max(SIZE_QUANTUM, Math.ceil(bytes / SIZE_QUANTUM) * SIZE_QUANTUM);
     const max = this.device.limits.maxBufferSize;
     if (size > max) {
@@ -37,13 +38,14 @@ export class BufferPool {
       );
     }
     let buffer = this.#free.get(size)?.pop();
+    const fresh = !buffer;
     if (!buffer) {
       buffer = this.device.createBuffer({ size, usage: TENSOR_USAGE, label });
       this.#bytesAllocated += size;
     }
     this.#inUse.add(buffer);
     this.#bytesInUse += size;
-    return buffer;
+    return { buffer, fresh };
   }
 
   release(buffer: GPUBuffer): void {

@@ -24,6 +24,8 @@ export interface Dispatch {
   kernel: Kernel;
   bindGroup: GPUBindGroup;
   workgroups: readonly [number, number, number];
+  /** The tensors bound, so `run` can refuse a dispatch whose tensors were disposed. */
+  tensors: readonly Tensor[];
 }
 
 /** A buffer-to-buffer copy between two tensors of the same byte length. */
@@ -54,6 +56,18 @@ export class Uniform {
   }
 }
 
+/** The tensors a command reads or writes. */
+function commandTensors(command: Command): readonly Tensor[] {
+  switch (command.kind) {
+    case "dispatch":
+      return command.tensors;
+    case "copy":
+      return [command.src, command.dst];
+    case "clear":
+      return [command.tensor];
+  }
+}
+
 export class Engine {
   readonly pool: BufferPool;
   readonly pipelines: PipelineCache;
@@ -81,6 +95,12 @@ export class Engine {
   static async create(options: EngineOptions = {}): Promise<Engine> {
     // Without it, Deno's Vulkan back end warns on every run.
     if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
+    // Checked before any device exists, so a bad value does not leak one.
+    const forced = Deno.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
+    const requested = options.variant && options.variant !== "auto" ? options.variant : forced;
+    if (requested && requested !== "texture" && requested !== "storage") {
+      throw new Error(`unknown kernel variant "${requested}"; use texture, storage or auto`);
+    }
     const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
     const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
     if (!adapter) throw new NoAdapterError();
@@ -100,11 +120,6 @@ export class Engine {
       "unknown adapter";
     const fallback = (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       false;
-    const forced = Deno.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
-    const requested = options.variant && options.variant !== "auto" ? options.variant : forced;
-    if (requested && requested !== "texture" && requested !== "storage") {
-      throw new Error(`unknown kernel variant "${requested}"; use texture, storage or auto`);
-    }
     const variant: KernelVariant = requested ?? (fallback ? "texture" : "storage");
     if (options.verbose) {
       console.error(
@@ -136,16 +151,16 @@ export class Engine {
     const label = opts.label ?? "tensor";
     checkShape(shape, label);
     const dtype = opts.dtype ?? "f32";
-    const tensor = new Tensor(
-      shape,
-      dtype,
-      this.pool.acquire(sizeOf(shape) * 4, label),
-      0,
-      label,
-      this.pool,
-    );
+    const { buffer, fresh } = this.pool.acquire(sizeOf(shape) * 4, label);
+    const tensor = new Tensor(shape, dtype, buffer, 0, label, this.pool);
     if (opts.data) this.write(tensor, opts.data);
-    else this.device.queue.writeBuffer(tensor.buffer, 0, new Uint8Array(tensor.byteLength));
+    else if (!fresh) {
+      // A reused buffer holds its last owner's values; clearBuffer is ~30× faster than
+      // uploading zeros.
+      const encoder = this.device.createCommandEncoder({ label: `zero ${label}` });
+      encoder.clearBuffer(buffer, 0, buffer.size);
+      this.device.queue.submit([encoder.finish()]);
+    }
     return tensor;
   }
 
@@ -160,7 +175,7 @@ export class Engine {
     if (offset % align !== 0) {
       throw new ShapeError(`view ${label}: byte offset ${offset} is not a multiple of ${align}`);
     }
-    return new Tensor(shape, base.dtype, base.buffer, offset, label, null);
+    return new Tensor(shape, base.dtype, base.buffer, offset, label, null, base);
   }
 
   write(tensor: Tensor, data: ArrayLike<number>): void {
@@ -168,8 +183,10 @@ export class Engine {
     if (data.length !== tensor.size) {
       throw new ShapeError(`${tensor}: got ${data.length} values for ${tensor.size} elements`);
     }
-    const array = tensor.dtype === "f32" ? Float32Array.from(data) : Uint32Array.from(data);
-    this.device.queue.writeBuffer(tensor.buffer, tensor.offset, array);
+    const array = tensor.dtype === "f32"
+      ? (data instanceof Float32Array ? data : new Float32Array(data))
+      : (data instanceof Uint32Array ? data : new Uint32Array(data));
+    this.device.queue.writeBuffer(tensor.buffer, tensor.offset, array as BufferSource);
   }
 
   /** Copies a tensor back to the CPU. This waits for all submitted work. */
@@ -228,6 +245,11 @@ export class Engine {
     });
   }
 
+  releaseUniform(uniform: Uniform): void {
+    this.#otherBytes -= uniform.buffer.size;
+    uniform.buffer.destroy();
+  }
+
   releaseTexture(texture: GPUTexture): void {
     this.#textureBytes -= texture.width * texture.height * 16;
     texture.destroy();
@@ -253,6 +275,7 @@ export class Engine {
       );
     }
     const maxBinding = this.limits.maxStorageBufferBindingSize;
+    const tensors = resources.filter((r): r is Tensor => r instanceof Tensor);
     const entries = resources.map((resource, binding): GPUBindGroupEntry => {
       if (resource instanceof Tensor) {
         if (resource.byteLength > maxBinding) {
@@ -267,7 +290,7 @@ export class Engine {
       return { binding, resource };
     });
     const bindGroup = this.device.createBindGroup({ label, layout: kernel.layout, entries });
-    return { kind: "dispatch", label, kernel, bindGroup, workgroups: [x, y, z] };
+    return { kind: "dispatch", label, kernel, bindGroup, workgroups: [x, y, z], tensors };
   }
 
   /**
@@ -277,6 +300,18 @@ export class Engine {
   async run(commands: readonly Command[], label = "run"): Promise<void> {
     this.#assertAlive();
     for (const command of commands) {
+      // A disposed tensor's buffer may already belong to another tensor: writing it is silent
+      // corruption, so replaying a command over disposed tensors is refused.
+      const dead = commandTensors(command).find((t) => t.disposed);
+      if (dead) {
+        throw new Error(`${label}: "${command.label}" uses tensor "${dead.label}" after dispose`);
+      }
+      // Checked before the error scopes are pushed: a throw while encoding would leave them.
+      if (command.kind === "copy" && command.src.byteLength !== command.dst.byteLength) {
+        throw new ShapeError(
+          `${command.label}: copy ${command.src} to ${command.dst} of another size`,
+        );
+      }
       if (command.kind === "dispatch" && !command.kernel.compiled) await command.kernel.pipeline;
     }
     const device = this.device;
@@ -300,9 +335,6 @@ export class Engine {
         pass?.end();
         pass = null;
         const { src, dst } = command;
-        if (src.byteLength !== dst.byteLength) {
-          throw new ShapeError(`${command.label}: copy ${src} to ${dst} of another size`);
-        }
         encoder.copyBufferToBuffer(src.buffer, src.offset, dst.buffer, dst.offset, src.byteLength);
       }
     }

@@ -58,13 +58,18 @@ export class PipelineCache {
     code: string,
     layout: GPUBindGroupLayout,
   ): Promise<GPUComputePipeline> {
+    // In a scope, so that a bad shader is reported once, here, and not also as an uncaptured error.
+    this.device.pushErrorScope("validation");
     const module = this.device.createShaderModule({ label, code });
+    const moduleError = this.device.popErrorScope();
     const info = await module.getCompilationInfo();
     const errors = info.messages.filter((m) => m.type === "error");
-    if (errors.length > 0) {
+    const scopeMessage = (await moduleError)?.message;
+    if (errors.length > 0 || scopeMessage) {
       throw new ShaderCompileError(
         label,
-        errors.map((m) => `line ${m.lineNum}:${m.linePos}: ${m.message.trim()}`).join("\n"),
+        errors.map((m) => `line ${m.lineNum}:${m.linePos}: ${m.message.trim()}`).join("\n") ||
+          scopeMessage!,
         code,
       );
     }

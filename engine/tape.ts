@@ -42,7 +42,10 @@ interface RecordedOp extends OpDecl {
 export class Tape {
   #ops: RecordedOp[] = [];
   #owned: Tensor[] = [];
+  #textures: GPUTexture[] = [];
   #produced = new Set<Tensor>();
+  /** Reshaped views → the tensor they alias; gradients are kept per aliased tensor. */
+  #aliasOf = new Map<Tensor, Tensor>();
   #gradEnabled = true;
 
   constructor(readonly engine: Engine) {}
@@ -52,6 +55,31 @@ export class Tape {
     const tensor = this.engine.tensor(shape, { label, dtype });
     this.#owned.push(tensor);
     return tensor;
+  }
+
+  /** An rgba32float storage texture owned by the tape (saved operands), freed by `dispose`. */
+  texture(width: number, height: number, label: string): GPUTexture {
+    const texture = this.engine.texture(width, height, label);
+    this.#textures.push(texture);
+    return texture;
+  }
+
+  /**
+   * `x` seen with another shape of the same size: no copy, no dispatch. The view shares x's
+   * buffer, and gradients flowing into the view land in x's gradient.
+   */
+  reshape(x: Tensor, shape: readonly number[]): Tensor {
+    const view = this.engine.view(x, 0, shape, x.label);
+    if (view.size !== x.size) {
+      throw new ShapeError(`reshape ${x} to [${shape}]: sizes differ`);
+    }
+    view.requiresGrad = x.requiresGrad;
+    this.#aliasOf.set(view, this.#root(x));
+    return view;
+  }
+
+  #root(t: Tensor): Tensor {
+    return this.#aliasOf.get(t) ?? t;
   }
 
   /** Records an op. Its outputs require gradients when any input does (outside `noGrad`). */
@@ -106,7 +134,10 @@ export class Tape {
       seed = this.tensor([1], `grad ${output.label}`);
       engine.write(seed, [1]);
     }
-    const grads = new Map<Tensor, Tensor>([[output, seed]]);
+    // Keyed by aliased tensor (see `reshape`); `shaped` hands each op its own view's shape.
+    const grads = new Map<Tensor, Tensor>([[this.#root(output), seed]]);
+    const shaped = (grad: Tensor, like: Tensor) =>
+      grad.shape.join() === like.shape.join() ? grad : engine.view(grad, 0, like.shape);
     const commands: Command[] = [];
     for (let o = this.#ops.length - 1; o >= 0; o--) {
       const op = this.#ops[o];
@@ -117,23 +148,24 @@ export class Tape {
         commands.push({ kind: "clear", label: `zero grad ${out.label}`, tensor: zero });
         grads.set(out, zero);
       }
+      const roots = op.inputs.map((input) => this.#root(input));
       const targets = op.inputs.map((input, i): GradTarget | null => {
         if (!input.requiresGrad) return null;
-        const repeated = op.inputs.indexOf(input) !== i ||
-          op.inputs.lastIndexOf(input) !== i;
-        if (!this.#produced.has(input)) {
-          input.grad ??= engine.tensor(input.shape, { label: `grad ${input.label}` });
-          return { tensor: input.grad, accumulate: true };
+        const root = roots[i];
+        const repeated = roots.indexOf(root) !== i || roots.lastIndexOf(root) !== i;
+        if (!this.#produced.has(root)) {
+          root.grad ??= engine.tensor(root.shape, { label: `grad ${root.label}` });
+          return { tensor: shaped(root.grad, input), accumulate: true };
         }
-        const existing = grads.get(input);
-        if (existing) return { tensor: existing, accumulate: true };
-        const fresh = this.tensor(input.shape, `grad ${input.label}`);
-        grads.set(input, fresh);
+        const existing = grads.get(root);
+        if (existing) return { tensor: shaped(existing, input), accumulate: true };
+        const fresh = this.tensor(root.shape, `grad ${root.label}`);
+        grads.set(root, fresh);
         if (repeated) {
-          commands.push({ kind: "clear", label: `zero grad ${input.label}`, tensor: fresh });
-          return { tensor: fresh, accumulate: true };
+          commands.push({ kind: "clear", label: `zero grad ${root.label}`, tensor: fresh });
+          return { tensor: shaped(fresh, input), accumulate: true };
         }
-        return { tensor: fresh, accumulate: false };
+        return { tensor: shaped(fresh, input), accumulate: false };
       });
       commands.push(...op.backward({
         gradOutput: (i) => grads.get(op.outputs[i])!,
@@ -148,8 +180,11 @@ export class Tape {
   dispose(): void {
     for (const t of this.#owned) t.dispose();
     this.#owned = [];
+    for (const texture of this.#textures) this.engine.releaseTexture(texture);
+    this.#textures = [];
     this.#ops = [];
     this.#produced.clear();
+    this.#aliasOf.clear();
   }
 }
 

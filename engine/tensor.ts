@@ -30,6 +30,8 @@ export class Tensor {
     readonly offset: number,
     readonly label: string,
     private readonly pool: BufferPool | null,
+    /** The tensor a view looks into: disposing it kills the view too. */
+    readonly base: Tensor | null = null,
   ) {}
 
   get size(): number {
@@ -41,7 +43,7 @@ export class Tensor {
   }
 
   get disposed(): boolean {
-    return this.#disposed;
+    return this.#disposed || (this.base?.disposed ?? false);
   }
 
   /** A binding of exactly this tensor's bytes. */
@@ -51,7 +53,7 @@ export class Tensor {
   }
 
   assertLive(): void {
-    if (this.#disposed) throw new Error(`tensor "${this.label}" used after dispose`);
+    if (this.disposed) throw new Error(`tensor "${this.label}" used after dispose`);
   }
 
   /** Returns the buffer to the pool (owners) and frees the gradient. Views only mark themselves. */

@@ -33,14 +33,19 @@ export class Rng {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   }
+  // Plain loops: Float64Array.from with a map function is ~100× slower in V8.
   uniform(n: number, lo = -1, hi = 1): Float64Array {
-    return Float64Array.from({ length: n }, () => lo + (hi - lo) * this.next());
+    const out = new Float64Array(n);
+    for (let i = 0; i < n; i++) out[i] = lo + (hi - lo) * this.next();
+    return out;
   }
   normal(n: number, std = 1): Float64Array {
-    return Float64Array.from({ length: n }, () => {
+    const out = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
       const u = 1 - this.next(), v = this.next();
-      return std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-    });
+      out[i] = std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+    }
+    return out;
   }
   int(n: number, below: number): Uint32Array {
     return Uint32Array.from({ length: n }, () => Math.floor(this.next() * below));
@@ -49,7 +54,9 @@ export class Rng {
 
 /** Rounds to float32, so references see exactly the inputs the GPU sees. */
 export function f32(values: ArrayLike<number>): Float64Array {
-  return Float64Array.from(Float32Array.from(values));
+  const out = new Float64Array(values.length);
+  out.set(new Float32Array(values as ArrayLike<number>));
+  return out;
 }
 
 /**
