@@ -1,0 +1,308 @@
+// Layer normalisation over the last dimension, as PyTorch's F.layer_norm:
+//   μ = mean(x),  σ² = mean((x − μ)²) (biased),  r = 1/√(σ² + ε),  x̂ = (x − μ)·r,
+//   y = x̂ ⊙ w + b.
+// Backward, per row, with g = dy ⊙ w:
+//   dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂))
+//   dw = Σ_rows dy ⊙ x̂,  db = Σ_rows dy  (column sums: two-phase, fixed order, no atomics)
+//
+// One invocation normalises one row: on lavapipe every storage load is a loop over the SIMD
+// lanes, so the cost is the number of load instructions, and a row per invocation needs no
+// workgroup barriers (coroutine switches there). Rows are read as vec4 when C allows.
+import type { Command } from "../engine/device.ts";
+import { ShapeError } from "../engine/errors.ts";
+import type { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { grid1d } from "./grid.ts";
+
+const WORKGROUP = 64;
+/** Rows summed by one invocation in the first phase of the dw/db column sums. */
+const ROWS_PER_PARTIAL = 64;
+
+/** The shapes a layer norm kernel is specialised for. */
+interface Dims {
+  rows: number;
+  /** Normalised length C. */
+  cols: number;
+  /** Vectors per row: C/4 when rows are read as vec4, else C. */
+  vecs: number;
+}
+
+/** WGSL shared by all kernels: the row element type and its horizontal sum. */
+function prelude({ rows, cols, vecs }: Dims): string {
+  const vec4 = vecs !== cols;
+  return `
+alias V = ${vec4 ? "vec4f" : "f32"};
+fn total(v: V) -> f32 { return ${vec4 ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
+const ROWS = ${rows}u;
+const C: f32 = ${cols}.0;
+const VECS = ${vecs}u;
+`;
+}
+
+/** Two passes over the row for the statistics (mean, then squared deviations: no cancellation). */
+function forwardWgsl(dims: Dims, eps: number, index: string): string {
+  return `${prelude(dims)}
+const EPS: f32 = ${eps};
+@group(0) @binding(0) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> weight: array<V>;
+@group(0) @binding(2) var<storage, read> bias: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let row = ${index};
+  if (row >= ROWS) { return; }
+  let base = row * VECS;
+  var sum = V(0.0);
+  for (var j = 0u; j < VECS; j++) { sum += x[base + j]; }
+  let mu = total(sum) / C;
+  var squares = V(0.0);
+  for (var j = 0u; j < VECS; j++) {
+    let d = x[base + j] - mu;
+    squares += d * d;
+  }
+  let r = 1.0 / sqrt(total(squares) / C + EPS);
+  for (var j = 0u; j < VECS; j++) {
+    y[base + j] = (x[base + j] - mu) * r * weight[j] + bias[j];
+  }
+  mean[row] = mu;
+  rstd[row] = r;
+}`;
+}
+
+function inputGradWgsl(dims: Dims, accumulate: boolean, index: string): string {
+  return `${prelude(dims)}
+@group(0) @binding(0) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> weight: array<V>;
+@group(0) @binding(2) var<storage, read> mean: array<f32>;
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<V>;
+@group(0) @binding(5) var<storage, read_write> dx: array<V>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let row = ${index};
+  if (row >= ROWS) { return; }
+  let base = row * VECS;
+  let mu = mean[row];
+  let r = rstd[row];
+  var sum_g = V(0.0);
+  var sum_g_xhat = V(0.0);
+  for (var j = 0u; j < VECS; j++) {
+    let g = dy[base + j] * weight[j];
+    sum_g += g;
+    sum_g_xhat += g * (x[base + j] - mu) * r;
+  }
+  let mean_g = total(sum_g) / C;
+  let mean_g_xhat = total(sum_g_xhat) / C;
+  for (var j = 0u; j < VECS; j++) {
+    let g = dy[base + j] * weight[j];
+    let xhat = (x[base + j] - mu) * r;
+    dx[base + j] = ${accumulate ? "dx[base + j] + " : ""}r * (g - mean_g - xhat * mean_g_xhat);
+  }
+}`;
+}
+
+/** Where one column sum (dw or db) goes: a partial-sum buffer or the gradient itself. */
+interface ColumnOutput {
+  tensor: Tensor;
+  accumulate: boolean;
+}
+
+/** The column sums wanted: dw = Σ dy⊙x̂ and/or db = Σ dy, each with where it goes. */
+interface ColumnSums {
+  dweight: ColumnOutput | null;
+  dbias: ColumnOutput | null;
+}
+
+function store(name: string, out: ColumnOutput, at: string, value: string): string {
+  return `${name}[${at}] = ${out.accumulate ? `${name}[${at}] + ` : ""}${value};`;
+}
+
+/**
+ * Phase 1 of the column sums: invocation (row block, column group) sums dy⊙x̂ and/or dy over its
+ * block of rows, in row order, for `group` consecutive vector columns, so that the per-row loads
+ * of mean and rstd are shared by several columns. Consecutive invocations take consecutive
+ * column groups of the same block, so the SIMD lanes run loops of equal length.
+ */
+function columnPartialsWgsl(
+  dims: Dims,
+  blocks: number,
+  group: number,
+  sums: ColumnSums,
+  index: string,
+): string {
+  const { dweight, dbias } = sums;
+  const columns = Array.from({ length: group }, (_, k) => k);
+  const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
+  const groups = dims.vecs / group;
+  return `${prelude(dims)}
+@group(0) @binding(0) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> mean: array<f32>;
+@group(0) @binding(2) var<storage, read> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<V>;
+${dweight ? "@group(0) @binding(4) var<storage, read_write> dweight: array<V>;" : ""}
+${dbias ? `@group(0) @binding(${dweight ? 5 : 4}) var<storage, read_write> dbias: array<V>;` : ""}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${index};
+  if (i >= ${blocks * groups}u) { return; }
+  let block = i / ${groups}u;
+  let first = (i % ${groups}u) * ${group}u;
+  ${each((k) => `var dw${k} = V(0.0);\n  var db${k} = V(0.0);`, "\n  ")}
+  let last = min((block + 1u) * ${ROWS_PER_PARTIAL}u, ROWS);
+  for (var row = block * ${ROWS_PER_PARTIAL}u; row < last; row++) {
+    let at = row * VECS + first;
+    let mu = mean[row];
+    let r = rstd[row];
+    ${each((k) => `let d${k} = dy[at + ${k}u];`)}
+    ${dweight ? each((k) => `dw${k} += d${k} * (x[at + ${k}u] - mu) * r;`) : ""}
+    ${dbias ? each((k) => `db${k} += d${k};`) : ""}
+  }
+  let out = block * VECS + first;
+  ${dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : ""}
+  ${dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : ""}
+}`;
+}
+
+/** Phase 2: each vector column adds up its partials over the row blocks, in block order. */
+function columnTotalsWgsl(dims: Dims, blocks: number, sums: ColumnSums, index: string): string {
+  const wanted = [["dweight", sums.dweight], ["dbias", sums.dbias]]
+    .filter((entry): entry is [string, ColumnOutput] => entry[1] !== null);
+  const bindings = wanted.flatMap(([name], n) => [
+    `@group(0) @binding(${2 * n}) var<storage, read> ${name}_partials: array<V>;`,
+    `@group(0) @binding(${2 * n + 1}) var<storage, read_write> ${name}: array<V>;`,
+  ]);
+  const lines = (line: (name: string, out: ColumnOutput) => string, indent = "\n  ") =>
+    wanted.map(([name, out]) => line(name, out)).join(indent);
+  return `${prelude(dims)}
+${bindings.join("\n")}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let j = ${index};
+  if (j >= VECS) { return; }
+  ${lines((name) => `var ${name}_sum = V(0.0);`)}
+  for (var block = 0u; block < ${blocks}u; block++) {
+    ${lines((name) => `${name}_sum += ${name}_partials[block * VECS + j];`, "\n    ")}
+  }
+  ${lines((name, out) => store(name, out, "j", `${name}_sum`))}
+}`;
+}
+
+/** y = layer_norm(x, [C], weight, bias, eps) over the last dimension of x. */
+export function layerNorm(
+  tape: Tape,
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  eps: number,
+): Tensor {
+  const cols = x.shape[x.shape.length - 1];
+  for (const p of [weight, bias]) {
+    if (p.shape.length !== 1 || p.shape[0] !== cols) {
+      throw new ShapeError(`layerNorm: ${p} must have shape [${cols}] to normalise ${x}`);
+    }
+  }
+  if ([x, weight, bias].some((t) => t.dtype !== "f32")) {
+    throw new ShapeError(`layerNorm: ${x}, ${weight}, ${bias} must be f32`);
+  }
+  if (!(eps >= 0 && Number.isFinite(eps))) {
+    throw new RangeError(`layerNorm: eps ${eps} must be finite and ≥ 0`);
+  }
+  const engine = tape.engine;
+  const dims: Dims = { rows: x.size / cols, cols, vecs: cols % 4 === 0 ? cols / 4 : cols };
+  const y = tape.tensor(x.shape, `ln(${x.label})`);
+  const mean = tape.tensor([dims.rows], `ln mean(${x.label})`);
+  const rstd = tape.tensor([dims.rows], `ln rstd(${x.label})`);
+  const rowGrid = grid1d(dims.rows, WORKGROUP);
+  const forward = engine.kernel(
+    "layernorm",
+    forwardWgsl(dims, eps, rowGrid.index),
+    ["read", "read", "read", "rw", "rw", "rw"],
+  );
+  tape.record({
+    name: "layerNorm",
+    inputs: [x, weight, bias],
+    outputs: [y],
+    forward: [
+      engine.dispatch("layernorm", forward, [x, weight, bias, y, mean, rstd], rowGrid.workgroups),
+    ],
+    backward: (ctx) => {
+      const dy = ctx.gradOutput(0);
+      const [dx, dweight, dbias] = [0, 1, 2].map((i) => ctx.gradInput(i));
+      const commands: Command[] = [];
+      if (dx) {
+        const kernel = engine.kernel(
+          "layernorm_backward_x",
+          inputGradWgsl(dims, dx.accumulate, rowGrid.index),
+          ["read", "read", "read", "read", "read", "rw"],
+        );
+        commands.push(engine.dispatch(
+          "layernorm backward dx",
+          kernel,
+          [x, weight, mean, rstd, dy, dx.tensor],
+          rowGrid.workgroups,
+        ));
+      }
+      if (dweight || dbias) {
+        commands.push(...columnSums(tape, dims, { x, mean, rstd, dy }, { dweight, dbias }));
+      }
+      return commands;
+    },
+  });
+  return y;
+}
+
+/**
+ * dw = Σ_rows dy⊙x̂ and db = Σ_rows dy. One block of rows writes straight into the gradients;
+ * more rows go through per-block partial sums and a second pass that adds them in block order.
+ */
+function columnSums(
+  tape: Tape,
+  dims: Dims,
+  saved: { x: Tensor; mean: Tensor; rstd: Tensor; dy: Tensor },
+  targets: ColumnSums,
+): Command[] {
+  const engine = tape.engine;
+  const blocks = Math.ceil(dims.rows / ROWS_PER_PARTIAL);
+  const partialOf = (target: ColumnOutput | null, what: string): ColumnOutput | null =>
+    target &&
+    (blocks === 1
+      ? target
+      : { tensor: tape.tensor([blocks, dims.cols], `ln ${what} partials`), accumulate: false });
+  const partials = {
+    dweight: partialOf(targets.dweight, "dweight"),
+    dbias: partialOf(targets.dbias, "dbias"),
+  };
+  const group = [4, 2, 1].find((k) => dims.vecs % k === 0)!;
+  const grid = grid1d(blocks * dims.vecs / group, WORKGROUP);
+  const outputs = [partials.dweight, partials.dbias].filter((o) => o !== null).map((o) => o.tensor);
+  const kernel = engine.kernel(
+    "layernorm_backward_columns",
+    columnPartialsWgsl(dims, blocks, group, partials, grid.index),
+    ["read", "read", "read", "read", ...outputs.map(() => "rw" as const)],
+  );
+  const { x, mean, rstd, dy } = saved;
+  const commands: Command[] = [
+    engine.dispatch(
+      "layernorm backward dweight/dbias",
+      kernel,
+      [x, mean, rstd, dy, ...outputs],
+      grid.workgroups,
+    ),
+  ];
+  if (blocks === 1) return commands;
+  const totalGrid = grid1d(dims.vecs, WORKGROUP);
+  const pairs = [[partials.dweight, targets.dweight], [partials.dbias, targets.dbias]]
+    .filter(([partial]) => partial !== null)
+    .flatMap(([partial, target]) => [partial!.tensor, target!.tensor]);
+  const total = engine.kernel(
+    "layernorm_backward_column_totals",
+    columnTotalsWgsl(dims, blocks, targets, totalGrid.index),
+    pairs.map((_, n) => n % 2 === 0 ? "read" as const : "rw" as const),
+  );
+  commands.push(
+    engine.dispatch("layernorm backward column totals", total, pairs, totalGrid.workgroups),
+  );
+  return commands;
+}
