@@ -125,7 +125,8 @@ def main():
     loss = loss_of(logits, targets)
     loss.backward()
     debug = {"loss": loss.reshape(1), "lb_loss": torch.zeros(1), "logits": logits}
-    debug.update({f"grad.{n}": t.grad for n, t in params.items()})
+    # Cloned: the AdamW loop below zeroes and refills these same .grad tensors in place.
+    debug.update({f"grad.{n}": t.grad.detach().clone() for n, t in params.items()})
 
     opt = torch.optim.AdamW(params.values(), lr=ADAMW["lr"], betas=(ADAMW["beta1"], ADAMW["beta2"]),
                             eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"])

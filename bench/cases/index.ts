@@ -1,7 +1,31 @@
 // Every benchmark case, in report order. Each kernel's cases live in their own file.
 import type { BenchCase } from "../case.ts";
 import { cases as adamw } from "./adamw.ts";
+import { cases as add } from "./add.ts";
+import { cases as attention } from "./attention.ts";
 import { cases as copy } from "./copy.ts";
+import { cases as crossEntropy } from "./cross_entropy.ts";
+import { cases as embedding } from "./embedding.ts";
 import { cases as gelu } from "./gelu.ts";
+import { cases as layernorm } from "./layernorm.ts";
+import { cases as lora } from "./lora.ts";
+import { cases as matmul } from "./matmul.ts";
+import { cases as softmax } from "./softmax.ts";
+import { cases as sum } from "./sum.ts";
+import { cases as topkGate } from "./topk_gate.ts";
 
-export const allCases: BenchCase[] = [...copy, ...gelu, ...adamw];
+export const allCases: BenchCase[] = [
+  ...matmul,
+  ...attention,
+  ...copy,
+  ...gelu,
+  ...layernorm,
+  ...add,
+  ...softmax,
+  ...crossEntropy,
+  ...embedding,
+  ...sum,
+  ...adamw,
+  ...lora,
+  ...topkGate,
+];

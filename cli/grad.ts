@@ -1,0 +1,84 @@
+// `deno task grad`: the debug state of interfaces.md — loss, logits and the gradient of every
+// trainable tensor for one batch, as safetensors, for checking us against other implementations.
+import { Engine } from "../engine/device.ts";
+import { Tape } from "../engine/tape.ts";
+import { loadBaseCheckpoint } from "../model/checkpoint.ts";
+import type { GPT2Config } from "../model/config.ts";
+import { GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { type NamedTensor, writeSafetensors } from "../model/safetensors.ts";
+import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+
+const USAGE = "deno task grad --model DIR --tokens FILE.json --out FILE.safetensors";
+const FLAGS: FlagSpec = {
+  model: { type: "string", help: "base model folder (config.json + model.safetensors)" },
+  tokens: { type: "string", help: "JSON array of B sequences of T+1 token ids" },
+  out: { type: "string", help: "where to write the debug state (safetensors, F32)" },
+  help: { type: "boolean", help: "show this help" },
+};
+
+/** Reads and validates the --tokens file against the model's config. */
+export async function readTokenFile(path: string, config: GPT2Config): Promise<number[][]> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new UsageError(`--tokens ${path}: cannot read JSON (${(e as Error).message})`);
+  }
+  const fail = (message: string): never => {
+    throw new UsageError(`--tokens ${path}: ${message}`);
+  };
+  if (!Array.isArray(json) || json.length === 0) fail("must be a non-empty JSON array of arrays");
+  const sequences = json as unknown[];
+  const length = Array.isArray(sequences[0]) ? sequences[0].length : -1;
+  if (length < 2) fail("each sequence needs at least 2 token ids (T+1 with T ≥ 1)");
+  if (length - 1 > config.n_positions) {
+    fail(`sequences of ${length} ids give T=${length - 1} > n_positions ${config.n_positions}`);
+  }
+  sequences.forEach((s, b) => {
+    if (!Array.isArray(s) || s.length !== length) {
+      fail(`sequence ${b} does not have ${length} ids like sequence 0`);
+    }
+    (s as unknown[]).forEach((id, t) => {
+      if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= config.vocab_size) {
+        fail(`sequence ${b}, position ${t}: ${id} is not a token id below ${config.vocab_size}`);
+      }
+    });
+  });
+  return sequences as number[][];
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags(Deno.args, FLAGS, USAGE);
+  if (flags.help) return console.log(helpText(FLAGS, USAGE));
+  for (const name of ["model", "tokens", "out"]) {
+    if (typeof flags[name] !== "string") {
+      throw new UsageError(`--${name} is required\n\n${helpText(FLAGS, USAGE)}`);
+    }
+  }
+  const { config, weights } = await loadBaseCheckpoint(flags.model as string);
+  const sequences = await readTokenFile(flags.tokens as string, config);
+  const engine = await Engine.create({ verbose: true });
+  const model = new GPT2(engine, config, weights);
+  model.setTrainable(true);
+  const B = sequences.length, T = sequences[0].length - 1;
+  const batch = new GPT2Batch(engine, config, B, T);
+  batch.set(sequences);
+  const tape = new Tape(engine);
+  const { loss, logits } = model.forward(tape, batch);
+  await engine.run([...tape.forward(), ...tape.backward(loss)], "grad");
+  const tensors: [string, NamedTensor][] = [
+    ["loss", { shape: [1], data: await engine.readF32(loss) }],
+    ["lb_loss", { shape: [1], data: new Float32Array(1) }],
+    ["logits", { shape: [B, T, config.vocab_size], data: await engine.readF32(logits) }],
+  ];
+  for (const [name, param] of model.params) {
+    tensors.push([`grad.${name}`, {
+      shape: [...param.shape],
+      data: await engine.readF32(param.grad!),
+    }]);
+  }
+  await writeSafetensors(flags.out as string, tensors);
+  console.error(`loss ${tensors[0][1].data[0].toFixed(6)}; wrote ${flags.out}`);
+}
+
+if (import.meta.main) await runMain(main);

@@ -1,0 +1,600 @@
+// Causal multi-head self-attention as Hugging Face GPT-2 computes it after c_attn:
+//   q, k, v = the three C-wide thirds of qkv; head h uses columns h·hs .. (h+1)·hs of each,
+//   S = q·kᵀ/√hs over keys j ≤ query i,  P = softmax_j(S),  out = P·v,  heads concatenated.
+//
+// Flash-attention style: the B·H·T² probabilities are never stored (200–400 MB at GPT-2 sizes,
+// over the 128 MiB binding limit). The forward pass keeps a running max m and sum l per query
+// row (online softmax) and saves only lse = m + log l per row. Backward recomputes
+// P = exp(S − lse) and, with D_i = Σ_d dO_i·O_i,
+//   dS = P ⊙ (dO·vᵀ − D),   dq = dS·k/√hs,   dk = dSᵀ·q/√hs,   dv = Pᵀ·dO.
+// dq comes from a kernel that owns query rows and sums over keys in order; dk and dv from one
+// that owns key rows and sums over queries in order: deterministic, no atomics.
+//
+// The kernels are register tiles: an invocation owns R consecutive rows and streams the other
+// side's rows past them, so each loaded vec4 feeds R rows (R = 8: 4-5x faster than R = 1).
+// Operands are first packed (q scaled by 1/√hs, every head zero-padded to hs4 = ⌈hs/4⌉ texels,
+// so odd head sizes run the same vec4 code) into read-only rgba32float storage textures
+// (variant `texture`: lavapipe fetches texels vectorised, measured 1.2-2x faster than its
+// per-lane storage-buffer loads, which workgroup-memory tiles did not beat either) or into vec4
+// storage buffers (variant `storage`). Memory saved for backward: the packed qkv (the size of
+// qkv) and lse [B, T, H]; backward adds a packed dO with (lse, D) per row and head.
+import type { BindingKind } from "../engine/bindings.ts";
+import type { Command, KernelVariant } from "../engine/device.ts";
+import { LimitError, ShapeError } from "../engine/errors.ts";
+import type { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { grid1d } from "./grid.ts";
+
+/** A masked score: exp(MASKED − m) underflows to 0 for every real running max m. */
+const MASKED = "-3.0e38";
+const PACK_WORKGROUP = 64;
+/** Invocations per workgroup of the attention kernels. */
+const WORKGROUP = 64;
+/**
+ * lavapipe silently ends the loops of an invocation after 65535 iterations in total
+ * (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS); each kernel loops once over ⌈T / block⌉ steps.
+ */
+const MAX_LOOP_ITERATIONS = 65535;
+
+interface Shape {
+  B: number;
+  T: number;
+  C: number;
+  H: number;
+  hs: number;
+  /** Texels per head in the packed layouts. */
+  hs4: number;
+}
+
+/** How a kernel tiles rows: R rows per invocation, `block` streamed rows per loop step. */
+interface Tiling {
+  rows: number;
+  block: number;
+}
+
+// Measured on lavapipe (idle machine, GPT-2 head size 64). T=1024: forward 8 rows × 4 keys per
+// step 41 GFLOP/s (8×2: 38, 4×2: 34); backward 6 rows × 2 queries/keys 40–42 GFLOP/s (8×2:
+// 41–46 but its LLVM compile takes 22 s instead of 9 s; 4×2: 35–36). T ≤ 256: the causal
+// diagonal of each 8-lane SIMD group (8·R rows) is wasted work, and 4×2 is as fast as any.
+function forwardTiling(T: number): Tiling {
+  return T <= 256 ? { rows: 4, block: 2 } : { rows: 8, block: 4 };
+}
+function backwardTiling(T: number): Tiling {
+  return T <= 256 ? { rows: 4, block: 2 } : { rows: 6, block: 2 };
+}
+
+/**
+ * Rows of vec4 texels in a texture (folded into side-by-side stacks when there are more rows
+ * than the texture may be tall) or in a storage buffer.
+ */
+class PackedRows {
+  readonly resource: GPUTextureView | Tensor;
+  /** Rows per texture stack when there are more rows than a texture is tall, else null. */
+  readonly #stackHeight: number | null = null;
+
+  constructor(
+    tape: Tape,
+    rows: number,
+    readonly width: number,
+    readonly variant: KernelVariant,
+    label: string,
+  ) {
+    if (variant === "storage") {
+      this.resource = tape.tensor([rows, width * 4], label);
+      return;
+    }
+    const max = tape.engine.limits.maxTextureDimension2D;
+    const height = Math.min(rows, max);
+    const stacks = Math.ceil(rows / height);
+    if (stacks * width > max) {
+      throw new LimitError(`${label}: ${rows} rows of ${width} texels do not fit a texture`);
+    }
+    if (stacks > 1) this.#stackHeight = height;
+    this.resource = tape.texture(stacks * width, height, label).createView();
+  }
+
+  binding(access: "read" | "write"): BindingKind {
+    if (this.variant === "storage") return access === "read" ? "read" : "rw";
+    return access === "read" ? "tex-read" : "tex-write";
+  }
+
+  declare(name: string, binding: number, access: "read" | "write"): string {
+    const type = this.variant === "storage"
+      ? `var<storage, ${access === "read" ? "read" : "read_write"}> ${name}: array<vec4f>`
+      : `var ${name}: texture_storage_2d<rgba32float, ${access}>`;
+    return `@group(0) @binding(${binding}) ${type};`;
+  }
+
+  load(name: string, row: string, col: string): string {
+    return this.variant === "storage"
+      ? `${name}[(${row}) * ${this.width}u + ${col}]`
+      : `textureLoad(${name}, ${this.#coord(row, col)})`;
+  }
+
+  store(name: string, row: string, col: string, value: string): string {
+    return this.variant === "storage"
+      ? `${name}[(${row}) * ${this.width}u + ${col}] = ${value};`
+      : `textureStore(${name}, ${this.#coord(row, col)}, ${value});`;
+  }
+
+  /** Texel coordinate of (row, col): row r lives in stack ⌊r / height⌋, side by side. */
+  #coord(row: string, col: string): string {
+    const h = this.#stackHeight;
+    if (h === null) return `vec2u(${col}, ${row})`;
+    return `vec2u((${row}) / ${h}u * ${this.width}u + ${col}, (${row}) % ${h}u)`;
+  }
+}
+
+// ---- WGSL building blocks ----
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+/** Σ_c a_c·b_c over vec4 pairs: one vec4 fma chain (four independent lanes), summed at the end. */
+function dotSum(a: (c: number) => string, b: (c: number) => string, n: number): string {
+  let acc = `${a(0)} * ${b(0)}`;
+  for (let c = 1; c < n; c++) acc = `fma(${a(c)}, ${b(c)}, ${acc})`;
+  return `hsum(${acc})`;
+}
+
+const HSUM = `fn hsum(v: vec4f) -> f32 { return (v.x + v.y) + (v.z + v.w); }`;
+
+/**
+ * Statements writing one head's row (vec4 values named by `value(c)`, times `scale`) into a
+ * row-major f32 tensor at element `start` (a WGSL expression), adding to what is there when
+ * `accumulate`. The tensor is an array<vec4f> when hs is a multiple of 4, else array<f32>.
+ */
+function writeHead(
+  s: Shape,
+  target: string,
+  start: string,
+  value: (c: number) => string,
+  scale: string,
+  accumulate: boolean,
+): string[] {
+  const lines: string[] = [];
+  const add = (ref: string) => accumulate ? `${ref} + ` : "";
+  if (s.hs % 4 === 0) {
+    for (let c = 0; c < s.hs4; c++) {
+      const ref = `${target}[(${start}) / 4u + ${c}u]`;
+      lines.push(`${ref} = ${add(ref)}${value(c)} * ${scale};`);
+    }
+    return lines;
+  }
+  for (let d = 0; d < s.hs; d++) {
+    const ref = `${target}[${start} + ${d}u]`;
+    lines.push(`${ref} = ${add(ref)}${value(d >> 2)}.${"xyzw"[d & 3]} * ${scale};`);
+  }
+  return lines;
+}
+
+function elementType(s: Shape): string {
+  return s.hs % 4 === 0 ? "vec4f" : "f32";
+}
+
+/**
+ * WGSL expression loading texel c (4 elements, zero past hs) of one head's row from a row-major
+ * f32 tensor `src` bound as array<vec4f> (hs a multiple of 4) or array<f32> (`start` is an
+ * element index).
+ */
+function loadHead(s: Shape, src: string, start: string, c: number): string {
+  if (s.hs % 4 === 0) return `${src}[(${start}) / 4u + ${c}u]`;
+  const parts = range(4).map((e) => 4 * c + e < s.hs ? `${src}[${start} + ${4 * c + e}u]` : "0.0");
+  return `vec4f(${parts.join(", ")})`;
+}
+
+// ---- kernels ----
+
+/** qkv [B·T, 3C] → packed rows [q heads | k heads | v heads], q scaled by 1/√hs. */
+function packQkvWgsl(s: Shape, packed: PackedRows, index: string): string {
+  const headTexels = s.H * s.hs4;
+  // Unaligned heads gather their texel element by element, zero past the head's end.
+  const aligned = s.hs % 4 === 0;
+  const texel = aligned
+    ? "qkv[src / 4u + c]"
+    : `vec4f(${range(4).map((e) => `element(src, 4u * c + ${e}u)`).join(", ")})`;
+  const element = aligned ? "" : `
+fn element(src: u32, d: u32) -> f32 {
+  return select(0.0, qkv[src + min(d, ${s.hs - 1}u)], d < ${s.hs}u);
+}`;
+  return `
+@group(0) @binding(0) var<storage, read> qkv: array<${elementType(s)}>;
+${packed.declare("packed", 1, "write")}${element}
+@compute @workgroup_size(${PACK_WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let index = ${index};
+  if (index >= ${s.B * s.T * packed.width}u) { return; }
+  let row = index / ${packed.width}u;
+  let col = index % ${packed.width}u;
+  let part = col / ${headTexels}u;
+  let head = col % ${headTexels}u / ${s.hs4}u;
+  let c = col % ${s.hs4}u;
+  let src = row * ${3 * s.C}u + part * ${s.C}u + head * ${s.hs}u;
+  let scale = select(1.0, ${1 / Math.sqrt(s.hs)}, part == 0u);
+  ${packed.store("packed", "row", "col", `${texel} * scale`)}
+}`;
+}
+
+/** One invocation per R query rows; streams keys 0..last row in blocks (online softmax). */
+function forwardWgsl(s: Shape, qkv: PackedRows, tiling: Tiling): string {
+  const { rows: R, block: KB } = tiling;
+  const rs = range(R), us = range(KB), cs = range(s.hs4);
+  const q = (r: number) => (c: number) => `q${r}_${c}`;
+  const k = (u: number) => (c: number) => `k${u}_${c}`;
+  const lines: string[] = [];
+  for (const r of rs) {
+    lines.push(`  let i${r} = min(first + ${r}u, last);`);
+    for (const c of cs) {
+      lines.push(`  let q${r}_${c} = ${qkv.load("qkv", `seq + i${r}`, `qCol + ${c}u`)};`);
+    }
+    for (const c of cs) lines.push(`  var o${r}_${c} = vec4f(0.0);`);
+    lines.push(`  var m${r} = ${MASKED};`, `  var l${r} = 0.0;`);
+  }
+  lines.push(`  for (var j = 0u; j <= last; j += ${KB}u) {`);
+  // One key's vectors live at a time: its scores against every row, then the next key.
+  for (const u of us) {
+    lines.push(`    let key${u} = seq + min(j + ${u}u, last);`);
+    for (const c of cs) {
+      lines.push(`    let k${u}_${c} = ${qkv.load("qkv", `key${u}`, `kCol + ${c}u`)};`);
+    }
+    for (const r of rs) {
+      lines.push(
+        `    let s${r}_${u} = select(${MASKED}, ${dotSum(q(r), k(u), s.hs4)}, j + ${u}u <= i${r});`,
+      );
+    }
+  }
+  for (const r of rs) {
+    const blockMax = us.map((u) => `s${r}_${u}`).reduce((a, b) => `max(${a}, ${b})`);
+    lines.push(`    let max${r} = max(m${r}, ${blockMax});`);
+    lines.push(`    let rescale${r} = exp(m${r} - max${r});`);
+    lines.push(`    m${r} = max${r};`);
+    // Key 0 is in the first block and visible to every row, so max is real from then on and
+    // masked scores give exp(MASKED − max) = 0.
+    for (const u of us) lines.push(`    let p${r}_${u} = exp(s${r}_${u} - max${r});`);
+    lines.push(`    l${r} = l${r} * rescale${r} + ${us.map((u) => `p${r}_${u}`).join(" + ")};`);
+    for (const c of cs) lines.push(`    o${r}_${c} = o${r}_${c} * rescale${r};`);
+  }
+  for (const u of us) {
+    for (const c of cs) {
+      lines.push(`    let v${u}_${c} = ${qkv.load("qkv", `key${u}`, `vCol + ${c}u`)};`);
+      for (const r of rs) {
+        lines.push(`    o${r}_${c} = fma(vec4f(p${r}_${u}), v${u}_${c}, o${r}_${c});`);
+      }
+    }
+  }
+  lines.push(`  }`);
+  for (const r of rs) {
+    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
+    lines.push(`    let row = seq + first + ${r}u;`);
+    lines.push(
+      ...writeHead(
+        s,
+        "out",
+        `row * ${s.C}u + head * ${s.hs}u`,
+        (c) => `o${r}_${c}`,
+        `(1.0 / l${r})`,
+        false,
+      )
+        .map((line) => `    ${line}`),
+    );
+    lines.push(`    lse[row * ${s.H}u + head] = m${r} + log(l${r});`);
+    lines.push(`  }`);
+  }
+  return `
+${qkv.declare("qkv", 0, "read")}
+@group(0) @binding(1) var<storage, read_write> out: array<${elementType(s)}>;
+@group(0) @binding(2) var<storage, read_write> lse: array<f32>;
+${HSUM}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
+  if (first >= ${s.T}u) { return; }
+  let head = wg.y;
+  let seq = wg.z * ${s.T}u;
+  let last = min(first + ${R - 1}u, ${s.T - 1}u);
+  let qCol = head * ${s.hs4}u;
+  let kCol = ${s.H * s.hs4}u + qCol;
+  let vCol = ${2 * s.H * s.hs4}u + qCol;
+${lines.join("\n")}
+}`;
+}
+
+/**
+ * dO [B·T, C] → packed rows [dO heads | one (lse, D) texel per head], D = Σ_d dO·O over the
+ * head's columns. One invocation per (row, head).
+ */
+function packGradWgsl(s: Shape, grad: PackedRows, index: string): string {
+  const cs = range(s.hs4);
+  const body = cs.map((c) =>
+    `  let g${c} = ${loadHead(s, "dout", "start", c)};\n` +
+    `  ${grad.store("grad", "row", `head * ${s.hs4}u + ${c}u`, `g${c}`)}`
+  );
+  const d = dotSum((c) => `g${c}`, (c) => loadHead(s, "out", "start", c), s.hs4);
+  return `
+@group(0) @binding(0) var<storage, read> dout: array<${elementType(s)}>;
+@group(0) @binding(1) var<storage, read> out: array<${elementType(s)}>;
+@group(0) @binding(2) var<storage, read> lse: array<f32>;
+${grad.declare("grad", 3, "write")}
+${HSUM}
+@compute @workgroup_size(${PACK_WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let index = ${index};
+  if (index >= ${s.B * s.T * s.H}u) { return; }
+  let row = index / ${s.H}u;
+  let head = index % ${s.H}u;
+  let start = row * ${s.C}u + head * ${s.hs}u;
+${body.join("\n")}
+  ${grad.store("grad", "row", `${s.H * s.hs4}u + head`, `vec4f(lse[index], ${d}, 0.0, 0.0)`)}
+}`;
+}
+
+/** One invocation per R query rows: dq_i = Σ_{j ≤ i} dS_ij·k_j/√hs, keys in order. */
+function gradQueryWgsl(
+  s: Shape,
+  qkv: PackedRows,
+  grad: PackedRows,
+  tiling: Tiling,
+  accumulate: boolean,
+): string {
+  const { rows: R, block: KB } = tiling;
+  const rs = range(R), us = range(KB), cs = range(s.hs4);
+  const lines: string[] = [];
+  for (const r of rs) {
+    lines.push(`  let i${r} = min(first + ${r}u, last);`);
+    for (const c of cs) {
+      lines.push(`  let q${r}_${c} = ${qkv.load("qkv", `seq + i${r}`, `qCol + ${c}u`)};`);
+    }
+    for (const c of cs) {
+      lines.push(`  let g${r}_${c} = ${grad.load("grad", `seq + i${r}`, `gCol + ${c}u`)};`);
+    }
+    lines.push(`  let stats${r} = ${grad.load("grad", `seq + i${r}`, "statsCol")};`);
+    for (const c of cs) lines.push(`  var dq${r}_${c} = vec4f(0.0);`);
+  }
+  lines.push(`  for (var j = 0u; j <= last; j += ${KB}u) {`);
+  for (const u of us) {
+    lines.push(`    let key${u} = seq + min(j + ${u}u, last);`);
+    for (const c of cs) {
+      lines.push(`    let k${u}_${c} = ${qkv.load("qkv", `key${u}`, `kCol + ${c}u`)};`);
+    }
+    for (const c of cs) {
+      lines.push(`    let v${u}_${c} = ${qkv.load("qkv", `key${u}`, `vCol + ${c}u`)};`);
+    }
+    for (const r of rs) {
+      const score = dotSum((c) => `q${r}_${c}`, (c) => `k${u}_${c}`, s.hs4);
+      const dp = dotSum((c) => `g${r}_${c}`, (c) => `v${u}_${c}`, s.hs4);
+      lines.push(
+        `    let p${r}_${u} = select(0.0, exp(${score} - stats${r}.x), j + ${u}u <= i${r});`,
+      );
+      lines.push(`    let ds${r}_${u} = p${r}_${u} * (${dp} - stats${r}.y);`);
+      for (const c of cs) {
+        lines.push(`    dq${r}_${c} = fma(vec4f(ds${r}_${u}), k${u}_${c}, dq${r}_${c});`);
+      }
+    }
+  }
+  lines.push(`  }`);
+  for (const r of rs) {
+    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
+    lines.push(
+      ...writeHead(
+        s,
+        "dqkv",
+        `(seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u`,
+        (c) => `dq${r}_${c}`,
+        `${1 / Math.sqrt(s.hs)}`,
+        accumulate,
+      ).map((line) => `    ${line}`),
+    );
+    lines.push(`  }`);
+  }
+  return `
+${qkv.declare("qkv", 0, "read")}
+${grad.declare("grad", 1, "read")}
+@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;
+${HSUM}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
+  if (first >= ${s.T}u) { return; }
+  let head = wg.y;
+  let seq = wg.z * ${s.T}u;
+  let last = min(first + ${R - 1}u, ${s.T - 1}u);
+  let qCol = head * ${s.hs4}u;
+  let kCol = ${s.H * s.hs4}u + qCol;
+  let vCol = ${2 * s.H * s.hs4}u + qCol;
+  let gCol = qCol;
+  let statsCol = ${s.H * s.hs4}u + head;
+${lines.join("\n")}
+}`;
+}
+
+/**
+ * One invocation per R key rows: dk_j = Σ_{i ≥ j} dS_ij·q_i/√hs and dv_j = Σ_{i ≥ j} P_ij·dO_i,
+ * queries in order.
+ */
+function gradKeyValueWgsl(
+  s: Shape,
+  qkv: PackedRows,
+  grad: PackedRows,
+  tiling: Tiling,
+  accumulate: boolean,
+): string {
+  const { rows: R, block: KB } = tiling;
+  const rs = range(R), us = range(KB), cs = range(s.hs4);
+  const lines: string[] = [];
+  for (const r of rs) {
+    lines.push(`  let j${r} = min(first + ${r}u, ${s.T - 1}u);`);
+    for (const c of cs) {
+      lines.push(`  let k${r}_${c} = ${qkv.load("qkv", `seq + j${r}`, `kCol + ${c}u`)};`);
+    }
+    for (const c of cs) {
+      lines.push(`  let v${r}_${c} = ${qkv.load("qkv", `seq + j${r}`, `vCol + ${c}u`)};`);
+    }
+    for (const c of cs) lines.push(`  var dk${r}_${c} = vec4f(0.0);`);
+    for (const c of cs) lines.push(`  var dv${r}_${c} = vec4f(0.0);`);
+  }
+  lines.push(`  for (var i = first; i < ${s.T}u; i += ${KB}u) {`);
+  for (const u of us) {
+    lines.push(`    let query${u} = seq + min(i + ${u}u, ${s.T - 1}u);`);
+    for (const c of cs) {
+      lines.push(`    let q${u}_${c} = ${qkv.load("qkv", `query${u}`, `qCol + ${c}u`)};`);
+    }
+    for (const c of cs) {
+      lines.push(`    let g${u}_${c} = ${grad.load("grad", `query${u}`, `gCol + ${c}u`)};`);
+    }
+    lines.push(`    let stats${u} = ${grad.load("grad", `query${u}`, "statsCol")};`);
+    for (const r of rs) {
+      const score = dotSum((c) => `q${u}_${c}`, (c) => `k${r}_${c}`, s.hs4);
+      const dp = dotSum((c) => `g${u}_${c}`, (c) => `v${r}_${c}`, s.hs4);
+      lines.push(
+        `    let p${r}_${u} = select(0.0, exp(${score} - stats${u}.x), ` +
+          `i + ${u}u >= j${r} && i + ${u}u < ${s.T}u);`,
+      );
+      lines.push(`    let ds${r}_${u} = p${r}_${u} * (${dp} - stats${u}.y);`);
+      for (const c of cs) {
+        lines.push(`    dv${r}_${c} = fma(vec4f(p${r}_${u}), g${u}_${c}, dv${r}_${c});`);
+      }
+      for (const c of cs) {
+        lines.push(`    dk${r}_${c} = fma(vec4f(ds${r}_${u}), q${u}_${c}, dk${r}_${c});`);
+      }
+    }
+  }
+  lines.push(`  }`);
+  for (const r of rs) {
+    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
+    lines.push(`    let row = (seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u;`);
+    for (const [part, name] of [[1, "dk"], [2, "dv"]] as const) {
+      lines.push(
+        ...writeHead(
+          s,
+          "dqkv",
+          `row + ${part * s.C}u`,
+          (c) => `${name}${r}_${c}`,
+          "1.0",
+          accumulate,
+        )
+          .map((line) => `    ${line}`),
+      );
+    }
+    lines.push(`  }`);
+  }
+  return `
+${qkv.declare("qkv", 0, "read")}
+${grad.declare("grad", 1, "read")}
+@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;
+${HSUM}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
+  if (first >= ${s.T}u) { return; }
+  let head = wg.y;
+  let seq = wg.z * ${s.T}u;
+  let qCol = head * ${s.hs4}u;
+  let kCol = ${s.H * s.hs4}u + qCol;
+  let vCol = ${2 * s.H * s.hs4}u + qCol;
+  let gCol = qCol;
+  let statsCol = ${s.H * s.hs4}u + head;
+${lines.join("\n")}
+}`;
+}
+
+export interface AttentionOptions {
+  /** Packed operands in textures or storage buffers; defaults to the engine's variant. */
+  variant?: KernelVariant;
+}
+
+/** Causal multi-head self-attention: qkv [B, T, 3C] → out [B, T, C] with nHead heads. */
+export function attention(
+  tape: Tape,
+  qkv: Tensor,
+  nHead: number,
+  opts: AttentionOptions = {},
+): Tensor {
+  const engine = tape.engine;
+  if (qkv.dtype !== "f32" || qkv.shape.length !== 3 || qkv.shape[2] % 3 !== 0) {
+    throw new ShapeError(`attention: qkv must be f32 [B, T, 3C], got ${qkv}`);
+  }
+  const [B, T, C3] = qkv.shape;
+  const C = C3 / 3;
+  if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0) {
+    throw new ShapeError(`attention: C=${C} of ${qkv} is not divisible by nHead=${nHead}`);
+  }
+  const maxGroups = engine.limits.maxComputeWorkgroupsPerDimension;
+  if (B > maxGroups || nHead > maxGroups) {
+    throw new ShapeError(`attention: B=${B} and nHead=${nHead} must be at most ${maxGroups}`);
+  }
+  if (Math.ceil(T / 2) >= MAX_LOOP_ITERATIONS) {
+    throw new ShapeError(`attention: T=${T} exceeds the ${2 * MAX_LOOP_ITERATIONS} supported`);
+  }
+  const hs = C / nHead;
+  const s: Shape = { B, T, C, H: nHead, hs, hs4: Math.ceil(hs / 4) };
+  const variant = opts.variant ?? engine.variant;
+  const label = `attention(${qkv.label})`;
+
+  const packed = new PackedRows(tape, B * T, 3 * s.H * s.hs4, variant, `${label} packed qkv`);
+  const out = tape.tensor([B, T, C], label);
+  const lse = tape.tensor([B, T, s.H], `${label} lse`);
+  const packGrid = grid1d(B * T * packed.width, PACK_WORKGROUP);
+  const pack = engine.kernel("attention_pack_qkv", packQkvWgsl(s, packed, packGrid.index), [
+    "read",
+    packed.binding("write"),
+  ]);
+  const fwdTiling = forwardTiling(T);
+  const forward = engine.kernel("attention_forward", forwardWgsl(s, packed, fwdTiling), [
+    packed.binding("read"),
+    "rw",
+    "rw",
+  ]);
+  const rowGroups = (tiling: Tiling) => Math.ceil(T / (WORKGROUP * tiling.rows));
+
+  tape.record({
+    name: "attention",
+    inputs: [qkv],
+    outputs: [out],
+    forward: [
+      engine.dispatch("attention pack qkv", pack, [qkv, packed.resource], packGrid.workgroups),
+      engine.dispatch("attention forward", forward, [packed.resource, out, lse], [
+        rowGroups(fwdTiling),
+        s.H,
+        B,
+      ]),
+    ],
+    backward: (ctx): Command[] => {
+      const dqkv = ctx.gradInput(0);
+      if (!dqkv) return [];
+      const grad = new PackedRows(tape, B * T, s.H * (s.hs4 + 1), variant, `${label} packed grad`);
+      const gradGrid = grid1d(B * T * s.H, PACK_WORKGROUP);
+      const packGrad = engine.kernel("attention_pack_grad", packGradWgsl(s, grad, gradGrid.index), [
+        "read",
+        "read",
+        "read",
+        grad.binding("write"),
+      ]);
+      const tiling = backwardTiling(T);
+      const kinds: BindingKind[] = [packed.binding("read"), grad.binding("read"), "rw"];
+      const gradQuery = engine.kernel(
+        "attention_grad_query",
+        gradQueryWgsl(s, packed, grad, tiling, dqkv.accumulate),
+        kinds,
+      );
+      const gradKeyValue = engine.kernel(
+        "attention_grad_key_value",
+        gradKeyValueWgsl(s, packed, grad, tiling, dqkv.accumulate),
+        kinds,
+      );
+      const grid = [rowGroups(tiling), s.H, B] as const;
+      const resources = [packed.resource, grad.resource, dqkv.tensor];
+      return [
+        engine.dispatch("attention pack grad", packGrad, [
+          ctx.gradOutput(0),
+          out,
+          lse,
+          grad.resource,
+        ], gradGrid.workgroups),
+        engine.dispatch("attention grad query", gradQuery, resources, grid),
+        engine.dispatch("attention grad key value", gradKeyValue, resources, grid),
+      ];
+    },
+  });
+  return out;
+}

@@ -1,0 +1,166 @@
+// GPT-2 on the engine, exactly as Hugging Face's GPT2LMHeadModel computes it: learned token and
+// position embeddings, pre-LayerNorm blocks (causal self-attention, GELU-tanh MLP), a final
+// LayerNorm and the output layer tied to the token embedding. Weights are Conv1D [in, out]
+// (y = x·W + b). One function per layer, llm.c's shape; the tape derives the backward pass.
+import type { Engine } from "../engine/device.ts";
+import { ShapeError } from "../engine/errors.ts";
+import type { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { add } from "../kernels/add.ts";
+import { attention } from "../kernels/attention.ts";
+import { checkTargets, crossEntropyWithRowLosses } from "../kernels/cross_entropy.ts";
+import { embedding, IndexInput, splitRows } from "../kernels/embedding.ts";
+import { gelu } from "../kernels/gelu.ts";
+import { layerNorm } from "../kernels/layernorm.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { type GPT2Config, parameterShapes } from "./config.ts";
+
+/** The token ids of one step: B sequences of T+1 ids give inputs and next-token targets. */
+export class GPT2Batch {
+  readonly ids: IndexInput;
+  readonly positions: IndexInput;
+  readonly targets: Tensor;
+
+  constructor(
+    readonly engine: Engine,
+    readonly config: GPT2Config,
+    readonly B: number,
+    readonly T: number,
+  ) {
+    if (!Number.isInteger(B) || B < 1 || !Number.isInteger(T) || T < 1) {
+      throw new ShapeError(`batch: B=${B} and T=${T} must be positive integers`);
+    }
+    if (T > config.n_positions) {
+      throw new ShapeError(`batch: T=${T} exceeds the model's n_positions ${config.n_positions}`);
+    }
+    this.ids = new IndexInput(engine, B * T, config.vocab_size, "token ids");
+    this.positions = new IndexInput(engine, B * T, config.n_positions, "positions");
+    this.positions.set(Array.from({ length: B * T }, (_, n) => n % T));
+    this.targets = engine.tensor([B * T], { dtype: "u32", label: "targets" });
+  }
+
+  /** Writes B sequences of T+1 ids (inputs: all but the last id; targets: all but the first). */
+  set(sequences: readonly (readonly number[])[]): void {
+    const { B, T } = this;
+    if (sequences.length !== B || sequences.some((s) => s.length !== T + 1)) {
+      throw new ShapeError(`batch: expected ${B} sequences of ${T + 1} token ids`);
+    }
+    const targets = sequences.flatMap((s) => s.slice(1));
+    checkTargets(targets, this.config.vocab_size);
+    this.ids.set(sequences.flatMap((s) => s.slice(0, T)));
+    this.engine.write(this.targets, targets);
+  }
+
+  dispose(): void {
+    this.ids.dispose();
+    this.positions.dispose();
+    this.targets.dispose();
+  }
+}
+
+export interface GPT2Output {
+  /** [B·T, V]. */
+  logits: Tensor;
+  /** [1]: mean next-token cross-entropy. */
+  loss: Tensor;
+  /** [B·T]: each position's cross-entropy (no gradient). */
+  tokenLosses: Tensor;
+  /** The final hidden states after ln_f, [B·T, C]. */
+  hidden: Tensor;
+}
+
+export class GPT2 {
+  /** Base tensors under their canonical Hugging Face names. */
+  readonly params = new Map<string, Tensor>();
+  /** wte in row blocks that fit one storage binding (one block for small vocabularies). */
+  #wteBlocks: Tensor[] = [];
+
+  constructor(
+    readonly engine: Engine,
+    readonly config: GPT2Config,
+    weights: ReadonlyMap<string, Float32Array>,
+  ) {
+    for (const [name, shape] of parameterShapes(config)) {
+      const data = weights.get(name);
+      if (!data) throw new ShapeError(`GPT2: weight ${name} missing`);
+      this.params.set(name, engine.tensor(shape, { data, label: name }));
+    }
+    this.#splitWte();
+  }
+
+  /** Makes every base tensor trainable (full training) or frozen (fine-tuning adapters). */
+  setTrainable(trainable: boolean): void {
+    for (const p of this.params.values()) p.requiresGrad = trainable;
+    this.#splitWte();
+  }
+
+  #splitWte(): void {
+    this.#wteBlocks = splitRows(this.engine, this.param("wte.weight"));
+  }
+
+  param(name: string): Tensor {
+    const p = this.params.get(name);
+    if (!p) throw new Error(`GPT2: no parameter ${name}`);
+    return p;
+  }
+
+  /** Records the forward pass of `batch` on `tape`. */
+  forward(tape: Tape, batch: GPT2Batch): GPT2Output {
+    const tokens = embedding(tape, this.#wteBlocks, batch.ids);
+    let x = add(tape, tokens, embedding(tape, this.param("wpe.weight"), batch.positions));
+    for (let i = 0; i < this.config.n_layer; i++) x = this.block(tape, x, i, batch);
+    const hidden = this.layerNorm(tape, x, "ln_f");
+    const logits = matmul(tape, hidden, this.param("wte.weight"), { transB: true });
+    const { loss, rowLosses } = crossEntropyWithRowLosses(tape, logits, batch.targets);
+    return { logits, loss, tokenLosses: rowLosses, hidden };
+  }
+
+  /** x + attn(ln_1(x)), then x + mlp(ln_2(x)). */
+  block(tape: Tape, x: Tensor, i: number, batch: GPT2Batch): Tensor {
+    const h = `h.${i}`;
+    x = add(tape, x, this.attention(tape, this.layerNorm(tape, x, `${h}.ln_1`), h, batch));
+    return add(tape, x, this.mlp(tape, this.layerNorm(tape, x, `${h}.ln_2`), `${h}.mlp`));
+  }
+
+  attention(tape: Tape, x: Tensor, h: string, batch: GPT2Batch): Tensor {
+    const qkv = this.linear(tape, x, `${h}.attn.c_attn`);
+    const C = this.config.n_embd;
+    const heads = attention(tape, tape.reshape(qkv, [batch.B, batch.T, 3 * C]), this.config.n_head);
+    return this.linear(tape, tape.reshape(heads, [batch.B * batch.T, C]), `${h}.attn.c_proj`);
+  }
+
+  mlp(tape: Tape, x: Tensor, prefix: string): Tensor {
+    return this.linear(
+      tape,
+      gelu(tape, this.linear(tape, x, `${prefix}.c_fc`)),
+      `${prefix}.c_proj`,
+    );
+  }
+
+  /** y = x·W + b with W the Conv1D weight [in, out]. */
+  linear(tape: Tape, x: Tensor, prefix: string): Tensor {
+    return matmul(tape, x, this.param(`${prefix}.weight`), { bias: this.param(`${prefix}.bias`) });
+  }
+
+  layerNorm(tape: Tape, x: Tensor, prefix: string): Tensor {
+    return layerNorm(
+      tape,
+      x,
+      this.param(`${prefix}.weight`),
+      this.param(`${prefix}.bias`),
+      this.config.layer_norm_epsilon,
+    );
+  }
+
+  /** Reads every base tensor back, under its canonical name. */
+  async weights(): Promise<Map<string, Float32Array>> {
+    const out = new Map<string, Float32Array>();
+    for (const [name, p] of this.params) out.set(name, await this.engine.readF32(p));
+    return out;
+  }
+
+  dispose(): void {
+    for (const p of this.params.values()) p.dispose();
+    this.params.clear();
+  }
+}
