@@ -5,6 +5,7 @@ import { parseArgs } from "node:util";
 import { type Command, Engine } from "../engine/device.ts";
 import type { BenchCase } from "./case.ts";
 import { allCases } from "./cases/index.ts";
+import { matmulVsReference } from "./ratio.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -79,18 +80,32 @@ function round(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-const results: Record<string, unknown>[] = [];
-for (const benchCase of selected) {
-  const result = await measure(benchCase);
+function report(result: Record<string, unknown>): void {
   results.push(result);
-  if (flags.json) console.log(JSON.stringify(result));
-  else {
-    const { kernel, variant, ok, adapter: _, runs: __, reps: ___, ...rest } = result;
-    console.log(
-      `${String(kernel).padEnd(24)} ${String(variant ?? "").padEnd(8)} ${ok ? "ok  " : "FAIL"} ` +
-        Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" "),
-    );
-  }
+  if (flags.json) return console.log(JSON.stringify(result));
+  const { kernel, variant, config, ok, adapter: _, runs: __, reps: ___, ...rest } = result;
+  console.log(
+    `${String(kernel).padEnd(20)} ${String(variant ?? config ?? "").padEnd(10)} ` +
+      `${ok ? "ok  " : "FAIL"} ` + Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" "),
+  );
+}
+
+/** Benchmarks that time whole programs rather than one case's commands. */
+const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> }[] = [
+  {
+    kernel: "matmul_vs_ref",
+    run: async () => {
+      const result = await matmulVsReference(engine);
+      return result ? [result] : [];
+    },
+  },
+];
+
+const results: Record<string, unknown>[] = [];
+for (const benchCase of selected) report(await measure(benchCase));
+for (const program of programs) {
+  if (flags.filter && !program.kernel.includes(flags.filter)) continue;
+  for (const result of await program.run()) report(result);
 }
 if (!flags.json) {
   console.log(`bytes allocated: ${engine.bytesAllocated}, pipelines: ${engine.pipelines.size}`);

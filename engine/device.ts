@@ -94,9 +94,13 @@ export class Engine {
 
   static async create(options: EngineOptions = {}): Promise<Engine> {
     // Without it, Deno's Vulkan back end warns on every run.
-    if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", Deno.makeTempDirSync());
+    // The only Deno-specific lines of the engine; in a browser tab `deno` is undefined.
+    const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+    if (deno && !deno.env.get("XDG_RUNTIME_DIR")) {
+      deno.env.set("XDG_RUNTIME_DIR", deno.makeTempDirSync());
+    }
     // Checked before any device exists, so a bad value does not leak one.
-    const forced = Deno.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
+    const forced = deno?.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
     const requested = options.variant && options.variant !== "auto" ? options.variant : forced;
     if (requested && requested !== "texture" && requested !== "storage") {
       throw new Error(`unknown kernel variant "${requested}"; use texture, storage or auto`);

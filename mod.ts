@@ -1,0 +1,48 @@
+// The public API of comigs. Everything exported here is promised; nothing else is.
+
+// Engine: device, tensors, autograd, optimiser.
+export { type Command, Engine, type EngineOptions, type KernelVariant } from "./engine/device.ts";
+export {
+  DeviceLostError,
+  GpuError,
+  LimitError,
+  NoAdapterError,
+  ShaderCompileError,
+  ShapeError,
+} from "./engine/errors.ts";
+export { type DType, Tensor } from "./engine/tensor.ts";
+export {
+  type BackwardContext,
+  type GradTarget,
+  type OpDecl,
+  Tape,
+  zeroGrad,
+} from "./engine/tape.ts";
+export { AdamW, type AdamWOptions, type AdamWState, type ParamGroup } from "./engine/optim.ts";
+
+// Operations (forward and backward), one per kernel file.
+export { add } from "./kernels/add.ts";
+export { attention } from "./kernels/attention.ts";
+export { crossEntropy, crossEntropyWithRowLosses } from "./kernels/cross_entropy.ts";
+export { embedding, IndexInput, splitRows } from "./kernels/embedding.ts";
+export { copy, fill, scale } from "./kernels/fill.ts";
+export { gelu } from "./kernels/gelu.ts";
+export { layerNorm } from "./kernels/layernorm.ts";
+export { loraLinear } from "./kernels/lora.ts";
+export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
+export { softmax } from "./kernels/softmax.ts";
+export { mean, sum, sumRows } from "./kernels/sum.ts";
+export { topkGate } from "./kernels/topk_gate.ts";
+
+// GPT-2: model, checkpoints, tokenizers.
+export { GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
+export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
+export { type BaseCheckpoint, loadBaseCheckpoint, saveBaseCheckpoint } from "./model/checkpoint.ts";
+export {
+  CheckpointError,
+  type NamedTensor,
+  readSafetensors,
+  writeSafetensors,
+} from "./model/safetensors.ts";
+export { loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
+export { saveBpe, trainBpe } from "./model/bpe_train.ts";
