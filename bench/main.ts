@@ -6,6 +6,7 @@ import { type Command, Engine } from "../engine/device.ts";
 import type { BenchCase } from "./case.ts";
 import { allCases } from "./cases/index.ts";
 import { matmulVsReference } from "./ratio.ts";
+import { trainStepCases } from "./train_step.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -99,6 +100,7 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
       return result ? [result] : [];
     },
   },
+  { kernel: "train_step", run: () => trainStepCases(engine, { runs }) },
 ];
 
 const results: Record<string, unknown>[] = [];

@@ -40,6 +40,17 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
 }
 
+// Labels nest their inputs' labels. A residual stream adds x to f(x), whose label holds x's
+// again: unbounded, the label would grow 4× per GPT-2 block (~1e9 characters at 12 layers).
+const MAX_LABEL = 120;
+
+function sumLabel(a: string, b: string): string {
+  const label = `${a}+${b}`;
+  if (label.length <= MAX_LABEL) return label;
+  const half = MAX_LABEL / 2 - 1;
+  return `${label.slice(0, half)}…${label.slice(-half)}`;
+}
+
 /** out = a + b for tensors of the same shape. */
 export function add(tape: Tape, a: Tensor, b: Tensor): Tensor {
   if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
@@ -47,7 +58,7 @@ export function add(tape: Tape, a: Tensor, b: Tensor): Tensor {
   }
   if (a.dtype !== "f32" || b.dtype !== "f32") throw new ShapeError(`add: ${a} + ${b} must be f32`);
   const engine = tape.engine;
-  const out = tape.tensor(a.shape, `${a.label}+${b.label}`);
+  const out = tape.tensor(a.shape, sumLabel(a.label, b.label));
   const { type, width } = vectorType(a.size);
   const count = a.size / width;
   const grid = grid1d(count, WORKGROUP);

@@ -1,0 +1,57 @@
+// GPT-2's initialisation for training from scratch (as Hugging Face's GPT2PreTrainedModel and
+// nanoGPT do it): every weight matrix N(0, 0.02), the two residual projections of each block
+// (attn.c_proj, mlp.c_proj) N(0, 0.02/√(2·n_layer)) so the residual stream's variance does not
+// grow with depth, biases 0, LayerNorm weights 1 and biases 0. Deterministic from the seed.
+import { type GPT2Config, parameterShapes } from "./config.ts";
+
+/** Standard deviation of every weight matrix. */
+export const INIT_STD = 0.02;
+
+/** The standard deviation of the residual projections for `nLayer` blocks. */
+export function residualStd(nLayer: number): number {
+  return INIT_STD / Math.sqrt(2 * nLayer);
+}
+
+/** Fresh weights under their canonical Hugging Face names, in `parameterShapes` order. */
+export function initWeights(config: GPT2Config, seed: number): Map<string, Float32Array> {
+  const normal = new NormalSource(seed);
+  const weights = new Map<string, Float32Array>();
+  for (const [name, shape] of parameterShapes(config)) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (/\.ln_\d\.weight$|^ln_f\.weight$/.test(name)) data.fill(1);
+    else if (name.endsWith(".weight")) {
+      const residual = /\.(attn|mlp)\.c_proj\.weight$/.test(name);
+      normal.fill(data, residual ? residualStd(config.n_layer) : INIT_STD);
+    }
+    // Biases (and LayerNorm biases) stay 0.
+    weights.set(name, data);
+  }
+  return weights;
+}
+
+/** N(0, 1) samples from mulberry32 through Box-Muller, both outputs of each pair used. */
+class NormalSource {
+  #state: number;
+
+  constructor(seed: number) {
+    this.#state = seed >>> 0;
+  }
+
+  /** Uniform in (0, 1]: never 0, so the logarithm below stays finite. */
+  #uniform(): number {
+    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) + 1) / 4294967296;
+  }
+
+  /** Fills `out` with N(0, std²) samples (plain loop: 124M values must take seconds at most). */
+  fill(out: Float32Array, std: number): void {
+    for (let i = 0; i < out.length; i += 2) {
+      const radius = std * Math.sqrt(-2 * Math.log(this.#uniform()));
+      const angle = 2 * Math.PI * this.#uniform();
+      out[i] = radius * Math.cos(angle);
+      if (i + 1 < out.length) out[i + 1] = radius * Math.sin(angle);
+    }
+  }
+}
