@@ -1,6 +1,8 @@
 // Shared test helpers: one engine per test process, a seeded RNG, closeness checks with the
 // worst offender named, and central finite differences for checking float64 references.
 import { Engine } from "../engine/device.ts";
+import type { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
 
 let shared: Promise<Engine> | undefined;
 
@@ -138,4 +140,28 @@ export function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i] * b[i];
   return s;
+}
+
+/**
+ * An identity op (y = copy of x) whose backward only captures the gradient the tape assigns to
+ * y, so a test can read what the next op wrote into an intermediate gradient (an overwrite
+ * target). Its only differentiable input is a one-element anchor, so x needs no gradient and
+ * none as large as x is allocated.
+ */
+export function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
+  const anchor = tape.tensor([1], "probe anchor");
+  anchor.requiresGrad = true;
+  const y = tape.tensor(x.shape, `probe(${x.label})`);
+  let grad: Tensor | undefined;
+  tape.record({
+    name: "probe",
+    inputs: [anchor],
+    outputs: [y],
+    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
+    backward: (ctx) => {
+      grad = ctx.gradOutput(0);
+      return [];
+    },
+  });
+  return { y, grad: () => grad! };
 }

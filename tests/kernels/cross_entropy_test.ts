@@ -10,7 +10,7 @@ import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { crossEntropyBackwardRef, crossEntropyRef } from "../ref/cross_entropy.ts";
-import { assertClose, assertGradMatchesFD, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, gpuTest, probe, Rng } from "../util.ts";
 
 // Row losses: logsumexp accumulates V exp terms in f32 (≤ ~1000 per invocation, then a 64-way
 // tree): relative error of Σexp ~1e-6, so ~1e-6 absolute on log Σ, on top of f32 rounding of
@@ -46,29 +46,6 @@ function problem(rows: number, vocab: number, seed: number, spread = 4) {
   const logits = new Float32Array(rows * vocab);
   for (let i = 0; i < logits.length; i++) logits[i] = spread * (2 * rng.next() - 1);
   return { logits, targets: rng.int(rows, vocab) };
-}
-
-/**
- * An identity op whose backward only captures the gradient the tape assigns to its output, so a
- * test can read what the next op wrote into an intermediate gradient (an overwrite target). Its
- * only differentiable input is a one-element anchor, so no gradient as large as x is allocated.
- */
-function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
-  const anchor = tape.tensor([1], "probe anchor");
-  anchor.requiresGrad = true;
-  const y = tape.tensor(x.shape, `probe(${x.label})`);
-  let grad: Tensor | undefined;
-  tape.record({
-    name: "probe",
-    inputs: [anchor],
-    outputs: [y],
-    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
-    backward: (ctx) => {
-      grad = ctx.gradOutput(0);
-      return [];
-    },
-  });
-  return { y, grad: () => grad! };
 }
 
 interface Paths {

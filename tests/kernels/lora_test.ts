@@ -3,9 +3,8 @@ import { loraLinear } from "../../kernels/lora.ts";
 import type { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
-import type { Tensor } from "../../engine/tensor.ts";
 import { loraBackwardRef, type LoraGrads, loraRef, type LoraShape } from "../ref/lora.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, probe, Rng } from "../util.ts";
 
 // f32 dot products: u sums `in` terms (≤ 3072), du sums `out` terms, dA and dB sum N ≤ 1024
 // rows (64-row partials, then ≤ 16 partials). Rounding error grows like √K·2⁻²⁴ times the size
@@ -59,28 +58,6 @@ Deno.test("LoRA reference gradients match finite differences", () => {
   assertGradMatchesFD((a) => y({ a }), v.a, grads.da, "LoRA dA");
   assertGradMatchesFD((b) => y({ b }), v.b, grads.db, "LoRA dB");
 });
-
-/**
- * An identity op whose backward only captures the gradient the tape assigns to its output, so a
- * test can read what the next op wrote into an intermediate gradient (an overwrite target).
- */
-function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
-  const anchor = tape.tensor([1], "probe anchor");
-  anchor.requiresGrad = true;
-  const y = tape.tensor(x.shape, `probe(${x.label})`);
-  let grad: Tensor | undefined;
-  tape.record({
-    name: "probe",
-    inputs: [anchor],
-    outputs: [y],
-    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
-    backward: (ctx) => {
-      grad = ctx.gradOutput(0);
-      return [];
-    },
-  });
-  return { y, grad: () => grad! };
-}
 
 const NAMES = ["dx", "dbase", "da", "db"] as const;
 

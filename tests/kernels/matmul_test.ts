@@ -12,7 +12,7 @@ import {
   type MatmulShape,
   operandIndex,
 } from "../ref/matmul.ts";
-import { assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertGradMatchesFD, dot, f32, gpuTest, probe, Rng } from "../util.ts";
 
 // Tolerance. An output entry sums K products in f32 (fma: one rounding per step). Each rounding
 // is at most u = 2⁻²⁴ times a partial sum, and every partial sum is at most S = Σ_k |a_k·b_k|
@@ -95,23 +95,6 @@ const shape = (s: Partial<MatmulShape> & Pick<MatmulShape, "M" | "K" | "N">): Ma
 });
 
 const allFeed = (feed: Feed) => ({ a: feed, b: feed, bias: feed });
-
-/** y = x through a recorded copy, so y is an op output; exposes the gradient assigned to y. */
-function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
-  const y = tape.tensor(x.shape, `probe ${x.label}`);
-  let grad: Tensor | undefined;
-  tape.record({
-    name: "probe",
-    inputs: [x],
-    outputs: [y],
-    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
-    backward: (ctx) => {
-      grad = ctx.gradOutput(0);
-      return [];
-    },
-  });
-  return { y, grad: () => grad! };
-}
 
 function caseName(c: Case, variant: KernelVariant): string {
   const t = `${c.transA ? "ᵀ" : ""}·${c.transB ? "ᵀ" : ""}`;

@@ -1,9 +1,8 @@
 import type { Engine } from "../../engine/device.ts";
 import { Tape } from "../../engine/tape.ts";
-import type { Tensor } from "../../engine/tensor.ts";
 import { mean, sum, sumRows } from "../../kernels/sum.ts";
 import { meanRef, sumRef, sumRowsBackwardRef, sumRowsRef, totalBackwardRef } from "../ref/sum.ts";
-import { assertClose, assertGradMatchesFD, dot, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, gpuTest, probe, Rng } from "../util.ts";
 
 // Tolerance. A sum of R f32 values rounds once per addition, by at most u = 2⁻²⁴ times a partial
 // sum, and partial sums are at most S = Σ|x|. The rounding errors have random signs and add up
@@ -36,23 +35,6 @@ function uniformF32(rng: Rng, n: number): Float32Array {
   const values = new Float32Array(n);
   for (let i = 0; i < n; i++) values[i] = 2 * rng.next() - 1;
   return values;
-}
-
-/** y = x through a recorded copy, so y is an op output; exposes the gradient assigned to y. */
-function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
-  const y = tape.tensor(x.shape, `probe ${x.label}`);
-  let grad: Tensor | undefined;
-  tape.record({
-    name: "probe",
-    inputs: [x],
-    outputs: [y],
-    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
-    backward: (ctx) => {
-      grad = ctx.gradOutput(0);
-      return [];
-    },
-  });
-  return { y, grad: () => grad! };
 }
 
 type Reduction = "sumRows" | "sum" | "mean";

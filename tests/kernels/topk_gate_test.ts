@@ -3,9 +3,8 @@ import { topkGate } from "../../kernels/topk_gate.ts";
 import type { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
-import type { Tensor } from "../../engine/tensor.ts";
 import { topkGateBackwardRef, topkGateRef } from "../ref/topk_gate.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, probe, Rng } from "../util.ts";
 
 // Gates and their gradients are O(1); f32 exp of logit gaps up to ~15 has relative error
 // ~15·2⁻²⁴ ≈ 1e-6, plus a few roundings in the sum over ≤ 16 experts and the division.
@@ -34,28 +33,6 @@ Deno.test("top-k gate reference breaks ties to the lowest expert index", () => {
   const p = Math.exp(3) / (2 * Math.exp(3) + 1);
   assertClose(top1, [p, 0, 0], TOL, "k=1 ties");
 });
-
-/**
- * An identity op whose backward only captures the gradient the tape assigns to its output, so a
- * test can read what the next op wrote into an intermediate gradient (an overwrite target).
- */
-function probe(tape: Tape, x: Tensor): { y: Tensor; grad: () => Tensor } {
-  const anchor = tape.tensor([1], "probe anchor");
-  anchor.requiresGrad = true;
-  const y = tape.tensor(x.shape, `probe(${x.label})`);
-  let grad: Tensor | undefined;
-  tape.record({
-    name: "probe",
-    inputs: [anchor],
-    outputs: [y],
-    forward: [{ kind: "copy", label: "probe", src: x, dst: y }],
-    backward: (ctx) => {
-      grad = ctx.gradOutput(0);
-      return [];
-    },
-  });
-  return { y, grad: () => grad! };
-}
 
 /** Forward, overwrite backward (intermediate input) and accumulate backward (leaf input). */
 async function checkGate(
