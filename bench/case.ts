@@ -21,3 +21,13 @@ export interface BenchCase {
   shape: Record<string, number>;
   setup: (engine: Engine) => Promise<BenchSetup>;
 }
+
+/** Runs a check that throws on a mismatch (e.g. assertClose) and says whether it passed. */
+export async function passes(check: () => Promise<void>): Promise<boolean> {
+  try {
+    await check();
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -4,7 +4,7 @@
 // FLOP counting (model FLOPs, 2 per multiply-add, causal half only): forward = q·kᵀ and P·v
 // = 4·B·H·T²·hs/2; backward = dv, dP, dq, dk = twice that; forward+backward = 3× forward. The
 // kernels do more (backward recomputes q·kᵀ twice and dO·vᵀ once more), which is not counted.
-import type { BenchCase } from "../case.ts";
+import { type BenchCase, passes } from "../case.ts";
 import type { KernelVariant } from "../../engine/device.ts";
 import { Tape } from "../../engine/tape.ts";
 import { attention } from "../../kernels/attention.ts";
@@ -28,15 +28,6 @@ const configs: Config[] = [
   { B: 1, T: 1024, C: 768, heads: 12, variants: ["texture", "storage"] }, // GPT-2, one sequence
   { B: 4, T: 1024, C: 768, heads: 12, variants: ["texture"] }, // GPT-2, four sequences
 ];
-
-async function passes(check: () => Promise<void>): Promise<boolean> {
-  try {
-    await check();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function attentionCase(config: Config, variant: KernelVariant, backward: boolean): BenchCase {
   const { B, T, C, heads } = config;

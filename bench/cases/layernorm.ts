@@ -1,4 +1,4 @@
-import type { BenchCase } from "../case.ts";
+import { type BenchCase, passes } from "../case.ts";
 import { layerNorm } from "../../kernels/layernorm.ts";
 import { Tape } from "../../engine/tape.ts";
 import { layerNormBackwardRef, layerNormRef } from "../../tests/ref/layernorm.ts";
@@ -31,15 +31,6 @@ function build(engine: Parameters<BenchCase["setup"]>[0], rows: number, cols: nu
     for (const t of [x, weight, bias, dy]) t.dispose();
   };
   return { data, x, weight, bias, dy, tape, y, dispose };
-}
-
-async function passes(check: () => Promise<void>): Promise<boolean> {
-  try {
-    await check();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const shapes = [[1024, 768], [1024, 256]];

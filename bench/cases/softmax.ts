@@ -4,7 +4,7 @@
 //
 // Bytes counted: every tensor once (forward reads x and writes y; backward reads y and dy and
 // writes dx), though the kernels read their inputs twice (reduction pass, then output pass).
-import type { BenchCase } from "../case.ts";
+import { type BenchCase, passes } from "../case.ts";
 import { Tape } from "../../engine/tape.ts";
 import { softmax } from "../../kernels/softmax.ts";
 import { softmaxBackwardRef, softmaxRef } from "../../tests/ref/softmax.ts";
@@ -22,15 +22,6 @@ function values(size: number, rng: Rng, lo: number, hi: number): Float32Array {
   const out = new Float32Array(size);
   for (let i = 0; i < size; i++) out[i] = pool[(i * 7 + (i >> 13)) % pool.length];
   return out;
-}
-
-async function passes(check: () => Promise<void>): Promise<boolean> {
-  try {
-    await check();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function softmaxCase([rows, cols]: number[], backward: boolean): BenchCase {
