@@ -9,34 +9,41 @@ import { grid1d } from "./grid.ts";
 
 const WORKGROUP = 64;
 
-const prelude = `
+/** Elements per load: vec4 when the length allows (storage loads cost per instruction here). */
+function elementType(n: number): { type: string; units: number } {
+  return n % 4 === 0 ? { type: "vec4f", units: n / 4 } : { type: "f32", units: n };
+}
+
+const prelude = (type: string) => `
 const SQRT_2_OVER_PI = 0.7978845608028654;
-fn two_u(x: f32) -> f32 { return 2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x); }
-fn sigmoid(z: f32) -> f32 { return 1.0 / (1.0 + exp(-z)); }
+fn two_u(x: ${type}) -> ${type} { return 2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x); }
+fn sigmoid(z: ${type}) -> ${type} { return 1.0 / (1.0 + exp(-z)); }
 `;
 
 function forwardWgsl(n: number, index: string): string {
-  return `${prelude}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+  const { type, units } = elementType(n);
+  return `${prelude(type)}
+@group(0) @binding(0) var<storage, read> x: array<${type}>;
+@group(0) @binding(1) var<storage, read_write> y: array<${type}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
-  if (i >= ${n}u) { return; }
+  if (i >= ${units}u) { return; }
   let v = x[i];
   y[i] = v * sigmoid(two_u(v));
 }`;
 }
 
 function backwardWgsl(n: number, index: string, accumulate: boolean): string {
-  return `${prelude}
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> dy: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dx: array<f32>;
+  const { type, units } = elementType(n);
+  return `${prelude(type)}
+@group(0) @binding(0) var<storage, read> x: array<${type}>;
+@group(0) @binding(1) var<storage, read> dy: array<${type}>;
+@group(0) @binding(2) var<storage, read_write> dx: array<${type}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
-  if (i >= ${n}u) { return; }
+  if (i >= ${units}u) { return; }
   let v = x[i];
   let z = two_u(v);
   let half_one_plus_t = sigmoid(z);
@@ -50,7 +57,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 export function gelu(tape: Tape, x: Tensor): Tensor {
   const engine = tape.engine;
   const y = tape.tensor(x.shape, `gelu(${x.label})`);
-  const grid = grid1d(x.size, WORKGROUP);
+  const grid = grid1d(elementType(x.size).units, WORKGROUP);
   const forward = engine.kernel("gelu", forwardWgsl(x.size, grid.index), ["read", "rw"]);
   tape.record({
     name: "gelu",
