@@ -39,7 +39,7 @@ const XYZW = "xyzw";
  * accesses with no checks (hot loops stay branch-free); otherwise helpers mask the columns past
  * the end (read as 0, never written).
  */
-class Matrix {
+export class Matrix {
   readonly groups: number;
   constructor(
     readonly name: string,
@@ -89,13 +89,13 @@ fn ${name}_add(row: u32, c4: u32, v: vec4f) { ${each(`${name}[row * ${cols}u + c
 }
 
 /** A WGSL float literal for x (always with a point or exponent, so never an integer). */
-function floatLiteral(x: number): string {
+export function floatLiteral(x: number): string {
   const text = String(x);
   return /[.e]/.test(text) ? text : `${text}.0`;
 }
 
 /** `index` clamped to `last` when it can pass it (written out only then). */
-function clamp(index: string, last: number, canPass: boolean): string {
+export function clamp(index: string, last: number, canPass: boolean): string {
   return canPass ? `min(${index}, ${last}u)` : index;
 }
 
@@ -103,7 +103,7 @@ function clamp(index: string, last: number, canPass: boolean): string {
  * Rank groups (vec4s of low-rank columns) one invocation accumulates: two when they tile the
  * rank's groups evenly, else one, so the hot loops never need a bounds check on the rank.
  */
-function rankTile(rank: number): { groups: number; tiles: number } {
+export function rankTile(rank: number): { groups: number; tiles: number } {
   const total = Math.ceil(rank / 4);
   const groups = total % 2 === 0 ? 2 : 1;
   return { groups, tiles: total / groups };
@@ -536,7 +536,7 @@ function outerInvocations(rows: number, wide: number, rank: number): number {
 }
 
 /** result (+)= scale · Σ over the leading blocks of `partial` (one block: a scaled copy/add). */
-function sumBlocks(
+export function sumBlocks(
   engine: Engine,
   label: string,
   partial: Tensor,

@@ -8,8 +8,10 @@ import { cases as crossEntropy } from "./cross_entropy.ts";
 import { cases as embedding } from "./embedding.ts";
 import { cases as gelu } from "./gelu.ts";
 import { cases as layernorm } from "./layernorm.ts";
+import { cases as loadBalance } from "./load_balance.ts";
 import { cases as lora } from "./lora.ts";
 import { cases as matmul } from "./matmul.ts";
+import { cases as moeMlp } from "./moe_mlp.ts";
 import { cases as softmax } from "./softmax.ts";
 import { cases as sum } from "./sum.ts";
 import { cases as topkGate } from "./topk_gate.ts";
@@ -28,4 +30,6 @@ export const allCases: BenchCase[] = [
   ...adamw,
   ...lora,
   ...topkGate,
+  ...moeMlp,
+  ...loadBalance,
 ];
