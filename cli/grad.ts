@@ -2,15 +2,23 @@
 // trainable tensor for one batch, as safetensors, for checking us against other implementations.
 import { Engine } from "../engine/device.ts";
 import { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { adapterShapes, AdapterTensors, loadAdapters } from "../model/adapters.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
-import type { GPT2Config } from "../model/config.ts";
+import { forwardAdapted } from "../model/comigs.ts";
+import { type GPT2Config, parameterShapes } from "../model/config.ts";
 import { GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { type NamedTensor, writeSafetensors } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 
-const USAGE = "deno task grad --model DIR --tokens FILE.json --out FILE.safetensors";
+const USAGE =
+  "deno task grad --model DIR [--adapters FILE] --tokens FILE.json --out FILE.safetensors";
 const FLAGS: FlagSpec = {
   model: { type: "string", help: "base model folder (config.json + model.safetensors)" },
+  adapters: {
+    type: "string",
+    help: "adapters.safetensors: its tensors become the trainable ones, the base stays frozen",
+  },
   tokens: { type: "string", help: "JSON array of B sequences of T+1 token ids" },
   out: { type: "string", help: "where to write the debug state (safetensors, F32)" },
   help: { type: "boolean", help: "show this help" },
@@ -57,25 +65,43 @@ async function main(): Promise<void> {
   }
   const { config, weights } = await loadBaseCheckpoint(flags.model as string);
   const sequences = await readTokenFile(flags.tokens as string, config);
+  const adapterFile = typeof flags.adapters === "string"
+    ? await loadAdapters(flags.adapters, config)
+    : undefined;
   const engine = await Engine.create({ verbose: true });
   const model = new GPT2(engine, config, weights);
-  model.setTrainable(true);
   const B = sequences.length, T = sequences[0].length - 1;
   const batch = new GPT2Batch(engine, config, B, T);
   batch.set(sequences);
   const tape = new Tape(engine);
-  const { loss, logits } = model.forward(tape, batch);
-  await engine.run([...tape.forward(), ...tape.backward(loss)], "grad");
+  let output: { loss: Tensor; lb?: Tensor; logits: Tensor };
+  let gradients: () => Promise<Map<string, Float32Array>>;
+  if (adapterFile) {
+    const adapters = new AdapterTensors(engine, config, adapterFile.config, adapterFile.values);
+    for (const p of [...adapters.loraParams(), ...adapters.routerParams()]) p.requiresGrad = true;
+    output = forwardAdapted(tape, model, adapters, batch);
+    gradients = () => adapters.gradients();
+  } else {
+    model.setTrainable(true);
+    output = model.forward(tape, batch);
+    gradients = async () => {
+      const grads = new Map<string, Float32Array>();
+      for (const [name, p] of model.params) grads.set(name, await engine.readF32(p.grad!));
+      return grads;
+    };
+  }
+  await engine.run([...tape.forward(), ...tape.backward(output.loss)], "grad");
   const tensors: [string, NamedTensor][] = [
-    ["loss", { shape: [1], data: await engine.readF32(loss) }],
-    ["lb_loss", { shape: [1], data: new Float32Array(1) }],
-    ["logits", { shape: [B, T, config.vocab_size], data: await engine.readF32(logits) }],
+    ["loss", { shape: [1], data: await engine.readF32(output.loss) }],
+    ["lb_loss", {
+      shape: [1],
+      data: output.lb ? await engine.readF32(output.lb) : new Float32Array(1),
+    }],
+    ["logits", { shape: [B, T, config.vocab_size], data: await engine.readF32(output.logits) }],
   ];
-  for (const [name, param] of model.params) {
-    tensors.push([`grad.${name}`, {
-      shape: [...param.shape],
-      data: await engine.readF32(param.grad!),
-    }]);
+  const shapes = adapterFile ? adapterShapes(config, adapterFile.config) : parameterShapes(config);
+  for (const [name, data] of await gradients()) {
+    tensors.push([`grad.${name}`, { shape: shapes.get(name)!, data }]);
   }
   await writeSafetensors(flags.out as string, tensors);
   console.error(`loss ${tensors[0][1].data[0].toFixed(6)}; wrote ${flags.out}`);

@@ -18,20 +18,14 @@ import { join } from "node:path";
 import { Engine } from "../engine/device.ts";
 import { AdamW } from "../engine/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
-import type { Tensor } from "../engine/tensor.ts";
 import { type Document, readPretrainCorpora, splitDocuments } from "../fed/corpora.ts";
 import { saveBpe, trainBpe } from "../model/bpe_train.ts";
 import { saveBaseCheckpoint } from "../model/checkpoint.ts";
 import { type GPT2Config, parameterCount, parameterShapes } from "../model/config.ts";
 import { GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { initWeights } from "../model/init.ts";
-import {
-  BatchSampler,
-  evalBatches,
-  type EvalWindow,
-  evalWindows,
-  tokenStream,
-} from "../model/pretrain_data.ts";
+import { StreamEvaluator } from "../model/evaluate.ts";
+import { BatchSampler, tokenStream } from "../model/pretrain_data.ts";
 import {
   type NamedTensor,
   readSafetensors,
@@ -281,7 +275,14 @@ export async function pretrain(
     decay: (p) => p.shape.length === 2,
   });
   if (saved) opt.importState(saved.optimizer);
-  const evaluator = new HeldOutEvaluator(engine, model, config, heldOutStream, B, T);
+  const evaluator = new StreamEvaluator(
+    engine,
+    config,
+    heldOutStream,
+    B,
+    T,
+    (tape, batch) => model.forward(tape, batch).tokenLosses,
+  );
 
   let step = saved?.meta.step ?? 0;
   let { lossSum, lossCount } = saved?.meta ?? { lossSum: 0, lossCount: 0 };
@@ -366,76 +367,6 @@ export async function pretrain(
   trainBatch.dispose();
   model.dispose();
   return log;
-}
-
-/**
- * Mean cross-entropy over every target of the held-out stream, from a forward-only graph
- * (built once under noGrad). All batches are submitted back to back, each copying its
- * per-token losses into its own slot of one buffer that is read once at the end.
- */
-class HeldOutEvaluator {
-  readonly #batch: GPT2Batch;
-  readonly #tape: Tape;
-  readonly #forward: ReturnType<Tape["forward"]>;
-  readonly #tokenLosses: Tensor;
-  readonly #batches: EvalWindow[][];
-  readonly #slots: Tensor;
-  readonly #slotViews: Tensor[];
-  readonly #stride: number;
-
-  constructor(
-    readonly engine: Engine,
-    model: GPT2,
-    config: GPT2Config,
-    stream: Uint32Array,
-    readonly B: number,
-    readonly T: number,
-  ) {
-    this.#batch = new GPT2Batch(engine, config, B, T);
-    this.#tape = new Tape(engine);
-    this.#tokenLosses = this.#tape.noGrad(() => model.forward(this.#tape, this.#batch)).tokenLosses;
-    this.#forward = this.#tape.forward();
-    this.#batches = evalBatches(evalWindows(stream, T, 0), B, T);
-    // Slots start at multiples of 8 floats: views need 32-byte aligned offsets.
-    this.#stride = Math.ceil((B * T) / 8) * 8;
-    this.#slots = engine.tensor([this.#batches.length * this.#stride], {
-      label: "held-out losses",
-    });
-    this.#slotViews = this.#batches.map((_, i) =>
-      engine.view(this.#slots, i * this.#stride, [B * T], `held-out losses ${i}`)
-    );
-  }
-
-  async meanLoss(): Promise<number> {
-    for (const [i, windows] of this.#batches.entries()) {
-      this.#batch.set(windows.map((w) => w.ids));
-      await this.engine.run([
-        ...this.#forward,
-        {
-          kind: "copy",
-          label: "keep held-out losses",
-          src: this.#tokenLosses,
-          dst: this.#slotViews[i],
-        },
-      ], "held-out evaluation");
-    }
-    const losses = await this.engine.readF32(this.#slots);
-    let sum = 0, count = 0;
-    this.#batches.forEach((windows, i) => {
-      windows.forEach((window, b) => {
-        const row = i * this.#stride + b * this.T;
-        for (let t = 0; t < window.targets; t++) sum += losses[row + t];
-        count += window.targets;
-      });
-    });
-    return sum / count;
-  }
-
-  dispose(): void {
-    this.#slots.dispose();
-    this.#tape.dispose();
-    this.#batch.dispose();
-  }
 }
 
 async function writeResumeState(

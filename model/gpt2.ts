@@ -69,6 +69,22 @@ export interface GPT2Output {
   hidden: Tensor;
 }
 
+/**
+ * What adapts a frozen GPT-2 (model/comigs.ts): each attention linear layer's output given its
+ * input and frozen output, and each block's MLP. Without adapters the plain layers run.
+ */
+export interface BlockAdapters {
+  attentionLinear(
+    tape: Tape,
+    block: number,
+    layer: "c_attn" | "c_proj",
+    x: Tensor,
+    frozen: Tensor,
+  ): Tensor;
+  /** Block `block`'s MLP applied to x, the ln_2 output [N, C]. */
+  mlp(tape: Tape, block: number, x: Tensor): Tensor;
+}
+
 export class GPT2 {
   /** Base tensors under their canonical Hugging Face names. */
   readonly params = new Map<string, Tensor>();
@@ -104,11 +120,11 @@ export class GPT2 {
     return p;
   }
 
-  /** Records the forward pass of `batch` on `tape`. */
-  forward(tape: Tape, batch: GPT2Batch): GPT2Output {
+  /** Records the forward pass of `batch` on `tape`, through `adapters` when given. */
+  forward(tape: Tape, batch: GPT2Batch, adapters?: BlockAdapters): GPT2Output {
     const tokens = embedding(tape, this.#wteBlocks, batch.ids);
     let x = add(tape, tokens, embedding(tape, this.param("wpe.weight"), batch.positions));
-    for (let i = 0; i < this.config.n_layer; i++) x = this.block(tape, x, i, batch);
+    for (let i = 0; i < this.config.n_layer; i++) x = this.block(tape, x, i, batch, adapters);
     const hidden = this.layerNorm(tape, x, "ln_f");
     const logits = matmul(tape, hidden, this.param("wte.weight"), { transB: true });
     const { loss, rowLosses } = crossEntropyWithRowLosses(tape, logits, batch.targets);
@@ -116,17 +132,30 @@ export class GPT2 {
   }
 
   /** x + attn(ln_1(x)), then x + mlp(ln_2(x)). */
-  block(tape: Tape, x: Tensor, i: number, batch: GPT2Batch): Tensor {
+  block(tape: Tape, x: Tensor, i: number, batch: GPT2Batch, adapters?: BlockAdapters): Tensor {
     const h = `h.${i}`;
-    x = add(tape, x, this.attention(tape, this.layerNorm(tape, x, `${h}.ln_1`), h, batch));
-    return add(tape, x, this.mlp(tape, this.layerNorm(tape, x, `${h}.ln_2`), `${h}.mlp`));
+    x = add(
+      tape,
+      x,
+      this.attention(tape, this.layerNorm(tape, x, `${h}.ln_1`), i, batch, adapters),
+    );
+    const normed = this.layerNorm(tape, x, `${h}.ln_2`);
+    return add(
+      tape,
+      x,
+      adapters ? adapters.mlp(tape, i, normed) : this.mlp(tape, normed, `${h}.mlp`),
+    );
   }
 
-  attention(tape: Tape, x: Tensor, h: string, batch: GPT2Batch): Tensor {
-    const qkv = this.linear(tape, x, `${h}.attn.c_attn`);
+  attention(tape: Tape, x: Tensor, i: number, batch: GPT2Batch, adapters?: BlockAdapters): Tensor {
+    const linear = (input: Tensor, layer: "c_attn" | "c_proj") => {
+      const frozen = this.linear(tape, input, `h.${i}.attn.${layer}`);
+      return adapters ? adapters.attentionLinear(tape, i, layer, input, frozen) : frozen;
+    };
     const C = this.config.n_embd;
+    const qkv = linear(x, "c_attn");
     const heads = attention(tape, tape.reshape(qkv, [batch.B, batch.T, 3 * C]), this.config.n_head);
-    return this.linear(tape, tape.reshape(heads, [batch.B * batch.T, C]), `${h}.attn.c_proj`);
+    return linear(tape.reshape(heads, [batch.B * batch.T, C]), "c_proj");
   }
 
   mlp(tape: Tape, x: Tensor, prefix: string): Tensor {

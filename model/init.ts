@@ -30,7 +30,7 @@ export function initWeights(config: GPT2Config, seed: number): Map<string, Float
 }
 
 /** N(0, 1) samples from mulberry32 through Box-Muller, both outputs of each pair used. */
-class NormalSource {
+export class NormalSource {
   #state: number;
 
   constructor(seed: number) {
@@ -38,7 +38,7 @@ class NormalSource {
   }
 
   /** Uniform in (0, 1]: never 0, so the logarithm below stays finite. */
-  #uniform(): number {
+  uniform(): number {
     let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
@@ -48,8 +48,8 @@ class NormalSource {
   /** Fills `out` with N(0, std²) samples (plain loop: 124M values must take seconds at most). */
   fill(out: Float32Array, std: number): void {
     for (let i = 0; i < out.length; i += 2) {
-      const radius = std * Math.sqrt(-2 * Math.log(this.#uniform()));
-      const angle = 2 * Math.PI * this.#uniform();
+      const radius = std * Math.sqrt(-2 * Math.log(this.uniform()));
+      const angle = 2 * Math.PI * this.uniform();
       out[i] = radius * Math.cos(angle);
       if (i + 1 < out.length) out[i + 1] = radius * Math.sin(angle);
     }

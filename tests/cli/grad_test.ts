@@ -6,6 +6,8 @@ import { assertClose } from "../util.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const GOLDEN = `${ROOT}tests/golden/gpt2-tiny`;
+/** Golden debug states with adapters (scripts/golden_comigs.py): same base and tokens. */
+const ADAPTED = `${ROOT}tests/golden/comigs-tiny`;
 
 async function grad(args: string[]) {
   const { code, stderr } = await new Deno.Command(Deno.execPath(), {
@@ -49,6 +51,46 @@ Deno.test({
   },
 });
 
+// k2: experts 2,3 with k = 2, rsLoRA, λ and ρ given; k1: experts 3,1 (a block without router),
+// k = 1, standard scaling, λ and ρ left to their defaults. Every expert is used and no top-k
+// choice is within 1e-3 of a tie, so f32 rounding cannot change a routing decision.
+for (const name of ["k2", "k1"]) {
+  Deno.test({
+    name: `grad --adapters (${name}) matches PyTorch's debug state of the adapted model`,
+    sanitizeResources: false,
+    fn: async () => {
+      const dir = await Deno.makeTempDir();
+      const out = `${dir}/debug.safetensors`;
+      const { code, stderr } = await grad([
+        "--model",
+        ADAPTED,
+        "--adapters",
+        `${ADAPTED}/adapters-${name}.safetensors`,
+        "--tokens",
+        `${ADAPTED}/tokens.json`,
+        "--out",
+        out,
+      ]);
+      assertEquals(code, 0, stderr);
+      const ours = await readSafetensors(out);
+      const ref = await readSafetensors(`${ADAPTED}/debug-${name}.safetensors`);
+      assertEquals([...ours.tensors.keys()].sort(), [...ref.tensors.keys()].sort());
+      for (const [tensorName, tensor] of ours.tensors) {
+        const golden = ref.tensors.get(tensorName)!;
+        assertEquals(tensor.shape, golden.shape, tensorName);
+        // f32 sums over ≤ 39 tokens × 144 features of terms up to ~0.2 (the largest adapter
+        // gradient is 0.16, 5–15× the base model's): 1e-6 absolute + 1e-4 relative; measured
+        // errors are ≤ 1.7e-7. Values (loss, LB, logits): 1e-5, as for the base model.
+        const tol = tensorName.startsWith("grad.")
+          ? { atol: 1e-6, rtol: 1e-4 }
+          : { atol: 1e-5, rtol: 1e-5 };
+        assertClose(tensor.data, golden.data, tol, tensorName);
+      }
+      await Deno.remove(dir, { recursive: true });
+    },
+  });
+}
+
 Deno.test("grad rejects bad inputs with one clear message", async () => {
   const dir = await Deno.makeTempDir();
   const tokens = (json: unknown) => {
@@ -69,6 +111,33 @@ Deno.test("grad rejects bad inputs with one clear message", async () => {
       "T=25 > n_positions 24",
     ],
     [["--model", `${dir}/none`, "--tokens", `${GOLDEN}/tokens.json`, "--out", "o"], "cannot read"],
+    [
+      [
+        "--model",
+        GOLDEN,
+        "--adapters",
+        `${dir}/none`,
+        "--tokens",
+        `${GOLDEN}/tokens.json`,
+        "--out",
+        "o",
+      ],
+      "cannot read",
+    ],
+    [
+      // The gpt2-tiny debug state is a safetensors file without adapter metadata.
+      [
+        "--model",
+        GOLDEN,
+        "--adapters",
+        `${GOLDEN}/debug.safetensors`,
+        "--tokens",
+        `${GOLDEN}/tokens.json`,
+        "--out",
+        "o",
+      ],
+      `lacks "lora_scaling"`,
+    ],
   ];
   for (const [args, message] of cases) {
     const { code, stderr } = await grad(args);

@@ -1,0 +1,98 @@
+// GPT-2 adapted the CoMiGS way (method.md §1): the base stays frozen; attention LoRA on c_attn
+// and c_proj; every MLP becomes a mixture of the client's E LoRA experts sharing the frozen MLP
+// (kernels/moe_mlp.ts), weighted per token by a router's top-k gate, plus the load-balancing
+// loss over the blocks that have a router.
+import { ShapeError } from "../engine/errors.ts";
+import type { Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { add } from "../kernels/add.ts";
+import { scale } from "../kernels/fill.ts";
+import { loadBalance } from "../kernels/load_balance.ts";
+import { loraLinear } from "../kernels/lora.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { moeMlp } from "../kernels/moe_mlp.ts";
+import { topkGate } from "../kernels/topk_gate.ts";
+import { type AdapterTensors, loraScale } from "./adapters.ts";
+import type { BlockAdapters, GPT2, GPT2Batch } from "./gpt2.ts";
+
+export interface AdaptedOutput {
+  /** [1]: mean next-token cross-entropy (no auxiliary term). */
+  loss: Tensor;
+  /** [1]: LB averaged over the blocks with a router; absent when no block has one. */
+  lb?: Tensor;
+  /** [1]: what training minimises: loss + λ·LB (the loss itself when λ = 0 or no router). */
+  objective: Tensor;
+  /** [B·T, V]. */
+  logits: Tensor;
+  /** [B·T]: each position's cross-entropy (no gradient). */
+  tokenLosses: Tensor;
+}
+
+/** The adapters of one client as GPT2's per-block hooks; collects the router logits. */
+class MixtureOfExperts implements BlockAdapters {
+  readonly routerLogits: Tensor[] = [];
+  readonly #scale: number;
+
+  constructor(readonly model: GPT2, readonly adapters: AdapterTensors) {
+    this.#scale = loraScale(adapters.config);
+  }
+
+  attentionLinear(
+    tape: Tape,
+    block: number,
+    layer: "c_attn" | "c_proj",
+    x: Tensor,
+    frozen: Tensor,
+  ): Tensor {
+    const b = this.adapters.blocks[block];
+    const [a, bMatrix] = layer === "c_attn" ? [b.attnA, b.attnB] : [b.projA, b.projB];
+    return loraLinear(tape, x, frozen, a, bMatrix, this.#scale);
+  }
+
+  mlp(tape: Tape, block: number, x: Tensor): Tensor {
+    const { experts, router } = this.adapters.blocks[block];
+    let gate: Tensor;
+    if (router) {
+      const logits = matmul(tape, x, router, { transB: true });
+      this.routerLogits.push(logits);
+      gate = topkGate(tape, logits, this.adapters.config.topK);
+    } else {
+      // One expert: its output as it is.
+      gate = tape.tensor([x.shape[0], 1], `gate 1 (block ${block})`);
+      tape.engine.write(gate, new Float32Array(x.shape[0]).fill(1));
+    }
+    const mlp = `h.${block}.mlp`;
+    return moeMlp(tape, x, gate, {
+      fcWeight: this.model.param(`${mlp}.c_fc.weight`),
+      fcBias: this.model.param(`${mlp}.c_fc.bias`),
+      projWeight: this.model.param(`${mlp}.c_proj.weight`),
+      projBias: this.model.param(`${mlp}.c_proj.bias`),
+      ...experts,
+    }, this.#scale);
+  }
+}
+
+/** Records the adapted model's forward pass of `batch`, with its training objective. */
+export function forwardAdapted(
+  tape: Tape,
+  model: GPT2,
+  adapters: AdapterTensors,
+  batch: GPT2Batch,
+): AdaptedOutput {
+  const { n_layer, n_embd } = model.config;
+  if (adapters.config.experts.length !== n_layer || adapters.base.n_embd !== n_embd) {
+    throw new ShapeError(
+      `adapters for ${adapters.config.experts.length} blocks of width ${adapters.base.n_embd} ` +
+        `on a model of ${n_layer} blocks of width ${n_embd}`,
+    );
+  }
+  const mixture = new MixtureOfExperts(model, adapters);
+  const { loss, logits, tokenLosses } = model.forward(tape, batch, mixture);
+  const { topK, lbRho, lbCoef } = adapters.config;
+  const perBlock = mixture.routerLogits.map((logits) => loadBalance(tape, logits, topK, lbRho));
+  if (perBlock.length === 0) return { loss, objective: loss, logits, tokenLosses };
+  const total = perBlock.reduce((sum, value) => add(tape, sum, value));
+  const lb = perBlock.length === 1 ? total : scale(tape, total, 1 / perBlock.length);
+  const objective = lbCoef > 0 ? add(tape, loss, scale(tape, lb, lbCoef)) : loss;
+  return { loss, lb, objective, logits, tokenLosses };
+}
