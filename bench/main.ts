@@ -6,6 +6,8 @@ import { type Command, Engine } from "../engine/device.ts";
 import type { BenchCase } from "./case.ts";
 import { allCases } from "./cases/index.ts";
 import { matmulVsReference } from "./ratio.ts";
+import { moeMlpVsLoraMlp } from "./cases/moe_mlp.ts";
+import { comigsVsLoraStep } from "./comigs_step.ts";
 import { trainStepCases } from "./train_step.ts";
 
 const { values: flags } = parseArgs({
@@ -101,6 +103,8 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
     },
   },
   { kernel: "train_step", run: () => trainStepCases(engine, { runs }) },
+  { kernel: "moe_mlp_vs_lora_mlp", run: () => moeMlpVsLoraMlp(engine, { runs }) },
+  { kernel: "comigs_vs_lora_step", run: () => comigsVsLoraStep(engine, { runs }) },
 ];
 
 const results: Record<string, unknown>[] = [];

@@ -4,6 +4,8 @@
 
 export interface ProgressUpdate {
   step: number;
+  /** Where the run is, e.g. "round 3/10 client 2 (fiction)". */
+  context?: string;
   /** Training throughput (the caller times its steps, leaving evaluations out). */
   tokensPerSecond: number;
   loss?: number;
@@ -16,7 +18,8 @@ export class ProgressBar {
   #drawn = false;
 
   constructor(
-    readonly total: number,
+    /** Steps of the whole run (settable once the run knows it). */
+    public total: number,
     firstStep = 0,
     readonly isTTY = Deno.stderr.isTerminal(),
     readonly write = (text: string): void => {
@@ -32,11 +35,12 @@ export class ProgressBar {
     this.#firstStep = step;
   }
 
-  update({ step, tokensPerSecond, loss }: ProgressUpdate): void {
+  update({ step, context, tokensPerSecond, loss }: ProgressUpdate): void {
     const seconds = (performance.now() - this.#start) / 1000;
     const stepsDone = step - this.#firstStep;
     const eta = stepsDone > 0 ? (this.total - step) * seconds / stepsDone : NaN;
     const parts = [
+      context ?? "",
       `step ${step}/${this.total}`,
       `${Math.round(tokensPerSecond)} tok/s`,
       loss === undefined ? "" : `loss ${loss.toFixed(4)}`,

