@@ -28,14 +28,16 @@ export { embedding, IndexInput, splitRows } from "./kernels/embedding.ts";
 export { copy, fill, scale } from "./kernels/fill.ts";
 export { gelu } from "./kernels/gelu.ts";
 export { layerNorm } from "./kernels/layernorm.ts";
+export { loadBalance } from "./kernels/load_balance.ts";
 export { loraLinear } from "./kernels/lora.ts";
 export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
+export { moeMlp, type MoeMlpWeights } from "./kernels/moe_mlp.ts";
 export { softmax } from "./kernels/softmax.ts";
 export { mean, sum, sumRows } from "./kernels/sum.ts";
 export { topkGate } from "./kernels/topk_gate.ts";
 
 // GPT-2: model, checkpoints, tokenizers.
-export { GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
+export { type BlockAdapters, GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
 export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
 export { type BaseCheckpoint, loadBaseCheckpoint, saveBaseCheckpoint } from "./model/checkpoint.ts";
 export {
@@ -46,3 +48,25 @@ export {
 } from "./model/safetensors.ts";
 export { loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
 export { saveBpe, trainBpe } from "./model/bpe_train.ts";
+
+// CoMiGS: adapters (attention LoRA, LoRA experts, routers) and the adapted forward pass.
+export {
+  type AdapterConfig,
+  type AdapterFile,
+  AdapterTensors,
+  initAdapters,
+  loadAdapters,
+  loraScale,
+  saveAdapters,
+} from "./model/adapters.ts";
+export { type AdaptedOutput, forwardAdapted } from "./model/comigs.ts";
+export { StreamEvaluator } from "./model/evaluate.ts";
+
+// Federation: messages, aggregation, strategy, clients, methods, scenarios, whole runs.
+export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";
+export { aggregate, type Weighting } from "./fed/aggregate.ts";
+export { FedAvgStrategy, type Instructions, type Strategy } from "./fed/strategy.ts";
+export { Client, type ClientData, type ClientState, type Schedule } from "./fed/client.ts";
+export { type Method, METHOD_SPECS, METHODS, type MethodSpec } from "./fed/methods.ts";
+export { type ClientCorpus, loadScenario, type Scenario, SCENARIOS } from "./fed/scenarios.ts";
+export { type RunResult, runTraining, type Summary, type TrainOptions } from "./fed/run.ts";
