@@ -10,11 +10,10 @@ import { Tape, zeroGrad } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { gelu } from "../kernels/gelu.ts";
 import { loraLinear } from "../kernels/lora.ts";
-import { matmul } from "../kernels/matmul.ts";
-import { type AdapterConfig, AdapterTensors, initAdapters, loraScale } from "../model/adapters.ts";
+import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapters.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
-import { forwardAdapted } from "../model/comigs.ts";
-import { type BlockAdapters, GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { AttentionLora, forwardAdapted } from "../model/comigs.ts";
+import { GPT2, GPT2Batch } from "../model/gpt2.ts";
 
 const MODEL = new URL("../models/base", import.meta.url).pathname;
 const B = 8, T = 128;
@@ -22,31 +21,14 @@ const B = 8, T = 128;
 const SAME_LOSS = 1e-4;
 
 /** LoRA on attention and on both MLP layers: the usual single-adapter fine-tuning. */
-class SingleLora implements BlockAdapters {
-  readonly #scale: number;
-  constructor(readonly model: GPT2, readonly adapters: AdapterTensors) {
-    this.#scale = loraScale(adapters.config);
-  }
-
-  attentionLinear(
-    tape: Tape,
-    block: number,
-    layer: "c_attn" | "c_proj",
-    x: Tensor,
-    frozen: Tensor,
-  ) {
-    const b = this.adapters.blocks[block];
-    const [a, bm] = layer === "c_attn" ? [b.attnA, b.attnB] : [b.projA, b.projB];
-    return loraLinear(tape, x, frozen, a, bm, this.#scale);
-  }
-
+class SingleLora extends AttentionLora {
   mlp(tape: Tape, block: number, x: Tensor): Tensor {
     const { fcA, fcB, projA, projB } = this.adapters.blocks[block].experts;
     const flat = (t: Tensor) => tape.reshape(t, t.shape.slice(1));
     const fc = `h.${block}.mlp.c_fc`, proj = `h.${block}.mlp.c_proj`;
     const h = gelu(
       tape,
-      loraLinear(tape, x, this.model.linear(tape, x, fc), flat(fcA), flat(fcB), this.#scale),
+      loraLinear(tape, x, this.model.linear(tape, x, fc), flat(fcA), flat(fcB), this.scale),
     );
     return loraLinear(
       tape,
@@ -54,7 +36,7 @@ class SingleLora implements BlockAdapters {
       this.model.linear(tape, h, proj),
       flat(projA),
       flat(projB),
-      this.#scale,
+      this.scale,
     );
   }
 }

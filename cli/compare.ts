@@ -18,19 +18,9 @@ import {
   resultsMarkdown,
   type RunRef,
 } from "../fed/report.ts";
+import { METHODS } from "../fed/methods.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 
-export const METHODS = [
-  "comigs-1g1s",
-  "comigs-2g",
-  "comigs-2s",
-  "comigs-1gxs",
-  "pfedmoe",
-  "fedavg",
-  "local",
-  "centralized",
-  PRETRAINED,
-] as const;
 export const MAIN_METHODS = [
   "comigs-1g1s",
   "comigs-2g",

@@ -4,6 +4,7 @@
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
 import { join } from "node:path";
+import type { MetricRecord, Summary as RunSummary } from "./run.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
 export const PRETRAINED = "pretrained";
@@ -13,35 +14,6 @@ export interface RunRef {
   method: string;
   seed: number;
   dir: string;
-}
-
-/** DIR/summary.json of a finished run. */
-export interface RunSummary {
-  method: string;
-  scenario: string;
-  ood: boolean;
-  seed: number;
-  base_model: string;
-  clients: {
-    id: number;
-    name: string;
-    n_experts: number;
-    train_tokens: number;
-    test_ppl: number;
-  }[];
-  mean_test_ppl: number;
-  pretrained_mean_test_ppl: number;
-}
-
-/** One line of DIR/metrics.jsonl. */
-export interface MetricRecord {
-  round: number;
-  step: number;
-  client: number;
-  split: "train" | "val" | "test";
-  loss: number;
-  ppl: number;
-  wall_s: number;
 }
 
 export interface RunData {

@@ -28,14 +28,15 @@ export interface AdaptedOutput {
   tokenLosses: Tensor;
 }
 
-/** The adapters of one client as GPT2's per-block hooks; collects the router logits. */
-class MixtureOfExperts implements BlockAdapters {
-  readonly routerLogits: Tensor[] = [];
-  readonly #scale: number;
+/** LoRA on the attention layers; subclasses decide what the MLP is. */
+export abstract class AttentionLora implements BlockAdapters {
+  protected readonly scale: number;
 
   constructor(readonly model: GPT2, readonly adapters: AdapterTensors) {
-    this.#scale = loraScale(adapters.config);
+    this.scale = loraScale(adapters.config);
   }
+
+  abstract mlp(tape: Tape, block: number, x: Tensor): Tensor;
 
   attentionLinear(
     tape: Tape,
@@ -46,8 +47,13 @@ class MixtureOfExperts implements BlockAdapters {
   ): Tensor {
     const b = this.adapters.blocks[block];
     const [a, bMatrix] = layer === "c_attn" ? [b.attnA, b.attnB] : [b.projA, b.projB];
-    return loraLinear(tape, x, frozen, a, bMatrix, this.#scale);
+    return loraLinear(tape, x, frozen, a, bMatrix, this.scale);
   }
+}
+
+/** The adapters of one client as GPT2's per-block hooks; collects the router logits. */
+class MixtureOfExperts extends AttentionLora {
+  readonly routerLogits: Tensor[] = [];
 
   mlp(tape: Tape, block: number, x: Tensor): Tensor {
     const { experts, router } = this.adapters.blocks[block];
@@ -68,7 +74,7 @@ class MixtureOfExperts implements BlockAdapters {
       projWeight: this.model.param(`${mlp}.c_proj.weight`),
       projBias: this.model.param(`${mlp}.c_proj.bias`),
       ...experts,
-    }, this.#scale);
+    }, this.scale);
   }
 }
 

@@ -18,15 +18,16 @@ import {
   type Comparison,
   expectedRuns,
   logTicks,
-  type MetricRecord,
   perplexitySvg,
   readRuns,
   resultsMarkdown,
   roundLog,
-  type RunSummary,
   sampleStd,
   testCurve,
 } from "../../fed/report.ts";
+import type { Method } from "../../fed/methods.ts";
+import type { MetricRecord, Summary as RunSummary } from "../../fed/run.ts";
+import type { Scenario } from "../../fed/scenarios.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -192,8 +193,8 @@ async function writeRun(
     metrics.map((m) => JSON.stringify(m) + "\n").join(""),
   );
   const summary: RunSummary = {
-    method,
-    scenario,
+    method: method as Method,
+    scenario: scenario as Scenario,
     ood: false,
     seed,
     base_model: "models/base",
