@@ -144,3 +144,65 @@ Deno.test("train: --resume of a folder without a run is a clear error", async ()
   assert(!text.includes("    at "), text);
   await Deno.remove(dir);
 });
+
+// Killing the process (SIGKILL, mid-round, after its first saved round) and resuming must end
+// exactly where an uninterrupted run ends. One client of the real topics data, small batches.
+Deno.test({
+  name: "train: a run killed mid-training and resumed ends bit-identical to an uninterrupted one",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const train = (args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../../cli/train.ts", import.meta.url).pathname, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      });
+    const flags = (out: string) => [
+      "--clients",
+      "1",
+      "--rounds",
+      "3",
+      "--local-steps",
+      "2",
+      "--batch",
+      "2",
+      "--router-every",
+      "1",
+      "--router-steps",
+      "1",
+      "--seed",
+      "4",
+      "--out",
+      out,
+    ];
+    const whole = await train(flags(`${dir}/whole`)).output();
+    assertEquals(whole.code, 0, new TextDecoder().decode(whole.stderr));
+
+    const child = train(flags(`${dir}/killed`)).spawn();
+    const state = `${dir}/killed/resume.safetensors`;
+    for (;;) {
+      const saved = await Deno.stat(state).then(() => true, () => false);
+      if (saved) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill("SIGKILL");
+    const killed = await child.output();
+    assert(killed.code !== 0, "the run finished before it was killed");
+    await Deno.stat(`${dir}/killed/summary.json`).then(
+      () => assert(false, "summary.json exists after the kill"),
+      () => {},
+    );
+    const resumed = await train(["--resume", `${dir}/killed`]).output();
+    assertEquals(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
+    for (const file of ["clients/0/adapters.safetensors", "summary.json"]) {
+      const [a, b] = [
+        await Deno.readFile(`${dir}/whole/${file}`),
+        await Deno.readFile(`${dir}/killed/${file}`),
+      ];
+      assert(a.length === b.length && a.every((x, i) => x === b[i]), `${file} differs`);
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+});
