@@ -20,7 +20,9 @@
 //
 // Out of distribution (ood): each client keeps its own train split; every client gets the same
 // validation and test set, the same number of characters from each category's split (the
-// smallest category's amount; the last document taken from a category is cut to fit).
+// smallest category's amount, and no more than an equal share of one split's cap, so the mixed
+// set costs what one client's own set costs to evaluate; the last document taken from a
+// category is cut to fit).
 import {
   fnv1a,
   QURAN_LANGUAGES,
@@ -158,8 +160,8 @@ export async function loadScenarioDocuments(
     test: upToChars(split.test, TEST_CAP_CHARS),
   }));
   if (!ood) return splits;
-  const val = uniformMix(splits.map((split) => split.val));
-  const test = uniformMix(splits.map((split) => split.test));
+  const val = uniformMix(splits.map((split) => split.val), VAL_CAP_CHARS);
+  const test = uniformMix(splits.map((split) => split.test), TEST_CAP_CHARS);
   return splits.map(({ name, train }) => ({ name, train, val: [...val], test: [...test] }));
 }
 
@@ -268,8 +270,8 @@ function upToChars(docs: Document[], cap: number): Document[] {
 }
 
 /** The same number of characters from every split, the smallest split's total. */
-function uniformMix(splits: Document[][]): Document[] {
-  const each = Math.min(...splits.map(totalChars));
+function uniformMix(splits: Document[][], cap: number): Document[] {
+  const each = Math.min(Math.floor(cap / splits.length), ...splits.map(totalChars));
   return splits.flatMap((docs) => exactlyChars(docs, each));
 }
 

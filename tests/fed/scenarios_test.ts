@@ -123,15 +123,16 @@ Deno.test("ood: each client keeps its train; one val and test set mixes categori
     assertEquals(ood.map((c) => c.train), own.map((c) => c.train));
     for (const split of ["val", "test"] as const) {
       assert(ood.every((c) => JSON.stringify(c[split]) === JSON.stringify(ood[0][split])));
-      // Characters per category: equal, the smallest category's amount (one less where a cut
-      // would have split a surrogate pair).
+      // Characters per category: equal, the smallest category's amount or an equal share of
+      // the split's cap, whichever is less (one less where a cut would split a surrogate pair).
       const categoryOf = new Map(own.flatMap((c) => c[split].map((d) => [d.id, c.name])));
       const perCategory = new Map<string, number>();
       for (const doc of ood[0][split]) {
         const category = categoryOf.get(doc.id)!;
         perCategory.set(category, (perCategory.get(category) ?? 0) + doc.text.length);
       }
-      const smallest = Math.min(...own.map((c) => chars(c[split])));
+      const cap = CAPS[split];
+      const smallest = Math.min(Math.floor(cap / own.length), ...own.map((c) => chars(c[split])));
       assertEquals([...perCategory.keys()], NAMES[scenario]);
       for (const [category, n] of perCategory) {
         assert(n === smallest || n === smallest - 1, `${scenario} ${split} ${category}: ${n}`);
