@@ -221,11 +221,14 @@ export async function runTraining(
     lbCoef: spec.router === "uniform" ? 0 : options.lbCoef,
     lbRho: options.lbRho,
   }));
+  // The pooled model takes every category's share of steps, so it trains on as many tokens as
+  // the whole federation does.
+  const steps = pooled ? options.localSteps * categories.length : options.localSteps;
   const schedule = {
     batch: B,
     seq: T,
     lr: options.lr,
-    totalSteps: options.rounds * options.localSteps,
+    totalSteps: options.rounds * steps,
     routerEvery: options.routerEvery,
     routerSteps: options.routerSteps,
   };
@@ -283,8 +286,8 @@ export async function runTraining(
   } else await evaluate(0);
 
   const stopAt = Math.min(options.rounds, hooks.stopAfterRound ?? Infinity);
-  const total = options.rounds * options.localSteps * clients.length;
-  let done = round * options.localSteps * clients.length, tokens = 0, seconds = 0;
+  const total = options.rounds * steps * clients.length;
+  let done = round * steps * clients.length, tokens = 0, seconds = 0;
   progress.total = total;
   progress.begin(done);
   while (round < stopAt) {
@@ -295,7 +298,7 @@ export async function runTraining(
       await client.receive(instructions.parameters);
       let lossSum = 0;
       results.push(
-        await client.fit(round, options.localSteps, (step) => {
+        await client.fit(round, steps, (step) => {
           done++;
           tokens += step.tokens;
           seconds += step.seconds;
@@ -313,7 +316,7 @@ export async function runTraining(
         step: client.step,
         client: id,
         split: "train",
-        loss: lossSum / options.localSteps,
+        loss: lossSum / steps,
       });
     }
     strategy.aggregateFit(round, results);
