@@ -23,9 +23,13 @@ export interface RunData {
   metrics: MetricRecord[];
 }
 
-/** Test perplexity (mean over clients) at one evaluation: `step` is the clients' expert step. */
+/**
+ * Test perplexity (mean over clients) after a communication round (0: before training). Rounds,
+ * not steps, line methods up: every method trains on the same tokens per round (centralized
+ * takes all clients' steps in one model).
+ */
 export interface CurvePoint {
-  step: number;
+  round: number;
   ppl: number;
 }
 
@@ -122,17 +126,16 @@ async function readOptional(path: string): Promise<string | undefined> {
 
 /**
  * The test-perplexity curve of one run: per round, the mean over clients of their test
- * perplexity, at the mean of their expert steps (the clients of a round share it). A round
+ * perplexity. A round
  * evaluated twice (a resumed run that re-did it) counts once: the last record wins.
  */
-export function testCurve(metrics: readonly MetricRecord[]): (CurvePoint & { round: number })[] {
+export function testCurve(metrics: readonly MetricRecord[]): CurvePoint[] {
   const latest = new Map<string, MetricRecord>();
   for (const m of metrics) if (m.split === "test") latest.set(`${m.round}/${m.client}`, m);
   const byRound = new Map<number, MetricRecord[]>();
   for (const m of latest.values()) byRound.set(m.round, [...byRound.get(m.round) ?? [], m]);
   return [...byRound.entries()].sort(([a], [b]) => a - b).map(([round, records]) => ({
     round,
-    step: mean(records.map((r) => r.step)),
     ppl: mean(records.map((r) => r.ppl)),
   }));
 }
@@ -190,7 +193,7 @@ function methodResult(method: string, runs: readonly RunData[]): MethodResult {
     .filter((round) => curves.every((curve) => curve.some((p) => p.round === round)));
   const curve = rounds.map((round) => {
     const points = curves.map((c) => c.find((p) => p.round === round)!);
-    return { step: mean(points.map((p) => p.step)), ppl: mean(points.map((p) => p.ppl)) };
+    return { round, ppl: mean(points.map((p) => p.ppl)) };
   });
   return {
     method,
@@ -270,7 +273,7 @@ export function resultsMarkdown(c: Comparison): string {
     "",
     ...table,
     "",
-    "![test perplexity against expert steps](ppl.svg)",
+    "![test perplexity after each round](ppl.svg)",
     "",
   ].join("\n");
 }
@@ -320,10 +323,10 @@ export function perplexitySvg(c: Comparison): string {
     ...c.methods.flatMap((m) => m.curve.map((p) => p.ppl)),
     ...c.pretrained ? [mean(c.pretrained.meanPpl)] : [],
   ];
-  const steps = c.methods.flatMap((m) => m.curve.map((p) => p.step));
-  const xMax = Math.max(1, ...steps);
+  const rounds = c.methods.flatMap((m) => m.curve.map((p) => p.round));
+  const xMax = Math.max(1, ...rounds);
   const xTicks = linearTicks(0, xMax);
-  const x = (step: number) => PLOT.left + (step / xMax) * (PLOT.right - PLOT.left);
+  const x = (round: number) => PLOT.left + (round / xMax) * (PLOT.right - PLOT.left);
 
   const lo = values.length ? Math.min(...values) : 1, hi = values.length ? Math.max(...values) : 1;
   const log = lo > 0 && hi / lo > 3;
@@ -372,7 +375,7 @@ export function perplexitySvg(c: Comparison): string {
     `<rect x="${PLOT.left}" y="${PLOT.top}" width="${PLOT.right - PLOT.left}" ` +
       `height="${PLOT.bottom - PLOT.top}" fill="none" stroke="black"/>`,
     `<text x="${(PLOT.left + PLOT.right) / 2}" y="${HEIGHT - 22}" text-anchor="middle">` +
-      `expert steps per client</text>`,
+      `communication round</text>`,
     `<text transform="translate(20 ${(PLOT.top + PLOT.bottom) / 2}) rotate(-90)" ` +
       `text-anchor="middle">test perplexity${log ? " (log scale)" : ""}</text>`,
   );
@@ -389,7 +392,7 @@ export function perplexitySvg(c: Comparison): string {
   }
   c.methods.forEach((m, i) => {
     const color = PALETTE[i % PALETTE.length];
-    const points = m.curve.map((p) => `${f(x(p.step))},${f(y(p.ppl))}`).join(" ");
+    const points = m.curve.map((p) => `${f(x(p.round))},${f(y(p.ppl))}`).join(" ");
     parts.push(
       `<polyline points="${points}" fill="none" stroke="${color}" stroke-width="2" ` +
         `stroke-linejoin="round"/>`,

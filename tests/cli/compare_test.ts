@@ -290,7 +290,7 @@ Deno.test("curves: mean over clients per round, the last record of a re-evaluate
     ({ round, step: 10 * round, client, split: "test", loss: 0, ppl, wall_s: 0 }) as MetricRecord;
   assertEquals(
     testCurve([row(0, 0, 80), row(0, 1, 120), row(1, 0, 50), row(1, 1, 70), row(1, 1, 60)]),
-    [{ round: 0, step: 0, ppl: 100 }, { round: 1, step: 10, ppl: 55 }],
+    [{ round: 0, ppl: 100 }, { round: 1, ppl: 55 }],
   );
 });
 
@@ -298,8 +298,8 @@ Deno.test("curves: averaged over seeds, per method", async () => {
   const out = await Deno.makeTempDir();
   const c = await writeComparison(out);
   // fedavg: every seed starts at 100 and ends at its mean over clients (50, 54, 52).
-  assertEquals(c.methods[0].curve, [{ step: 0, ppl: 100 }, { step: 5, ppl: 76 }, {
-    step: 10,
+  assertEquals(c.methods[0].curve, [{ round: 0, ppl: 100 }, { round: 1, ppl: 76 }, {
+    round: 2,
     ppl: 52,
   }]);
   await Deno.remove(out, { recursive: true });
@@ -339,7 +339,7 @@ Deno.test("svg: well-formed, one polyline per method, dashed pretrained, log axi
   assertEquals(names.filter((n) => n === "path").length, 0);
   assert(svg.includes('width="800" height="500"'));
   assertEquals(svg.match(/stroke-dasharray/g)?.length, 2, "the pretrained line and its legend");
-  for (const label of ["pretrained", "fedavg", "local", "expert steps per client"]) {
+  for (const label of ["pretrained", "fedavg", "local", "communication round"]) {
     assert(svg.includes(`>${label}<`), label);
   }
   // The curves span 52..400, more than 3×: a log axis.
