@@ -328,7 +328,6 @@ export async function runTraining(
         round,
         elapsedS: elapsed(),
         pretrainedPpl,
-        clients: [],
       },
       await Promise.all(clients.map((c) => c.exportState())),
       strategy.parameters(),
@@ -436,7 +435,7 @@ async function readMetrics(out: string): Promise<MetricRecord[]> {
 
 async function saveRunState(
   out: string,
-  run: SavedRun,
+  run: Omit<SavedRun, "clients">,
   clients: readonly ClientState[],
   global: Map<string, NamedTensor> | null,
 ): Promise<void> {
@@ -445,7 +444,7 @@ async function saveRunState(
     state.m.forEach((m, k) => tensors.push([`${prefix}.m.${k}`, { shape: [m.length], data: m }]));
     state.v.forEach((v, k) => tensors.push([`${prefix}.v.${k}`, { shape: [v.length], data: v }]));
   };
-  run.clients = clients.map((state, i) => {
+  const counters = clients.map((state, i) => {
     for (const [name, data] of state.adapters) {
       tensors.push([`client.${i}.${name}`, { shape: [data.length], data }]);
     }
@@ -460,7 +459,8 @@ async function saveRunState(
     };
   });
   for (const [name, t] of global ?? []) tensors.push([`global.${name}`, t]);
-  await writeSafetensors(join(out, RESUME_FILE), tensors, { run: JSON.stringify(run) });
+  const saved: SavedRun = { ...run, clients: counters };
+  await writeSafetensors(join(out, RESUME_FILE), tensors, { run: JSON.stringify(saved) });
 }
 
 async function readJsonOptions(dir: string): Promise<TrainOptions> {
