@@ -66,13 +66,11 @@ function buildStep(engine: Engine, model: GPT2, batch: GPT2Batch, experts: numbe
   const params = adapters.loraParams();
   for (const p of params) p.requiresGrad = true;
   const tape = new Tape(engine);
+  // The single LoRA trains on its loss; the mixture on its loss + λ·LB.
   const { loss, objective } = experts === 1
-    ? (() => {
-      const out = model.forward(tape, batch, new SingleLora(model, adapters));
-      return { loss: out.loss, objective: out.loss };
-    })()
+    ? { ...model.forward(tape, batch, new SingleLora(model, adapters)), objective: undefined }
     : forwardAdapted(tape, model, adapters, batch);
-  const body = [...zeroGrad(params), ...tape.forward(), ...tape.backward(objective)];
+  const body = [...zeroGrad(params), ...tape.forward(), ...tape.backward(objective ?? loss)];
   const opt = new AdamW(engine, params, { lr: 2e-3, betas: [0.9, 0.95], weightDecay: 0.01 });
   return {
     commands: () => [...body, ...opt.step()],

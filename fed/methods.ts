@@ -2,6 +2,9 @@
 // how its router learns. "No router" methods hold E experts behind a router whose weights are zero
 // and never trained, with k = E: the top-k softmax of E equal logits is exactly the uniform mean
 // of the experts, and the adapters file keeps interfaces.md's layout.
+import { type AdapterConfig, initAdapters } from "../model/adapters.ts";
+import type { GPT2Config } from "../model/config.ts";
+
 export const METHODS = [
   "comigs-1g1s",
   "comigs-2g",
@@ -98,4 +101,40 @@ export function isShared(
 ): boolean {
   if (role === "router" || spec.shares === "none") return false;
   return spec.shares === "all" || role !== "specialist";
+}
+
+/** The LoRA and routing settings of a run; the method decides how they apply. */
+export type LoraSettings = Omit<AdapterConfig, "experts">;
+
+/**
+ * A client's adapter configuration under `spec`, with E experts in every block. Methods without
+ * a router use k = E (the uniform mean, see above) and no load-balancing term.
+ */
+export function methodAdapterConfig(
+  spec: MethodSpec,
+  lora: LoraSettings,
+  experts: number,
+  base: GPT2Config,
+): AdapterConfig {
+  const uniform = spec.router === "uniform";
+  return {
+    ...lora,
+    topK: uniform ? experts : lora.topK,
+    lbCoef: uniform ? 0 : lora.lbCoef,
+    experts: new Array(base.n_layer).fill(experts),
+  };
+}
+
+/** Fresh adapters for a client under `spec` (methods without a router get a zero router). */
+export function methodInitAdapters(
+  spec: MethodSpec,
+  base: GPT2Config,
+  config: AdapterConfig,
+  seed: number,
+): Map<string, Float32Array> {
+  const init = initAdapters(base, config, seed);
+  if (spec.router === "uniform") {
+    for (const [name, values] of init) if (name.endsWith("router.weight")) values.fill(0);
+  }
+  return init;
 }

@@ -4,7 +4,7 @@
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
 import { join } from "node:path";
-import type { MetricRecord, Summary as RunSummary } from "./run.ts";
+import { type MetricRecord, parseMetrics, type Summary as RunSummary } from "./run.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
 export const PRETRAINED = "pretrained";
@@ -105,8 +105,7 @@ export async function readRuns(
       }
     }
     const config = JSON.parse(await Deno.readTextFile(join(ref.dir, "config.json")));
-    const metrics = (await Deno.readTextFile(join(ref.dir, "metrics.jsonl"))).split("\n")
-      .filter((line) => line.trim()).map((line) => JSON.parse(line) as MetricRecord);
+    const metrics = parseMetrics(await Deno.readTextFile(join(ref.dir, "metrics.jsonl")));
     runs.push({ ref, summary, config, metrics });
   }
   if (missing.length) {

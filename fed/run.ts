@@ -10,13 +10,7 @@
 import { join } from "node:path";
 import type { Engine } from "../engine/device.ts";
 import type { AdamWState } from "../engine/optim.ts";
-import {
-  type AdapterConfig,
-  adapterRole,
-  adapterShapes,
-  initAdapters,
-  saveAdapters,
-} from "../model/adapters.ts";
+import { adapterRole, adapterShapes, initAdapters, saveAdapters } from "../model/adapters.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { GPT2 } from "../model/gpt2.ts";
@@ -31,7 +25,13 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import type { ProgressBar } from "../cli/progress.ts";
 import type { Weighting } from "./aggregate.ts";
 import { Client, type ClientState, mix } from "./client.ts";
-import { isShared, type Method, METHOD_SPECS } from "./methods.ts";
+import {
+  isShared,
+  type Method,
+  METHOD_SPECS,
+  methodAdapterConfig,
+  methodInitAdapters,
+} from "./methods.ts";
 import { type ClientCorpus, loadScenario, type Scenario } from "./scenarios.ts";
 import { FedAvgStrategy } from "./strategy.ts";
 
@@ -212,15 +212,15 @@ export async function runTraining(
   // Clients: one per category, or one on the pooled data (centralized).
   const pooled = spec.pooled ?? false;
   const members = pooled ? [pool(categories)] : categories;
-  const adapterConfigs = members.map((_, id): AdapterConfig => ({
-    rank: options.rank,
-    alpha: options.alpha,
-    scaling: options.scaling,
-    topK: spec.router === "uniform" ? options.experts[id] : options.topK,
-    experts: new Array(config.n_layer).fill(options.experts[id]),
-    lbCoef: spec.router === "uniform" ? 0 : options.lbCoef,
-    lbRho: options.lbRho,
-  }));
+  const { rank, alpha, scaling, topK, lbCoef, lbRho } = options;
+  const adapterConfigs = members.map((_, id) =>
+    methodAdapterConfig(
+      spec,
+      { rank, alpha, scaling, topK, lbCoef, lbRho },
+      options.experts[id],
+      config,
+    )
+  );
   // The pooled model takes every category's share of steps, so it trains on as many tokens as
   // the whole federation does.
   const steps = pooled ? options.localSteps * categories.length : options.localSteps;
@@ -233,10 +233,7 @@ export async function runTraining(
     routerSteps: options.routerSteps,
   };
   const clients = members.map((data, id) => {
-    const init = initAdapters(config, adapterConfigs[id], mix(options.seed, id, 0));
-    if (spec.router === "uniform") {
-      for (const [name, values] of init) if (name.endsWith("router.weight")) values.fill(0);
-    }
+    const init = methodInitAdapters(spec, config, adapterConfigs[id], mix(options.seed, id, 0));
     return new Client(
       engine,
       model,
@@ -428,9 +425,13 @@ async function writeJson(path: string, value: unknown): Promise<void> {
   await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(value, null, 2) + "\n"));
 }
 
+/** The records of a metrics.jsonl text, one JSON object per non-empty line. */
+export function parseMetrics(text: string): MetricRecord[] {
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as MetricRecord);
+}
+
 async function readMetrics(out: string): Promise<MetricRecord[]> {
-  const text = await Deno.readTextFile(join(out, METRICS_FILE)).catch(() => "");
-  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+  return parseMetrics(await Deno.readTextFile(join(out, METRICS_FILE)).catch(() => ""));
 }
 
 async function saveRunState(

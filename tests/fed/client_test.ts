@@ -5,7 +5,12 @@
 // and an adapted model that starts exactly as its base.
 import { Client, type Schedule } from "../../fed/client.ts";
 import { decodeMessage } from "../../fed/message.ts";
-import { type Method, METHOD_SPECS } from "../../fed/methods.ts";
+import {
+  type Method,
+  METHOD_SPECS,
+  methodAdapterConfig,
+  methodInitAdapters,
+} from "../../fed/methods.ts";
 import type { Engine } from "../../engine/device.ts";
 import { type AdapterConfig, adapterRole, initAdapters } from "../../model/adapters.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
@@ -31,17 +36,10 @@ const SCHEDULE: Schedule = {
   routerSteps: 2,
 };
 
+const LORA = { rank: 2, alpha: 4, scaling: "rslora" as const, topK: 2, lbCoef: 0.01, lbRho: 0.5 };
+
 function adapterConfig(method: Method, experts: number): AdapterConfig {
-  const uniform = METHOD_SPECS[method].router === "uniform";
-  return {
-    rank: 2,
-    alpha: 4,
-    scaling: "rslora",
-    topK: uniform ? experts : 2,
-    experts: new Array(base.config.n_layer).fill(experts),
-    lbCoef: uniform ? 0 : 0.01,
-    lbRho: 0.5,
-  };
+  return methodAdapterConfig(METHOD_SPECS[method], LORA, experts, base.config);
 }
 
 function client(
@@ -51,10 +49,7 @@ function client(
   { experts = 2, schedule = SCHEDULE, id = 0 } = {},
 ): Client {
   const config = adapterConfig(method, experts);
-  const init = initAdapters(base.config, config, 7 + id);
-  if (METHOD_SPECS[method].router === "uniform") {
-    for (const [name, v] of init) if (name.endsWith("router.weight")) v.fill(0);
-  }
+  const init = methodInitAdapters(METHOD_SPECS[method], base.config, config, 7 + id);
   // Nonzero lora_B so every tensor receives gradient from the first step.
   for (const [name, v] of init) if (name.endsWith("lora_B")) v.fill(0.01);
   return new Client(
