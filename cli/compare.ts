@@ -38,6 +38,7 @@ const ALLOWED = {
   count0: "an integer ≥ 0",
   positive: "a number > 0",
   path: "a non-empty path",
+  caps: 'integers ≥ 2 or "all", one for every client or one per client',
 };
 
 /** Training flags forwarded to every run when given, with what each accepts. */
@@ -50,6 +51,7 @@ const PASS_THROUGH: Record<string, { kind: keyof typeof ALLOWED; help: string }>
   model: { kind: "path", help: "base model folder" },
   "router-every": { kind: "count", help: "expert steps between router updates" },
   "router-steps": { kind: "count0", help: "router steps per update" },
+  "train-tokens": { kind: "caps", help: "training tokens kept per client" },
 };
 
 const USAGE = "deno task compare --scenario S [--seeds N] [--methods a,b,c] [--ood] [--out DIR] " +
@@ -122,6 +124,8 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
     const value = Number(text);
     const valid = kind === "path"
       ? text !== ""
+      : kind === "caps"
+      ? text.split(",").every((p) => p.trim() === "all" || Number(p) >= 2 && /^\s*\d+\s*$/.test(p))
       : kind === "positive"
       ? value > 0 && Number.isFinite(value)
       : /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);

@@ -45,6 +45,11 @@ const FLAGS: FlagSpec = {
     type: "string",
     help: "experts per client, e.g. 2,2,4,4 (comigs-1gxs only; default 2,2,4,4; others use 2)",
   },
+  "train-tokens": {
+    type: "string",
+    help: "training tokens kept per client: one cap for all or one per client, e.g. " +
+      "20000,all,all,all (default all: the whole split)",
+  },
   model: { type: "string", help: `base model folder (default ${DEFAULTS.model})` },
   rounds: { type: "string", help: `communication rounds R (default ${DEFAULTS.rounds}; paper 20)` },
   "local-steps": {
@@ -127,6 +132,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     scenario,
     clients,
     experts: parseExperts(text("experts"), method, clients),
+    trainTokens: parseTrainTokens(text("train-tokens"), clients),
     model: text("model") ?? DEFAULTS.model,
     rounds: integer("rounds", DEFAULTS.rounds, 1, 100_000),
     localSteps: integer("local-steps", DEFAULTS.localSteps, 1, 1_000_000),
@@ -175,6 +181,24 @@ function parseExperts(raw: string | undefined, method: Method, clients: number):
     );
   }
   return perClient;
+}
+
+/** The training-token cap per client (null: the whole split), from "N" or "N,all,...". */
+function parseTrainTokens(raw: string | undefined, clients: number): (number | null)[] {
+  if (raw === undefined) return new Array(clients).fill(null);
+  const caps = raw.split(",").map((p) => p.trim()).map((p) => p === "all" ? null : Number(p));
+  if (caps.some((n) => n !== null && !(Number.isInteger(n) && n >= 2))) {
+    throw new UsageError(
+      `--train-tokens "${raw}": each entry must be an integer ≥ 2 or "all"`,
+    );
+  }
+  if (caps.length !== clients && caps.length !== 1) {
+    throw new UsageError(
+      `--train-tokens "${raw}" lists ${caps.length} entries for ${clients} clients (give one per ` +
+        `client, or one for all)`,
+    );
+  }
+  return caps.length === 1 ? new Array(clients).fill(caps[0]) : caps;
 }
 
 function timestamp(d: Date): string {

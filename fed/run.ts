@@ -42,6 +42,8 @@ export interface TrainOptions {
   clients: number;
   /** E_i per client. */
   experts: number[];
+  /** Training tokens kept per client (the first ones of its split); null keeps them all. */
+  trainTokens: (number | null)[];
   model: string;
   rounds: number;
   localSteps: number;
@@ -158,9 +160,10 @@ export async function runTraining(
     ood: options.ood,
     seed: options.seed,
   });
-  const categories: Streams[] = corpora.map((c) => ({
+  const categories: Streams[] = corpora.map((c, id) => ({
     name: c.name,
-    train: tokenStream(tokenizer, c.train),
+    // Runs from before --train-tokens have no caps in their config.json.
+    train: capTrain(tokenStream(tokenizer, c.train), options.trainTokens?.[id] ?? null, id, T),
     val: tokenStream(tokenizer, c.val),
     test: tokenStream(tokenizer, c.test),
   }));
@@ -370,6 +373,18 @@ export class RunStopped extends Error {
   constructor(readonly round: number) {
     super(`stopped after round ${round}`);
   }
+}
+
+/** The first `cap` tokens of a training stream (low-data clients), checked to hold a window. */
+function capTrain(stream: Uint32Array, cap: number | null, id: number, T: number): Uint32Array {
+  const kept = cap === null ? stream : stream.subarray(0, cap);
+  if (kept.length < T + 1) {
+    throw new RangeError(
+      `client ${id} keeps ${kept.length} training tokens, fewer than one window of --seq ${T} ` +
+        `+ 1; raise --train-tokens`,
+    );
+  }
+  return kept;
 }
 
 function pool(categories: readonly Streams[]): Streams {

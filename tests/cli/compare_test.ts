@@ -60,6 +60,8 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     "3e-4",
     "--router-steps",
     "0",
+    "--train-tokens",
+    "20000,all,all,all",
   ]);
   assertEquals(
     [o.out, o.seeds, o.methods, o.training],
@@ -70,6 +72,8 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
       "3e-4",
       "--router-steps",
       "0",
+      "--train-tokens",
+      "20000,all,all,all",
     ]],
   );
   assertEquals(parseInvocation(["--help"]), { help: true });
@@ -92,6 +96,11 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     "--rounds must be an integer ≥ 1",
   );
   assertThrows(() => parseInvocation(["--scenario", "iid", "--lr", "-1"]), UsageError, "> 0");
+  assertThrows(
+    () => parseInvocation(["--scenario", "iid", "--train-tokens", "20000,some"]),
+    UsageError,
+    '--train-tokens must be integers ≥ 2 or "all"',
+  );
   assertThrows(() => parseInvocation(["--scenario", "iid", "--resume", "x"]), UsageError, "resume");
 });
 

@@ -19,6 +19,7 @@ Deno.test("train: no flags give CoMiGS-1G1S on topics with the shipped defaults"
   assertEquals(o.scenario, "topics");
   assertEquals(o.clients, 4);
   assertEquals(o.experts, [2, 2, 2, 2]);
+  assertEquals(o.trainTokens, [null, null, null, null]);
   assertEquals(o.model, "models/base");
   assertEquals([o.rounds, o.localSteps, o.batch, o.seq], [10, 10, 8, 128]);
   assertEquals([o.routerEvery, o.routerSteps, o.lr], [10, 2, 2e-3]);
@@ -65,9 +66,12 @@ Deno.test("train: the paper's settings are reachable by flags", () => {
     "0.3",
     "--aggregation",
     "tokens",
+    "--train-tokens",
+    "5000,all,all,all",
     "--out",
     "x",
   ]);
+  assertEquals(o.trainTokens, [5000, null, null, null]);
   assertEquals([o.rounds, o.routerEvery, o.routerSteps, o.batch], [20, 30, 10, 64]);
   assertEquals(o.experts, [1, 1, 8, 8]);
   assertEquals([o.ood, o.routerOnTrain, o.scaling, o.topK, o.lbCoef], [
@@ -94,6 +98,9 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--method", "comigs-1gxs", "--experts", "2,2"], "lists 2 counts for 4 clients"],
     [["--method", "comigs-1gxs", "--experts", "2,x,2,2"], "integer in 1..16"],
     [["--method", "comigs-1gxs", "--experts", "2,17,2,2"], "integer in 1..16"],
+    [["--train-tokens", "1"], 'integer ≥ 2 or "all"'],
+    [["--train-tokens", "5000,none,all,all"], 'integer ≥ 2 or "all"'],
+    [["--train-tokens", "5000,all"], "lists 2 entries for 4 clients"],
     [["--rounds", "0"], "--rounds must be an integer"],
     [["--local-steps", "1.5"], "--local-steps must be an integer"],
     [["--router-every=-1"], "--router-every must be an integer"],

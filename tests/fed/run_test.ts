@@ -50,6 +50,7 @@ function options(out: string, method: Method, rounds = 2): TrainOptions {
     method,
     clients: 2,
     experts: method === "comigs-1gxs" ? [1, 3] : [2, 2],
+    trainTokens: [null, null],
     model: MODEL,
     rounds,
     localSteps: 2,
@@ -205,6 +206,34 @@ gpuTest(
     assertEquals(
       strip(await Deno.readTextFile(join(split, "metrics.jsonl"))),
       strip(await Deno.readTextFile(join(whole, "metrics.jsonl"))),
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "--train-tokens keeps the first tokens of a client's split; fewer than a window is refused",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const run = (name: string, trainTokens: (number | null)[]) =>
+      runTraining(engine, { options: { ...options(join(dir, name), "local", 1), trainTokens } }, {
+        progress: quiet(),
+        corpora: corpora(),
+      });
+    const whole = await run("whole", [null, null]);
+    const low = await run("low", [40, null]);
+    assertEquals(low.summary.clients.map((c) => c.train_tokens), [
+      40,
+      whole.summary.clients[1].train_tokens,
+    ]);
+    assert(whole.summary.clients[0].train_tokens > 40);
+    // Client 1 is untouched; client 0 trained on other batches.
+    assertEquals(low.summary.clients[1].test_ppl, whole.summary.clients[1].test_ppl);
+    assert(low.summary.clients[0].test_ppl !== whole.summary.clients[0].test_ppl);
+    await assertRejects(
+      () => run("tiny", [16, null]),
+      RangeError,
+      "client 0 keeps 16 training tokens, fewer than one window of --seq 16 + 1",
     );
     await Deno.remove(dir, { recursive: true });
   },
