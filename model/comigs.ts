@@ -26,6 +26,11 @@ export interface AdaptedOutput {
   logits: Tensor;
   /** [B·T]: each position's cross-entropy (no gradient). */
   tokenLosses: Tensor;
+  /**
+   * One per block, [B·T, E]: the weight of each expert per token (the top-k gate; the constant
+   * 1 when E = 1), what the MLP mixes with. For analysis (cli/routing.ts); read after a forward.
+   */
+  gates: Tensor[];
 }
 
 /** LoRA on the attention layers; subclasses decide what the MLP is. */
@@ -51,9 +56,10 @@ export abstract class AttentionLora implements BlockAdapters {
   }
 }
 
-/** The adapters of one client as GPT2's per-block hooks; collects the router logits. */
+/** The adapters of one client as GPT2's per-block hooks; collects router logits and gates. */
 class MixtureOfExperts extends AttentionLora {
   readonly routerLogits: Tensor[] = [];
+  readonly gates: Tensor[] = [];
 
   mlp(tape: Tape, block: number, x: Tensor): Tensor {
     const { experts, router } = this.adapters.blocks[block];
@@ -67,6 +73,7 @@ class MixtureOfExperts extends AttentionLora {
       gate = tape.tensor([x.shape[0], 1], `gate 1 (block ${block})`);
       tape.engine.write(gate, new Float32Array(x.shape[0]).fill(1));
     }
+    this.gates.push(gate);
     const mlp = `h.${block}.mlp`;
     return moeMlp(tape, x, gate, {
       fcWeight: this.model.param(`${mlp}.c_fc.weight`),
@@ -96,9 +103,10 @@ export function forwardAdapted(
   const { loss, logits, tokenLosses } = model.forward(tape, batch, mixture);
   const { topK, lbRho, lbCoef } = adapters.config;
   const perBlock = mixture.routerLogits.map((logits) => loadBalance(tape, logits, topK, lbRho));
-  if (perBlock.length === 0) return { loss, objective: loss, logits, tokenLosses };
+  const gates = mixture.gates;
+  if (perBlock.length === 0) return { loss, objective: loss, logits, tokenLosses, gates };
   const total = perBlock.reduce((sum, value) => add(tape, sum, value));
   const lb = perBlock.length === 1 ? total : scale(tape, total, 1 / perBlock.length);
   const objective = lbCoef > 0 ? add(tape, loss, scale(tape, lb, lbCoef)) : loss;
-  return { loss, lb, objective, logits, tokenLosses };
+  return { loss, lb, objective, logits, tokenLosses, gates };
 }

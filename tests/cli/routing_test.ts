@@ -1,0 +1,258 @@
+// `deno task routing` end to end on a run folder written by hand (config.json as the trainer
+// writes it, the shipped base model, random adapters): the report files exist, stdout is the
+// Markdown, the numbers are consistent with the test split and with a --layer run; every bad
+// input is one clear message (checked in-process, and once through a real process).
+import { join } from "node:path";
+import { planRouting } from "../../cli/routing.ts";
+import { UsageError } from "../../cli/args.ts";
+import { DEFAULTS } from "../../cli/train.ts";
+import {
+  type Method,
+  METHOD_SPECS,
+  methodAdapterConfig,
+  methodInitAdapters,
+} from "../../fed/methods.ts";
+import type { TrainOptions } from "../../fed/run.ts";
+import { loadScenario } from "../../fed/scenarios.ts";
+import { saveAdapters } from "../../model/adapters.ts";
+import { readConfig } from "../../model/checkpoint.ts";
+import { tokenStream } from "../../model/pretrain_data.ts";
+import { type RoutingRow, streamWords } from "../../model/routing.ts";
+import { loadTokenizer } from "../../model/tokenizer.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { Rng } from "../util.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const MODEL = join(ROOT, "models/base");
+const MAX_TOKENS = 300;
+
+function runOptions(out: string, method: Method, experts: number[]): TrainOptions {
+  return {
+    ...DEFAULTS,
+    method,
+    scenario: "topics",
+    clients: experts.length,
+    experts,
+    model: MODEL,
+    rounds: 1,
+    localSteps: 1,
+    routerEvery: 1,
+    routerSteps: 1,
+    routerOnTrain: false,
+    ood: false,
+    batch: 2,
+    seq: 16,
+    trainTokens: experts.map(() => null),
+    out,
+  };
+}
+
+/**
+ * A run folder as `deno task train` leaves it: config.json and, unless `withAdapters` is false,
+ * every client's adapters (the method's init with routers N(0, 0.5²) and lora_B N(0, 0.05²),
+ * so routing varies from token to token).
+ */
+async function writeRun(
+  dir: string,
+  method: Method,
+  experts: number[],
+  withAdapters = [true, true],
+): Promise<string> {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(
+    join(dir, "config.json"),
+    JSON.stringify(runOptions(dir, method, experts), null, 2),
+  );
+  const base = await readConfig(MODEL);
+  const spec = METHOD_SPECS[method];
+  const rng = new Rng(7);
+  for (const [id, E] of experts.entries()) {
+    if (!withAdapters[id]) continue;
+    const config = methodAdapterConfig(spec, { ...DEFAULTS, topK: 2 }, E, base);
+    const values = methodInitAdapters(spec, base, config, 100 + id);
+    for (const [name, data] of values) {
+      if (name.endsWith("router.weight")) data.set(rng.normal(data.length, 0.5));
+      if (name.endsWith("lora_B")) data.set(rng.normal(data.length, 0.05));
+    }
+    await Deno.mkdir(join(dir, "clients", String(id)), { recursive: true });
+    await saveAdapters(join(dir, "clients", String(id), "adapters.safetensors"), base, {
+      config,
+      values,
+    });
+  }
+  return dir;
+}
+
+async function routing(args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}cli/routing.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
+}
+
+interface Report {
+  rows: RoutingRow[];
+  top_words: {
+    client: number;
+    layer: number;
+    function: { word: string; tokens: number; generalist_weight: number }[];
+    content: { word: string; tokens: number; generalist_weight: number }[];
+  }[];
+}
+
+Deno.test({
+  name: "routing reports every client and layer of a run, consistent with its test split",
+  sanitizeResources: false,
+  fn: async () => {
+    // comigs-1gxs with E = 1 (generalist only) and E = 3 (k = 2).
+    const dir = await writeRun(await Deno.makeTempDir(), "comigs-1gxs", [1, 3]);
+    const { code, stdout, stderr } = await routing([
+      "--run",
+      dir,
+      "--max-tokens",
+      String(MAX_TOKENS),
+    ]);
+    assertEquals(code, 0, stderr);
+    const markdown = await Deno.readTextFile(join(dir, "routing.md"));
+    assertEquals(stdout, markdown + "\n");
+    const report: Report = JSON.parse(await Deno.readTextFile(join(dir, "routing.json")));
+    const n = (await readConfig(MODEL)).n_layer;
+    assertEquals(
+      report.rows.map((r) => [r.client, r.layer, r.experts]),
+      [0, 1].flatMap((c) => [...Array(n).keys()].map((l) => [c, l, [1, 3][c]])),
+    );
+
+    // The counts are the whole words among the first MAX_TOKENS inputs of each client's test
+    // split, the same in every layer.
+    const tokenizer = await loadTokenizer(MODEL, 4096);
+    const corpora = await loadScenario("topics", { clients: 2, ood: false, seed: DEFAULTS.seed });
+    for (const [client, corpus] of corpora.entries()) {
+      const stream = tokenStream(tokenizer, corpus.test).subarray(0, MAX_TOKENS + 1);
+      const words = streamWords(Array.from(stream, (id) => tokenizer.decode([id])), 16);
+      const count = (kind: string) => words.filter((w) => w?.kind === kind).length;
+      assert(count("function") > 20 && count("content") > 20, "enough words of each class");
+      for (const row of report.rows.filter((r) => r.client === client)) {
+        assertEquals(row.name, corpus.name);
+        assertEquals([row.function.tokens, row.content.tokens], [
+          count("function"),
+          count("content"),
+        ]);
+        assert(row.function.tokens + row.content.tokens <= MAX_TOKENS);
+      }
+    }
+    for (const row of report.rows) {
+      for (const stats of [row.function, row.content]) {
+        for (const value of [stats.generalist_weight, stats.generalist_top1]) {
+          assert(value !== null && value >= 0 && value <= 1, `${JSON.stringify(row)}`);
+        }
+        if (row.experts === 1) {
+          assertEquals([stats.generalist_weight, stats.generalist_top1], [1, 1]);
+        }
+      }
+    }
+    // With a router, the generalist's weight varies between tokens, and each block (its own
+    // router) gives other numbers.
+    const routed = report.rows.filter((r) => r.experts === 3);
+    assert(routed.some((r) => r.content.generalist_weight! < 0.99));
+    assertEquals(new Set(routed.map((r) => r.function.generalist_weight)).size, n);
+    // Top words: the first layer, most frequent first, counts within their class's.
+    for (const top of report.top_words) {
+      const row = report.rows.find((r) => r.client === top.client && r.layer === 0)!;
+      assertEquals(top.layer, 0);
+      for (const kind of ["function", "content"] as const) {
+        const counts = top[kind].map((w) => w.tokens);
+        assertEquals(counts, [...counts].sort((a, b) => b - a));
+        assert(counts.length === 10 && counts.reduce((a, b) => a + b) <= row[kind].tokens);
+        assert(top[kind].every((w) => w.generalist_weight >= 0 && w.generalist_weight <= 1));
+      }
+    }
+    for (const r of report.rows) {
+      const cells = [
+        `${r.client} ${r.name}`,
+        r.layer,
+        r.experts,
+        r.function.tokens,
+        r.content.tokens,
+      ];
+      assert(markdown.includes(`| ${cells.join(" | ")} |`), `no table row for ${cells}`);
+    }
+
+    // --layer 2 reports that block only, with the same numbers.
+    const single = await routing([
+      "--run",
+      dir,
+      "--max-tokens",
+      String(MAX_TOKENS),
+      "--layer",
+      "2",
+    ]);
+    assertEquals(single.code, 0, single.stderr);
+    const layer2: Report = JSON.parse(await Deno.readTextFile(join(dir, "routing.json")));
+    assertEquals(layer2.rows, report.rows.filter((r) => r.layer === 2));
+    assertEquals(layer2.top_words.map((t) => t.layer), [2, 2]);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test("routing: bad flags and run folders are clear errors naming the problem", async () => {
+  const root = await Deno.makeTempDir();
+  const finished = await writeRun(join(root, "finished"), "comigs-1g1s", [2, 2]);
+  const unfinished = await writeRun(join(root, "unfinished"), "comigs-1g1s", [2, 2], [
+    true,
+    false,
+  ]);
+  const fedavg = await writeRun(join(root, "fedavg"), "fedavg", [2, 2], [false, false]);
+  const pretrained = await writeRun(join(root, "pretrained"), "pretrained", [2, 2], [false, false]);
+  const noConfig = join(root, "empty");
+  await Deno.mkdir(noConfig);
+  const badJson = join(root, "bad-json");
+  await Deno.mkdir(badJson);
+  await Deno.writeTextFile(join(badJson, "config.json"), "{ not json");
+  const notRun = join(root, "not-run");
+  await Deno.mkdir(notRun);
+  await Deno.writeTextFile(join(notRun, "config.json"), JSON.stringify({ method: "local" }));
+  const cases: [string[], new (...args: never[]) => Error, string][] = [
+    [[], UsageError, "--run is required"],
+    [["--bogus"], UsageError, "Unknown option '--bogus'"],
+    [["--run", join(root, "none")], UsageError, `--run ${join(root, "none")}: no such folder`],
+    [["--run", noConfig], Error, `${join(noConfig, "config.json")}: cannot read`],
+    [["--run", badJson], Error, `${join(badJson, "config.json")}: cannot read`],
+    [["--run", notRun], Error, "bad or missing: scenario, model, clients, batch, seq, seed, ood"],
+    [["--run", pretrained], Error, `method "pretrained" trains no adapters`],
+    [["--run", fedavg], Error, `method "fedavg" has no learned router`],
+    [
+      ["--run", unfinished],
+      Error,
+      `${join(unfinished, "clients", "1", "adapters.safetensors")} is missing: the run has not`,
+    ],
+    [["--run", finished, "--layer", "4"], UsageError, "--layer must be an integer in 0..3"],
+    [["--run", finished, "--layer", "1.5"], UsageError, "--layer must be an integer ≥ 0"],
+    [["--run", finished, "--layer=-1"], UsageError, "--layer must be an integer ≥ 0"],
+    [["--run", finished, "--max-tokens", "0"], UsageError, "--max-tokens must be an integer ≥ 1"],
+    [["--run", finished, "--max-tokens", "many"], UsageError, "--max-tokens must be an integer"],
+  ];
+  for (const [args, type, message] of cases) {
+    await assertRejects(() => planRouting(args), type, message);
+  }
+  const { plan } = await planRouting(["--run", finished, "--layer", "3"]) as {
+    plan: { layers: number[]; maxTokens: number };
+  };
+  assertEquals([plan.layers, plan.maxTokens], [[3], 20_000]);
+
+  // Through a real process: one line on stderr, no stack trace, exit code 2 for a usage error
+  // and 1 for a run that cannot be analysed.
+  for (
+    const [args, exit] of [[["--run", fedavg], 1], [
+      ["--run", finished, "--layer", "x"],
+      2,
+    ]] as const
+  ) {
+    const { code, stderr } = await routing([...args]);
+    assertEquals(code, exit, stderr);
+    assert(stderr.startsWith("error: ") && !stderr.includes("    at "), stderr);
+  }
+  await Deno.remove(root, { recursive: true });
+});
