@@ -45,6 +45,7 @@ const ALLOWED = {
 const PASS_THROUGH: Record<string, { kind: keyof typeof ALLOWED; help: string }> = {
   rounds: { kind: "count", help: "federated rounds" },
   "local-steps": { kind: "count", help: "expert steps per round" },
+  "eval-every": { kind: "count", help: "rounds between test evaluations" },
   batch: { kind: "count", help: "sequences per step" },
   seq: { kind: "count", help: "tokens per sequence" },
   lr: { kind: "positive", help: "learning rate" },

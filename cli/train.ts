@@ -18,6 +18,7 @@ export const DEFAULTS = {
   model: "models/base",
   rounds: 10,
   localSteps: 10,
+  evalEvery: 1,
   routerEvery: 10,
   routerSteps: 2,
   lr: 2e-3,
@@ -55,6 +56,10 @@ const FLAGS: FlagSpec = {
   "local-steps": {
     type: "string",
     help: `expert steps per client per round T (default ${DEFAULTS.localSteps}; paper 10)`,
+  },
+  "eval-every": {
+    type: "string",
+    help: `evaluate the test split every N rounds (and at the end; default ${DEFAULTS.evalEvery})`,
   },
   "router-every": {
     type: "string",
@@ -136,6 +141,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     model: text("model") ?? DEFAULTS.model,
     rounds: integer("rounds", DEFAULTS.rounds, 1, 100_000),
     localSteps: integer("local-steps", DEFAULTS.localSteps, 1, 1_000_000),
+    evalEvery: integer("eval-every", DEFAULTS.evalEvery, 1, 100_000),
     routerEvery: integer("router-every", DEFAULTS.routerEvery, 1),
     routerSteps: integer("router-steps", DEFAULTS.routerSteps, 0, 1_000_000),
     routerOnTrain: flags["router-on-train"] === true,

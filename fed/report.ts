@@ -272,7 +272,7 @@ export function resultsMarkdown(c: Comparison): string {
     "",
     ...table,
     "",
-    "![test perplexity after each round](ppl.svg)",
+    "![mean test perplexity by round](ppl.svg)",
     "",
   ].join("\n");
 }

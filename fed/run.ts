@@ -47,6 +47,8 @@ export interface TrainOptions {
   model: string;
   rounds: number;
   localSteps: number;
+  /** The test split is evaluated before training, after every this many rounds and at the end. */
+  evalEvery: number;
   routerEvery: number;
   routerSteps: number;
   routerOnTrain: boolean;
@@ -320,7 +322,9 @@ export async function runTraining(
       });
     }
     strategy.aggregateFit(round, results);
-    await evaluate(round);
+    // Runs from before --eval-every evaluated every round.
+    const evaluated = round % (options.evalEvery ?? 1) === 0 || round === options.rounds;
+    if (evaluated) await evaluate(round);
     await saveRunState(
       out,
       {
@@ -332,7 +336,7 @@ export async function runTraining(
       await Promise.all(clients.map((c) => c.exportState())),
       strategy.parameters(),
     );
-    if (round < options.rounds) {
+    if (evaluated && round < options.rounds) {
       progress.log(
         `round ${round}: mean test perplexity ${meanTestPpl(metrics, round).toFixed(2)}`,
       );

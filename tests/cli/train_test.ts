@@ -21,7 +21,7 @@ Deno.test("train: no flags give CoMiGS-1G1S on topics with the shipped defaults"
   assertEquals(o.experts, [2, 2, 2, 2]);
   assertEquals(o.trainTokens, [null, null, null, null]);
   assertEquals(o.model, "models/base");
-  assertEquals([o.rounds, o.localSteps, o.batch, o.seq], [10, 10, 8, 128]);
+  assertEquals([o.rounds, o.localSteps, o.batch, o.seq, o.evalEvery], [10, 10, 8, 128, 1]);
   assertEquals([o.routerEvery, o.routerSteps, o.lr], [10, 2, 2e-3]);
   assertEquals([o.rank, o.alpha, o.scaling, o.topK], [8, 16, "rslora", 2]);
   assertEquals([o.lbCoef, o.lbRho, o.aggregation], [0.01, 0.5, "uniform"]);
@@ -68,10 +68,12 @@ Deno.test("train: the paper's settings are reachable by flags", () => {
     "tokens",
     "--train-tokens",
     "5000,all,all,all",
+    "--eval-every",
+    "5",
     "--out",
     "x",
   ]);
-  assertEquals(o.trainTokens, [5000, null, null, null]);
+  assertEquals([o.trainTokens, o.evalEvery], [[5000, null, null, null], 5]);
   assertEquals([o.rounds, o.routerEvery, o.routerSteps, o.batch], [20, 30, 10, 64]);
   assertEquals(o.experts, [1, 1, 8, 8]);
   assertEquals([o.ood, o.routerOnTrain, o.scaling, o.topK, o.lbCoef], [
@@ -102,6 +104,7 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--train-tokens", "5000,none,all,all"], 'integer ≥ 2 or "all"'],
     [["--train-tokens", "5000,all"], "lists 2 entries for 4 clients"],
     [["--rounds", "0"], "--rounds must be an integer"],
+    [["--eval-every", "0"], "--eval-every must be an integer in 1..100000"],
     [["--local-steps", "1.5"], "--local-steps must be an integer"],
     [["--router-every=-1"], "--router-every must be an integer"],
     [["--router-steps", "x"], "--router-steps must be an integer"],

@@ -238,3 +238,32 @@ gpuTest(
     await Deno.remove(dir, { recursive: true });
   },
 );
+
+gpuTest(
+  "--eval-every N evaluates before training, every N rounds and after the last",
+  async (engine) => {
+    const out = await Deno.makeTempDir();
+    const { summary } = await runTraining(
+      engine,
+      { options: { ...options(out, "local", 3), localSteps: 1, evalEvery: 2 } },
+      { progress: quiet(), corpora: corpora() },
+    );
+    const metrics = (await Deno.readTextFile(join(out, "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    const tests = metrics.filter((m) => m.split === "test");
+    assertEquals(tests.map((m) => [m.round, m.client]), [[0, 0], [0, 1], [2, 0], [2, 1], [3, 0], [
+      3,
+      1,
+    ]]);
+    assertEquals(metrics.filter((m) => m.split === "train").map((m) => m.round), [
+      1,
+      1,
+      2,
+      2,
+      3,
+      3,
+    ]);
+    assertEquals(summary.clients.map((c) => c.test_ppl), tests.slice(-2).map((m) => m.ppl));
+    await Deno.remove(out, { recursive: true });
+  },
+);
