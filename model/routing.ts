@@ -318,10 +318,12 @@ export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouti
   const compared = first.filter((r) => difference(r) !== null);
   if (compared.length) {
     const more = compared.filter((r) => difference(r)! > 0).length;
+    const mean = compared.reduce((sum, r) => sum + difference(r)!, 0) / compared.length;
     out.push(
       "",
       `Layer ${first[0].layer}: function words get more generalist weight than content words ` +
-        `for ${more} of ${compared.length} clients with a router.`,
+        `for ${more} of ${compared.length} clients with a router (mean difference ` +
+        `${signed(mean)}).`,
     );
   }
   for (const c of clients) {

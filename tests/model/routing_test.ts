@@ -169,6 +169,23 @@ Deno.test("routingJson and routingMarkdown: one row per client and layer, empty 
   assert(markdown.includes("| 0 press | 0 | 2 | 1 | 0 | 0.250 | – | – | 0.000 | – |"), markdown);
   assert(markdown.includes("| 0 press | 1 | 1 | 1 | 0 | 1.000 | – | – | 1.000 | – |"), markdown);
   assert(markdown.includes("| 1 | the | 1 | 0.250 |  |  |  |"), markdown);
+  // The summary line compares clients with both classes only.
+  const both = tallyGates(
+    [{ word: "the", kind: "function" }, { word: "cat", kind: "content" }],
+    new Float32Array([0.75, 0.25, 0.25, 0.75]),
+    2,
+    0,
+  );
+  const summary = routingMarkdown(meta, [...clients, {
+    client: 1,
+    name: "x",
+    tokens: 2,
+    layers: [both],
+  }]);
+  assert(
+    summary.includes("for 1 of 1 clients with a router (mean difference +0.500)"),
+    summary,
+  );
 });
 
 /** float64 reference of kernels/topk_gate.ts (method.md §1) for one row of logits. */
