@@ -61,6 +61,7 @@ export {
 } from "./model/adapters.ts";
 export { type AdaptedOutput, forwardAdapted } from "./model/comigs.ts";
 export { StreamEvaluator } from "./model/evaluate.ts";
+export { StreamCapture } from "./model/stream_capture.ts";
 
 // Federation: messages, aggregation, strategy, clients, methods, scenarios, whole runs.
 export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";

@@ -18,7 +18,6 @@ import { forwardAdapted } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { tokenStream } from "../model/pretrain_data.ts";
 import {
-  captureStream,
   type ClientRouting,
   routingJson,
   routingMarkdown,
@@ -27,6 +26,7 @@ import {
   tallyGates,
 } from "../model/routing.ts";
 import { writeFileAtomic } from "../model/safetensors.ts";
+import { StreamCapture } from "../model/stream_capture.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 
@@ -168,8 +168,9 @@ export async function analyseRouting(
       const stream = tokenStream(tokenizer, corpora[id].test).subarray(0, maxTokens + 1);
       const adapters = new AdapterTensors(engine, config, file.config, file.values);
       let gates: Float32Array[];
+      let capture: StreamCapture | undefined;
       try {
-        gates = await captureStream(
+        capture = new StreamCapture(
           engine,
           config,
           stream,
@@ -180,7 +181,9 @@ export async function analyseRouting(
             return layers.map((l) => all[l]);
           },
         );
+        gates = await capture.capture();
       } finally {
+        capture?.dispose();
         adapters.dispose();
       }
       const words = streamWords(Array.from(stream, piece), options.seq);

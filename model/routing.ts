@@ -1,14 +1,8 @@
 // Routing analysis (method.md §5's finding "in the first layer, function words route to the
 // generalist"): which tokens are whole words, whether each is a function or a content word, the
-// generalist's (expert 0's) gate weight averaged per class, and the report. Everything but
-// `captureStream` (which runs the model) is plain computation on arrays.
-import type { Engine } from "../engine/device.ts";
+// generalist's (expert 0's) gate weight averaged per class, and the report: plain computation on
+// arrays (cli/routing.ts reads the gates off the GPU with a StreamCapture).
 import { ShapeError } from "../engine/errors.ts";
-import { Tape } from "../engine/tape.ts";
-import type { Tensor } from "../engine/tensor.ts";
-import type { GPT2Config } from "./config.ts";
-import { GPT2Batch } from "./gpt2.ts";
-import { evalBatches, evalWindows } from "./pretrain_data.ts";
 
 /**
  * English function words, lowercase (218). Chosen by hand, class by class, from the closed word
@@ -353,77 +347,4 @@ export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouti
     );
   }
   return out.join("\n") + "\n";
-}
-
-/**
- * Runs a forward-only graph (built once, under noGrad) over every input token of `stream`, in
- * the windows of T and batches of B of held-out evaluation (model/pretrain_data.ts), and keeps
- * the tensors `record` returns, each [B·T, width]. Each batch's values are copied into their
- * own slots of one buffer, read once at the end. Returns, per recorded tensor, the rows of the
- * stream's input positions 0..length−2 in order, [length − 1, width].
- */
-export async function captureStream(
-  engine: Engine,
-  config: GPT2Config,
-  stream: Uint32Array,
-  B: number,
-  T: number,
-  record: (tape: Tape, batch: GPT2Batch) => Tensor[],
-): Promise<Float32Array[]> {
-  const batch = new GPT2Batch(engine, config, B, T);
-  const tape = new Tape(engine);
-  try {
-    const tensors = tape.noGrad(() => record(tape, batch));
-    for (const t of tensors) {
-      if (t.shape.length !== 2 || t.shape[0] !== B * T) {
-        throw new ShapeError(`captureStream: ${t} is not [${B * T}, width]`);
-      }
-    }
-    const forward = tape.forward();
-    const batches = evalBatches(evalWindows(stream, T, 0), B, T);
-    // Slots start at offsets a view may take (the storage alignment, in floats).
-    const align = engine.limits.minStorageBufferOffsetAlignment / 4;
-    const offsets: number[] = [];
-    let stride = 0;
-    for (const t of tensors) {
-      offsets.push(stride);
-      stride += Math.ceil(t.size / align) * align;
-    }
-    const positions = Math.max(0, stream.length - 1);
-    const out = tensors.map((t) => new Float32Array(positions * t.shape[1]));
-    if (batches.length === 0 || stride === 0) return out;
-    const slots = engine.tensor([batches.length * stride], { label: "captured tensors" });
-    try {
-      for (const [i, windows] of batches.entries()) {
-        batch.set(windows.map((w) => w.ids));
-        await engine.run([
-          ...forward,
-          ...tensors.map((src, k) => ({
-            kind: "copy" as const,
-            label: `keep ${src.label}`,
-            src,
-            dst: engine.view(slots, i * stride + offsets[k], src.shape, `${src.label} ${i}`),
-          })),
-        ], "capture");
-      }
-      const data = await engine.readF32(slots);
-      tensors.forEach((t, k) => {
-        const width = t.shape[1];
-        let p = 0;
-        batches.forEach((windows, i) => {
-          windows.forEach((w, b) => {
-            const start = i * stride + offsets[k] + b * T * width;
-            out[k].set(data.subarray(start, start + w.targets * width), p * width);
-            p += w.targets;
-          });
-        });
-      });
-      return out;
-    } finally {
-      slots.dispose();
-    }
-  } finally {
-    tape.dispose();
-    batch.dispose();
-  }
 }

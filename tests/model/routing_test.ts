@@ -1,17 +1,15 @@
 // The routing analysis (model/routing.ts): which tokens are whole words and of which class, the
 // gates gathered by class on synthetic gates with known answers, the report's rows, and on the
-// GPU that the gates forwardAdapted exposes (read through captureStream) are the top-k gate of
+// GPU that the gates forwardAdapted exposes (read through a StreamCapture) are the top-k gate of
 // its router logits, row by row at the right stream positions.
 import type { Tensor } from "../../engine/tensor.ts";
 import { ShapeError } from "../../engine/errors.ts";
-import { embedding } from "../../kernels/embedding.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters } from "../../model/adapters.ts";
 import { forwardAdapted } from "../../model/comigs.ts";
 import type { GPT2Config } from "../../model/config.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { initWeights } from "../../model/init.ts";
 import {
-  captureStream,
   type ClientRouting,
   FUNCTION_WORDS,
   routingJson,
@@ -22,6 +20,7 @@ import {
   type WordToken,
   wordToken,
 } from "../../model/routing.ts";
+import { StreamCapture } from "../../model/stream_capture.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import { assertClose, gpuTest, Rng } from "../util.ts";
 
@@ -245,7 +244,7 @@ gpuTest("captured gates are the top-k gate of the captured router logits (E=1 gi
     }
     const adapters = new AdapterTensors(engine, TINY, config, values);
     let routed: { logits: Tensor; gate: Tensor }[] = [];
-    const captured = await captureStream(engine, TINY, stream, 2, 5, (tape, batch) => {
+    const capture = new StreamCapture(engine, TINY, stream, 2, 5, (tape, batch) => {
       // Sees every op forwardAdapted records, to keep the topk_gate ops' inputs and outputs.
       const record = tape.record.bind(tape);
       routed = [];
@@ -256,6 +255,8 @@ gpuTest("captured gates are the top-k gate of the captured router logits (E=1 gi
       const { gates } = forwardAdapted(tape, model, adapters, batch);
       return [...gates, ...routed.map((r) => r.logits)];
     });
+    const captured = await capture.capture();
+    capture.dispose();
     const L = config.experts.length, positions = stream.length - 1;
     const routers = config.experts.flatMap((E, l) => E > 1 ? [l] : []);
     assertEquals(routed.length, routers.length, `config ${c}: one topk_gate per router`);
@@ -280,26 +281,4 @@ gpuTest("captured gates are the top-k gate of the captured router logits (E=1 gi
     adapters.dispose();
   }
   model.dispose();
-});
-
-gpuTest("captureStream keeps every input position's row in stream order", async (engine) => {
-  // An embedding table whose row v is [v, v + 0.5]: the captured rows must spell the stream.
-  const table = engine.tensor([TINY.vocab_size, 2], {
-    data: Array.from({ length: TINY.vocab_size }, (_, v) => [v, v + 0.5]).flat(),
-    label: "id table",
-  });
-  for (const [length, B, T] of [[23, 2, 5], [9, 3, 8], [2, 1, 4], [1, 2, 4]]) {
-    const stream = Uint32Array.from(new Rng(length).int(length, TINY.vocab_size));
-    const [rows] = await captureStream(
-      engine,
-      TINY,
-      stream,
-      B,
-      T,
-      (tape, batch) => [embedding(tape, table, batch.ids)],
-    );
-    const expected = Array.from(stream.subarray(0, -1), (v) => [v, v + 0.5]).flat();
-    assertEquals(Array.from(rows), expected, `stream of ${length}, B=${B}, T=${T}`);
-  }
-  table.dispose();
 });
