@@ -77,7 +77,7 @@ gpuTest("StreamEvaluator's mean is over real targets only (padding excluded)", a
   table.dispose();
 });
 
-gpuTest("StreamCapture refuses a tensor without B·T rows", async (engine) => {
+gpuTest("StreamCapture refuses a tensor without B·T rows", (engine) => {
   const table = idTable(engine, 2);
   assertThrows(
     () => new StreamCapture(engine, TINY, new Uint32Array(9), 2, 4, () => [table]),
@@ -85,4 +85,5 @@ gpuTest("StreamCapture refuses a tensor without B·T rows", async (engine) => {
     "is not [8] or [8, width]",
   );
   table.dispose();
+  return Promise.resolve();
 });
