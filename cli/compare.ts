@@ -20,6 +20,7 @@ import {
 } from "../fed/report.ts";
 import { METHODS } from "../fed/methods.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+import { DEFAULTS, parseTrainTokens } from "./train.ts";
 
 export const MAIN_METHODS = [
   "comigs-1g1s",
@@ -123,10 +124,9 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
     const text = flags[name] as string | undefined;
     if (text === undefined) continue;
     const value = Number(text);
-    const valid = kind === "path"
-      ? text !== ""
-      : kind === "caps"
-      ? text.split(",").every((p) => p.trim() === "all" || Number(p) >= 2 && /^\s*\d+\s*$/.test(p))
+    const valid = kind === "path" ? text !== "" : kind === "caps"
+      // Every run trains the default number of clients: train.ts's own check and message.
+      ? parseTrainTokens(text, DEFAULTS.clients).length > 0
       : kind === "positive"
       ? value > 0 && Number.isFinite(value)
       : /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);

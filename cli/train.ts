@@ -190,7 +190,7 @@ function parseExperts(raw: string | undefined, method: Method, clients: number):
 }
 
 /** The training-token cap per client (null: the whole split), from "N" or "N,all,...". */
-function parseTrainTokens(raw: string | undefined, clients: number): (number | null)[] {
+export function parseTrainTokens(raw: string | undefined, clients: number): (number | null)[] {
   if (raw === undefined) return new Array(clients).fill(null);
   const caps = raw.split(",").map((p) => p.trim()).map((p) => p === "all" ? null : Number(p));
   if (caps.some((n) => n !== null && !(Number.isInteger(n) && n >= 2))) {

@@ -99,7 +99,12 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
   assertThrows(
     () => parseInvocation(["--scenario", "iid", "--train-tokens", "20000,some"]),
     UsageError,
-    '--train-tokens must be integers ≥ 2 or "all"',
+    '--train-tokens "20000,some": each entry must be an integer ≥ 2 or "all"',
+  );
+  assertThrows(
+    () => parseInvocation(["--scenario", "iid", "--train-tokens", "20000,all"]),
+    UsageError,
+    "lists 2 entries for 4 clients",
   );
   assertThrows(() => parseInvocation(["--scenario", "iid", "--resume", "x"]), UsageError, "resume");
 });
