@@ -3,6 +3,7 @@
 // finish in about ten minutes on a 2-core machine without a GPU; the paper's settings are flags.
 import { Engine } from "../engine/device.ts";
 import { MAX_EXPERTS } from "../model/adapters.ts";
+import { markdownTable } from "../model/markdown_table.ts";
 import { type Weighting, WEIGHTINGS } from "../fed/aggregate.ts";
 import { type Method, METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import { type RunResult, runTraining, type TrainOptions } from "../fed/run.ts";
@@ -234,14 +235,7 @@ export function summaryTable({ summary, pretrainedPpl }: RunResult): string {
       summary.mean_test_ppl.toFixed(2),
     ],
   ];
-  const widths = rows[0].map((_, k) => Math.max(...rows.map((r) => r[k].length)));
-  const line = (r: string[]) => `| ${r.map((cell, k) => cell.padEnd(widths[k])).join(" | ")} |`;
-  return [
-    line(rows[0]),
-    `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`,
-    ...rows.slice(1).map(line),
-  ]
-    .join("\n");
+  return markdownTable(rows, { pad: true, align: ["left", "left", ...new Array(4).fill("right")] });
 }
 
 async function main(): Promise<void> {

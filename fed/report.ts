@@ -4,6 +4,7 @@
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
 import { join } from "node:path";
+import { markdownTable } from "../model/markdown_table.ts";
 import { type MetricRecord, parseMetrics, type Summary as RunSummary } from "./run.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
@@ -250,27 +251,23 @@ export function resultsMarkdown(c: Comparison): string {
   const best = columns.map((_, j) =>
     Math.min(...cells.flatMap((row) => row[j] ? [mean(row[j]!)] : []))
   );
-  const line = (values: string[]) => `| ${values.join(" | ")} |`;
-  const table = [
-    line(["method", ...c.clients, "mean"]),
-    line(["---", ...columns.map(() => "---:")]),
-    ...rows.map((r, i) =>
-      line([
-        r.method,
-        ...cells[i].map((values, j) => {
-          if (!values) return "—";
-          const text = formatMeanStd(values);
-          return mean(values) === best[j] ? `**${text}**` : text;
-        }),
-      ])
-    ),
-  ];
+  const table = markdownTable([
+    ["method", ...c.clients, "mean"],
+    ...rows.map((r, i) => [
+      r.method,
+      ...cells[i].map((values, j) => {
+        if (!values) return "—";
+        const text = formatMeanStd(values);
+        return mean(values) === best[j] ? `**${text}**` : text;
+      }),
+    ]),
+  ], { align: ["left", ...columns.map(() => "right" as const)] });
   return [
     `# Test perplexity: ${c.scenario}, ${distribution(c.ood)}`,
     "",
     describe(c),
     "",
-    ...table,
+    table,
     "",
     "![mean test perplexity by round](ppl.svg)",
     "",

@@ -3,6 +3,7 @@
 // generalist's (expert 0's) gate weight averaged per class, and the report: plain computation on
 // arrays (cli/routing.ts reads the gates off the GPU with a StreamCapture).
 import { ShapeError } from "../engine/errors.ts";
+import { markdownTable } from "./markdown_table.ts";
 
 /**
  * English function words, lowercase (218). Chosen by hand, class by class, from the closed word
@@ -257,11 +258,6 @@ export function routingJson(meta: RoutingMeta, clients: readonly ClientRouting[]
 const fixed = (x: number | null, digits = 3) => x === null ? "–" : x.toFixed(digits);
 const signed = (x: number | null) => x === null ? "–" : (x >= 0 ? "+" : "") + x.toFixed(3);
 
-function table(rows: string[][]): string {
-  const line = (r: string[]) => `| ${r.join(" | ")} |`;
-  return [line(rows[0]), line(rows[0].map(() => "---")), ...rows.slice(1).map(line)].join("\n");
-}
-
 /** The Markdown report: one table of every client and layer, then the first layer's top words. */
 export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouting[]): string {
   const rows = routingRows(clients);
@@ -281,7 +277,7 @@ export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouti
     `share of tokens whose largest gate is the generalist's. A block with E = 1 holds only the ` +
     `generalist: its gate is 1 by construction.`,
     "",
-    table([
+    markdownTable([
       [
         "client",
         "layer",
@@ -332,7 +328,7 @@ export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouti
       `${c.tokens} tokens analysed, ${layer.function.tokens + layer.content.tokens} of them ` +
         "whole words.",
       "",
-      table([
+      markdownTable([
         ["rank", "function word", "count", "weight", "content word", "count", "weight"],
         ...Array.from({ length: Math.max(fn.length, content.length) }, (_, i) => [
           String(i + 1),
