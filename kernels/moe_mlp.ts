@@ -11,16 +11,40 @@
 //   dgate_j = dm·h_j + dy·b_p + s·u_pj·v_pj (row-wise dots: dy·y_j without forming y_j),
 //   dA_fj = v_fjᵀ·x,  dB_fj = s·dpre_jᵀ·u_fj,  dA_pj = s·(g_j·v_pj)ᵀ·h_j,  dB_pj = s·dyᵀ·(g_j·u_pj).
 // The big products go through kernels/matmul.ts; the per-expert work runs in the kernels below,
-// built like kernels/lora.ts (vec4 column groups, register tiles, deterministic two-phase sums):
+// built like kernels/lora.ts's from the fragments of kernels/tile_codegen.ts (vec4 column groups,
+// register tiles, deterministic two-phase sums), each reading expert e's matrices of the stacks:
 // forward saves pre_j for every expert ([E, N, H]) and each consumer recomputes h_j = gelu(pre_j)
 // on load, which costs compute (cheap here) instead of another [E, N, H] tensor to write and read.
-import type { Command, Engine } from "../engine/device.ts";
+import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
-import type { Tape } from "../engine/tape.ts";
+import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { grid1d } from "./grid.ts";
-import { clamp, floatLiteral, Matrix, rankTile, sumBlocks } from "./lora.ts";
+import { sumBlocks } from "./lora.ts";
 import { type Operand, product, productCommands } from "./matmul.ts";
+import {
+  BLOCK_ROWS,
+  CONTRACT_ROWS,
+  contractInvocations,
+  contractLoop,
+  contractStores,
+  expandLoop,
+  floatLiteral,
+  launch,
+  Matrix,
+  outerInvocations,
+  outerStep,
+  outerStores,
+  outerZeros,
+  range,
+  rankTile,
+  RowTile,
+  stackRow,
+  TILE_GROUPS,
+  TILE_ROWS,
+  WIDE_TILE,
+  WORKGROUP,
+  zeroRegisters,
+} from "./tile_codegen.ts";
 
 export interface MoeMlpWeights {
   fcWeight: Tensor; // [C, H] frozen (c_fc Conv1D weight)
@@ -33,19 +57,7 @@ export interface MoeMlpWeights {
   projB: Tensor; // [E, C, r]   c_proj lora_B
 }
 
-const WORKGROUP = 64;
-/** Rows each invocation of a contraction handles (as kernels/lora.ts). */
-const CONTRACT_ROWS = 8;
-/** Rows × adjacent column groups (vec4s) per invocation of the elementwise and expand kernels. */
-const TILE_ROWS = 4;
-const TILE_GROUPS = 2;
-/** Column groups per invocation of the outer products, and rows summed into one partial. */
-const WIDE_TILE = 4;
-const BLOCK_ROWS = 64;
 const MAX_EXPERTS = 16;
-
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const XYZW = "xyzw";
 
 interface Dims {
   rows: number;
@@ -77,6 +89,10 @@ fn gelu_and_slope(x: vec4f) -> array<vec4f, 2> {
 /** The gate of row `row` (a WGSL expression) and expert `e`, from a [N, E] array<f32>. */
 const gateOf = (row: string, experts: number) => `gate[(${row}) * ${experts}u + e]`;
 
+/** `let g<t> = ` the gate of the tile's row t and expert e, for each row of the tile. */
+const gateLoads = (tile: RowTile, experts: number) =>
+  range(TILE_ROWS).map((t) => `let g${t} = ${gateOf(tile.row(t), experts)};`).join(" ");
+
 interface ContractSpec {
   rows: number;
   k: number;
@@ -101,29 +117,10 @@ function contractWgsl(s: ContractSpec, index: string): string {
   const act = new Matrix("act", 0, k, "read");
   const w = new Matrix("weight", 1, s.weight === "rank-major" ? k : rank, "read");
   const result = new Matrix("result", 2, rank, "read_write");
-  const T = range(CONTRACT_ROWS), Q = range(tile.groups), C = range(4);
-  const actRow = (t: number) =>
-    `${s.actPerExpert ? `e * ${rows}u + ` : ""}min(row0 + ${t}u, ${rows - 1}u)`;
-  const step = s.weight === "rank-major"
-    ? Q.map((q) =>
-      C.map((c) =>
-        `let w${q}${c} = ${
-          w.load(`e * ${rank}u + ${clamp(`j0 + ${4 * q + c}u`, rank - 1, rank % 4 !== 0)}`, "k4")
-        };`
-      ).join("\n    ") + "\n    " +
-      T.map((t) => `acc${t}${q} += vec4f(${C.map((c) => `dot(a${t}, w${q}${c})`).join(", ")});`)
-        .join("\n    ")
-    ).join("\n    ")
-    : C.map((c) =>
-      Q.map((q) =>
-        `let w${c}${q} = ${
-          w.load(`e * ${k}u + ${clamp(`4u * k4 + ${c}u`, k - 1, k % 4 !== 0)}`, `j0 / 4u + ${q}u`)
-        };`
-      ).join("\n    ") + "\n    " +
-      T.map((t) => Q.map((q) => `acc${t}${q} += a${t}.${XYZW[c]} * w${c}${q};`).join(" "))
-        .join("\n    ")
-    ).join("\n    ");
-  const load = (t: number) => act.load(actRow(t), "k4");
+  const actLoad = (t: number) => {
+    const load = act.load(stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert), "k4");
+    return s.actGelu ? `gelu(${load})` : load;
+  };
   return `${s.actGelu ? GELU : ""}
 ${act.declaration()}
 ${w.declaration()}
@@ -136,29 +133,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let e = (id / ${tile.tiles}u) % ${experts}u;
   let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;
   // acc_t_q[c] = Σ_k act_e[row0 + t, k] · W_e(k, j0 + 4q + c)
-  ${T.map((t) => Q.map((q) => `var acc${t}${q} = vec4f(0.0);`).join(" ")).join("\n  ")}
-  for (var k4 = 0u; k4 < ${act.groups}u; k4++) {
-    ${T.map((t) => `let a${t} = ${s.actGelu ? `gelu(${load(t)})` : load(t)};`).join("\n    ")}
-    ${step}
-  }
-  ${
-    T.map((t) =>
-      `if (row0 + ${t}u < ${rows}u) { ${
-        Q.map((q) =>
-          result.store(
-            `e * ${rows}u + row0 + ${t}u`,
-            `j0 / 4u + ${q}u`,
-            `${floatLiteral(s.scale)} * acc${t}${q}`,
-          )
-        ).join(" ")
-      } }`
-    ).join("\n  ")
-  }
+  ${zeroRegisters("acc", CONTRACT_ROWS, tile.groups, "  ")}
+  ${contractLoop(k, rank, actLoad, w, s.weight, true)}
+  ${contractStores(result, rows, s.scale, true)}
 }`;
-}
-
-function contractInvocations(rows: number, rank: number, experts: number): number {
-  return Math.ceil(rows / CONTRACT_ROWS) * experts * rankTile(rank).tiles;
 }
 
 interface OuterSpec {
@@ -187,39 +165,10 @@ function outerWgsl(s: OuterSpec, index: string): string {
   const small = new Matrix("small", 1, rank, "read");
   const partial = new Matrix("partial", 2, s.layout === "wide-major" ? rank : wide, "read_write");
   const wideTiles = Math.ceil(big.groups / WIDE_TILE);
-  const G = range(WIDE_TILE), C = range(4), Q = range(tile.groups);
-  const acc = (g: number, c: number, q: number) => `acc${g}${c}${q}`;
-  const slot = `(b * ${experts}u + e)`;
-  const store = s.layout === "wide-major"
-    ? G.map((g) =>
-      C.map((c) =>
-        `if (4u * (w0 + ${g}u) + ${c}u < ${wide}u) { ${
-          Q.map((q) =>
-            partial.store(
-              `${slot} * ${wide}u + 4u * (w0 + ${g}u) + ${c}u`,
-              `j0 / 4u + ${q}u`,
-              acc(g, c, q),
-            )
-          ).join(" ")
-        } }`
-      ).join("\n  ")
-    ).join("\n  ")
-    : G.map((g) =>
-      Q.map((q) =>
-        C.map((cj) =>
-          `if (j0 + ${4 * q + cj}u < ${rank}u && w0 + ${g}u < ${big.groups}u) { ${
-            partial.store(
-              `${slot} * ${rank}u + j0 + ${4 * q + cj}u`,
-              `w0 + ${g}u`,
-              `vec4f(${C.map((c) => `${acc(g, c, q)}.${XYZW[cj]}`).join(", ")})`,
-            )
-          } }`
-        ).join("\n  ")
-      ).join("\n  ")
-    ).join("\n  ");
-  const bigRow = `${s.bigPerExpert ? `e * ${rows}u + ` : ""}n`;
-  const bigLoad = (g: number) =>
-    big.load(bigRow, clamp(`w0 + ${g}u`, big.groups - 1, big.groups % WIDE_TILE !== 0));
+  const bigLoad = (c4: string) => {
+    const load = big.load(stackRow("n", rows, s.bigPerExpert), c4);
+    return s.bigGelu ? `gelu(${load})` : load;
+  };
   return `${s.bigGelu ? GELU : ""}
 ${big.declaration()}
 ${small.declaration()}
@@ -234,35 +183,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;
   let b = id / ${wideTiles * tile.tiles * experts}u;
   // acc_g_c_q = Σ_n big_e[n, 4·(w0 + g) + c] · small_e[n, j0 + 4q .. +3]
-  ${
-    G.map((g) =>
-      C.map((c) => Q.map((q) => `var ${acc(g, c, q)} = vec4f(0.0);`).join(" ")).join(" ")
-    ).join("\n  ")
-  }
+  ${outerZeros(rank)}
   for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${rows}u); n++) {
     ${s.gated ? `let g = ${gateOf("n", experts)};` : ""}
-    ${
-    Q.map((q) =>
-      `let s${q} = ${small.load(`e * ${rows}u + n`, `j0 / 4u + ${q}u`)}${s.gated ? " * g" : ""};`
-    ).join(" ")
+    ${outerStep(small, stackRow("n", rows, true), s.gated, big.groups, bigLoad)}
   }
-    ${
-    G.map((g) =>
-      `let g${g} = ${s.bigGelu ? `gelu(${bigLoad(g)})` : bigLoad(g)};
-    ${
-        C.map((c) => Q.map((q) => `${acc(g, c, q)} += g${g}.${XYZW[c]} * s${q};`).join(" "))
-          .join(" ")
-      }`
-    ).join("\n    ")
-  }
-  }
-  ${store}
+  ${outerStores(partial, s.layout, wide, rank, `(b * ${experts}u + e)`)}
 }`;
-}
-
-function outerInvocations(rows: number, wide: number, rank: number, experts: number): number {
-  return Math.ceil(rows / BLOCK_ROWS) * experts * rankTile(rank).tiles *
-    Math.ceil(Math.ceil(wide / 4) / WIDE_TILE);
 }
 
 interface ExpandSpec {
@@ -289,41 +216,14 @@ function expandWgsl(s: ExpandSpec, index: string): string {
   const w = new Matrix("weight", 1, s.weight === "rank-major" ? wide : rank, "read");
   const result = new Matrix("result", 2, wide, "read_write");
   const bias = new Matrix("bias", s.gated ? 4 : 3, wide, "read");
-  const T = range(TILE_ROWS), G = range(TILE_GROUPS), C = range(4);
-  const colTiles = Math.ceil(result.groups / TILE_GROUPS);
-  const ragged = result.groups % TILE_GROUPS !== 0;
-  const group = (g: number) => clamp(`c0 + ${g}u`, result.groups - 1, ragged);
-  const step = s.weight === "rank-major"
-    ? G.map((g) =>
-      C.map((c) =>
-        `let w${g}${c} = ${
-          w.load(`e * ${rank}u + ${clamp(`4u * q + ${c}u`, rank - 1, rank % 4 !== 0)}`, group(g))
-        };`
-      ).join(" ") + "\n      " +
-      T.map((t) => `acc${t}${g} += ${C.map((c) => `s${t}.${XYZW[c]} * w${g}${c}`).join(" + ")};`)
-        .join("\n      ")
-    ).join("\n      ")
-    : G.map((g) =>
-      C.map((c) =>
-        `let w${g}${c} = ${
-          w.load(
-            `e * ${wide}u + ${clamp(`4u * (${group(g)}) + ${c}u`, wide - 1, wide % 4 !== 0)}`,
-            "q",
-          )
-        };`
-      ).join(" ") + "\n      " +
-      T.map((t) => `acc${t}${g} += vec4f(${C.map((c) => `dot(s${t}, w${g}${c})`).join(", ")});`)
-        .join("\n      ")
-    ).join("\n      ");
-  const row = (t: number) => `min(row0 + ${t}u, ${rows - 1}u)`;
+  const tile = new RowTile(rows, wide);
+  const T = range(TILE_ROWS);
   const write = (t: number, g: number) => {
     const [r, c] = [`row0 + ${t}u`, `c0 + ${g}u`];
     const value = `${floatLiteral(s.scale)} * acc${t}${g}` +
       (s.bias ? ` + gsum${t} * ${bias.load("0u", c)}` : "");
     return result.store(r, c, value, s.accumulate);
   };
-  const inRange = (t: number, g: number) =>
-    `row0 + ${t}u < ${rows}u${ragged ? ` && c0 + ${g}u < ${result.groups}u` : ""}`;
   return `
 ${small.declaration()}
 ${w.declaration()}
@@ -333,37 +233,17 @@ ${s.bias ? bias.declaration() : ""}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
-  if (id >= ${Math.ceil(rows / TILE_ROWS) * colTiles}u) { return; }
-  let row0 = (id / ${colTiles}u) * ${TILE_ROWS}u;
-  let c0 = (id % ${colTiles}u) * ${TILE_GROUPS}u;
+  ${tile.start()}
   // acc_t_g[c] = Σ_e Σ_j (g[row0 + t, e]·)small[e, row0 + t, j] · M_e(j, 4·(c0 + g) + c)
-  ${T.map((t) => G.map((g) => `var acc${t}${g} = vec4f(0.0);`).join(" ")).join("\n  ")}
+  ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "  ")}
   ${s.bias ? T.map((t) => `var gsum${t} = 0.0;`).join(" ") : ""}
   for (var e = 0u; e < ${experts}u; e++) {
-    ${s.gated ? T.map((t) => `let g${t} = ${gateOf(row(t), experts)};`).join(" ") : ""}
+    ${s.gated ? gateLoads(tile, experts) : ""}
     ${s.bias ? T.map((t) => `gsum${t} += g${t};`).join(" ") : ""}
-    for (var q = 0u; q < ${small.groups}u; q++) {
-      ${
-    T.map((t) =>
-      `let s${t} = ${small.load(`e * ${rows}u + ${row(t)}`, "q")}${s.gated ? ` * g${t}` : ""};`
-    ).join(" ")
+    ${expandLoop(tile, small, w, s.weight, { stacked: true, gated: s.gated }, "    ")}
   }
-      ${step}
-    }
-  }
-  ${
-    T.map((t) => G.map((g) => `if (${inRange(t, g)}) { ${write(t, g)} }`).join("\n  ")).join("\n  ")
-  }
+  ${tile.guardEach(write)}
 }`;
-}
-
-function tileInvocations(rows: number, wide: number): number {
-  return Math.ceil(rows / TILE_ROWS) * Math.ceil(Math.ceil(wide / 4) / TILE_GROUPS);
-}
-
-/** Column tiles of [N, H] in the elementwise kernels (the dgate partials' leading dimension). */
-function colTilesOf(hidden: number): number {
-  return Math.ceil(Math.ceil(hidden / 4) / TILE_GROUPS);
 }
 
 /**
@@ -377,13 +257,18 @@ function mixForwardWgsl(d: Dims, scale: number, index: string): string {
   const fcB = new Matrix("fcB", 2, rank, "read");
   const pre = new Matrix("pre", 4, hidden, "read_write");
   const mix = new Matrix("mix", 5, hidden, "read_write");
-  const T = range(TILE_ROWS), G = range(TILE_GROUPS), C = range(4);
-  const ragged = base.groups % TILE_GROUPS !== 0;
-  const group = (g: number) => clamp(`c0 + ${g}u`, base.groups - 1, ragged);
-  const row = (t: number) => `min(row0 + ${t}u, ${rows - 1}u)`;
-  const inRange = (t: number, g: number) =>
-    `row0 + ${t}u < ${rows}u${ragged ? ` && c0 + ${g}u < ${base.groups}u` : ""}`;
-  const colTiles = colTilesOf(hidden);
+  const tile = new RowTile(rows, hidden);
+  // pre_j of expert e (saved for backward) and its share g_j·gelu(pre_j) of the mixture.
+  const perElement = (t: number, g: number) =>
+    [
+      `let pre${t}${g} = base${t}${g} + ${floatLiteral(scale)} * acc${t}${g};`,
+      tile.guard(
+        t,
+        g,
+        pre.store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `pre${t}${g}`),
+      ),
+      `mix${t}${g} += g${t} * gelu(pre${t}${g});`,
+    ].join("\n    ");
   return `${GELU}
 ${base.declaration()}
 ${uf.declaration()}
@@ -394,54 +279,17 @@ ${mix.declaration()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
-  if (id >= ${Math.ceil(rows / TILE_ROWS) * colTiles}u) { return; }
-  let row0 = (id / ${colTiles}u) * ${TILE_ROWS}u;
-  let c0 = (id % ${colTiles}u) * ${TILE_GROUPS}u;
-  ${
-    T.map((t) => G.map((g) => `let base${t}${g} = ${base.load(row(t), group(g))};`).join(" "))
-      .join("\n  ")
-  }
-  ${T.map((t) => G.map((g) => `var mix${t}${g} = vec4f(0.0);`).join(" ")).join("\n  ")}
+  ${tile.start()}
+  ${tile.load("base", base)}
+  ${zeroRegisters("mix", TILE_ROWS, TILE_GROUPS, "  ")}
   for (var e = 0u; e < ${experts}u; e++) {
     // acc_t_g[c] = u_fe[row0 + t, :] · B_fe[4·(c0 + g) + c, :]
-    ${T.map((t) => G.map((g) => `var acc${t}${g} = vec4f(0.0);`).join(" ")).join("\n    ")}
-    for (var q = 0u; q < ${uf.groups}u; q++) {
-      ${T.map((t) => `let s${t} = ${uf.load(`e * ${rows}u + ${row(t)}`, "q")};`).join(" ")}
-      ${
-    G.map((g) =>
-      C.map((c) =>
-        `let w${g}${c} = ${
-          fcB.load(
-            `e * ${hidden}u + ${clamp(`4u * (${group(g)}) + ${c}u`, hidden - 1, hidden % 4 !== 0)}`,
-            "q",
-          )
-        };`
-      ).join(" ") + "\n      " +
-      T.map((t) => `acc${t}${g} += vec4f(${C.map((c) => `dot(s${t}, w${g}${c})`).join(", ")});`)
-        .join("\n      ")
-    ).join("\n      ")
+    ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "    ")}
+    ${expandLoop(tile, uf, fcB, "wide-major", { stacked: true, gated: false }, "    ")}
+    ${gateLoads(tile, experts)}
+    ${tile.each(perElement, "    ")}
   }
-    }
-    ${T.map((t) => `let g${t} = ${gateOf(row(t), experts)};`).join(" ")}
-    ${
-    T.map((t) =>
-      G.map((g) =>
-        `let pre${t}${g} = base${t}${g} + ${floatLiteral(scale)} * acc${t}${g};
-    if (${inRange(t, g)}) { ${
-          pre.store(`e * ${rows}u + row0 + ${t}u`, `c0 + ${g}u`, `pre${t}${g}`)
-        } }
-    mix${t}${g} += g${t} * gelu(pre${t}${g});`
-      ).join("\n    ")
-    ).join("\n    ")
-  }
-  }
-  ${
-    T.map((t) =>
-      G.map((g) =>
-        `if (${inRange(t, g)}) { ${mix.store(`row0 + ${t}u`, `c0 + ${g}u`, `mix${t}${g}`)} }`
-      ).join("\n  ")
-    ).join("\n  ")
-  }
+  ${tile.guardEach((t, g) => mix.store(`row0 + ${t}u`, `c0 + ${g}u`, `mix${t}${g}`))}
 }`;
 }
 
@@ -469,28 +317,25 @@ function mixBackwardWgsl(d: Dims, scale: number, out: MixBackwardOutputs, index:
   const dpre = new Matrix("dpre", out.dpre ? binding++ : -1, hidden, "read_write");
   const dpreSum = new Matrix("dpre_sum", out.dpreSum ? binding++ : -1, hidden, "read_write");
   const dgateBinding = binding;
-  const T = range(TILE_ROWS), G = range(TILE_GROUPS), C = range(4);
-  const ragged = dm.groups % TILE_GROUPS !== 0;
-  const group = (g: number) => clamp(`c0 + ${g}u`, dm.groups - 1, ragged);
-  const row = (t: number) => `min(row0 + ${t}u, ${rows - 1}u)`;
-  const inRange = (t: number, g: number) =>
-    `row0 + ${t}u < ${rows}u${ragged ? ` && c0 + ${g}u < ${dm.groups}u` : ""}`;
-  const colTiles = colTilesOf(hidden);
+  const tile = new RowTile(rows, hidden);
+  const T = range(TILE_ROWS);
   // A clamped (duplicate) column group must not count twice in the row dots.
   const dotTerm = (t: number, g: number) =>
-    ragged && g > 0
-      ? `select(0.0, dot(dm${t}${g}, act${t}${g}[0]), c0 + ${g}u < ${dm.groups}u)`
+    tile.ragged && g > 0
+      ? `select(0.0, dot(dm${t}${g}, act${t}${g}[0]), c0 + ${g}u < ${tile.groups}u)`
       : `dot(dm${t}${g}, act${t}${g}[0])`;
   const perElement = (t: number, g: number) =>
     [
-      `let pre${t}${g} = ${pre.load(`e * ${rows}u + ${row(t)}`, group(g))};`,
+      `let pre${t}${g} = ${pre.load(stackRow(tile.row(t), rows, true), tile.group(g))};`,
       `let act${t}${g} = gelu_and_slope(pre${t}${g});`,
       `let dpre${t}${g} = g${t} * (dm${t}${g} + ${floatLiteral(scale)} * acc${t}${g}) * ` +
       `act${t}${g}[1];`,
       out.dpre
-        ? `if (${inRange(t, g)}) { ${
-          dpre.store(`e * ${rows}u + row0 + ${t}u`, `c0 + ${g}u`, `dpre${t}${g}`)
-        } }`
+        ? tile.guard(
+          t,
+          g,
+          dpre.store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `dpre${t}${g}`),
+        )
         : "",
       out.dpreSum ? `dsum${t}${g} += dpre${t}${g};` : "",
       out.dgate ? `dg${t} += ${dotTerm(t, g)};` : "",
@@ -511,42 +356,19 @@ ${
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
-  if (id >= ${Math.ceil(rows / TILE_ROWS) * colTiles}u) { return; }
-  let row0 = (id / ${colTiles}u) * ${TILE_ROWS}u;
-  let colTile = id % ${colTiles}u;
+  if (id >= ${tile.invocations}u) { return; }
+  let row0 = (id / ${tile.colTiles}u) * ${TILE_ROWS}u;
+  let colTile = id % ${tile.colTiles}u;
   let c0 = colTile * ${TILE_GROUPS}u;
-  ${
-    T.map((t) => G.map((g) => `let dm${t}${g} = ${dm.load(row(t), group(g))};`).join(" "))
-      .join("\n  ")
-  }
-  ${
-    out.dpreSum
-      ? T.map((t) => G.map((g) => `var dsum${t}${g} = vec4f(0.0);`).join(" ")).join("\n  ")
-      : ""
-  }
+  ${tile.load("dm", dm)}
+  ${out.dpreSum ? zeroRegisters("dsum", TILE_ROWS, TILE_GROUPS, "  ") : ""}
   for (var e = 0u; e < ${experts}u; e++) {
     // acc_t_g[c] = v_pe[row0 + t, :] · A_pe[:, 4·(c0 + g) + c]
-    ${T.map((t) => G.map((g) => `var acc${t}${g} = vec4f(0.0);`).join(" ")).join("\n    ")}
-    for (var q = 0u; q < ${vp.groups}u; q++) {
-      ${T.map((t) => `let s${t} = ${vp.load(`e * ${rows}u + ${row(t)}`, "q")};`).join(" ")}
-      ${
-    G.map((g) =>
-      C.map((c) =>
-        `let w${g}${c} = ${
-          projA.load(
-            `e * ${rank}u + ${clamp(`4u * q + ${c}u`, rank - 1, rank % 4 !== 0)}`,
-            group(g),
-          )
-        };`
-      ).join(" ") + "\n      " +
-      T.map((t) => `acc${t}${g} += ${C.map((c) => `s${t}.${XYZW[c]} * w${g}${c}`).join(" + ")};`)
-        .join("\n      ")
-    ).join("\n      ")
-  }
-    }
-    ${T.map((t) => `let g${t} = ${gateOf(row(t), experts)};`).join(" ")}
+    ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "    ")}
+    ${expandLoop(tile, vp, projA, "rank-major", { stacked: true, gated: false }, "    ")}
+    ${gateLoads(tile, experts)}
     ${out.dgate ? T.map((t) => `var dg${t} = 0.0;`).join(" ") : ""}
-    ${T.map((t) => G.map((g) => perElement(t, g)).join("\n    ")).join("\n    ")}
+    ${tile.each(perElement, "    ")}
     ${
     out.dgate
       ? T.map((t) =>
@@ -558,11 +380,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   ${
     out.dpreSum
-      ? T.map((t) =>
-        G.map((g) =>
-          `if (${inRange(t, g)}) { ${dpreSum.store(`row0 + ${t}u`, `c0 + ${g}u`, `dsum${t}${g}`)} }`
-        ).join("\n  ")
-      ).join("\n  ")
+      ? tile.guardEach((t, g) => dpreSum.store(`row0 + ${t}u`, `c0 + ${g}u`, `dsum${t}${g}`))
       : ""
   }
 }`;
@@ -592,7 +410,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let n = id / ${experts}u;
   let e = id % ${experts}u;
   var frozen = 0.0;
-  for (var t = 0u; t < ${colTilesOf(d.hidden)}u; t++) { frozen += partial[t * ${
+  for (var t = 0u; t < ${new RowTile(rows, d.hidden).colTiles}u; t++) { frozen += partial[t * ${
     rows * experts
   }u + id]; }
   var biased = 0.0;
@@ -605,21 +423,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }); }
   dgate[id] = ${accumulate ? "dgate[id] + " : ""}frozen + biased + ${floatLiteral(scale)} * low;
 }`;
-}
-
-/** One dispatch of a generated kernel; `writable` lists the read_write bindings. */
-function launch(
-  engine: Engine,
-  label: string,
-  wgsl: (index: string) => string,
-  invocations: number,
-  resources: readonly Tensor[],
-  writable: readonly number[],
-): Command {
-  const grid = grid1d(invocations, WORKGROUP);
-  const bindings = resources.map((_, i) => writable.includes(i) ? "rw" as const : "read" as const);
-  const kernel = engine.kernel(label, wgsl(grid.index), bindings);
-  return engine.dispatch(label, kernel, resources, grid.workgroups);
 }
 
 /** A stored [rows, cols] tensor as a matmul operand (used as stored, or transposed). */
@@ -682,8 +485,15 @@ export function moeMlp(
   const d = checkShapes(x, gate, weights, scale);
   const { rows, embd, hidden, rank, experts } = d;
   const { fcWeight, fcBias, projWeight, projBias, fcA, fcB, projA, projB } = weights;
-  const matmul = (p: Parameters<typeof product>) =>
-    productCommands(engine, product(...p), engine.variant);
+  /** An unbatched product through kernels/matmul.ts (the frozen base MLP's work). */
+  const matmul = (
+    label: string,
+    a: Operand,
+    b: Operand,
+    target: GradTarget,
+    bias: Tensor | null = null,
+  ) => productCommands(engine, product(label, a, b, 1, false, target, bias), engine.variant);
+  const overwrite = (tensor: Tensor) => ({ tensor, accumulate: false });
   const base = tape.tensor([rows, hidden], `moe base(${x.label})`);
   const uf = tape.tensor([experts, rows, rank], `moe u_f(${x.label})`);
   const pre = tape.tensor([experts, rows, hidden], `moe pre(${x.label})`);
@@ -692,105 +502,80 @@ export function moeMlp(
   const y = tape.tensor([rows, embd], `moe mlp(${x.label})`);
   const contract = (
     label: string,
-    spec: Omit<ContractSpec, "rows" | "experts">,
-    act: Tensor,
-    w: Tensor,
-    out: Tensor,
+    spec: Omit<ContractSpec, "rows" | "rank" | "experts">,
+    resources: Tensor[],
   ) =>
     launch(
       engine,
       label,
-      (index) => contractWgsl({ ...spec, rows, experts }, index),
-      contractInvocations(rows, spec.rank, experts),
-      [act, w, out],
+      (index) => contractWgsl({ ...spec, rows, rank, experts }, index),
+      contractInvocations(rows, rank, experts),
+      resources,
+      [2],
+    );
+  const expand = (
+    label: string,
+    spec: Omit<ExpandSpec, "rows" | "rank" | "experts">,
+    resources: Tensor[],
+  ) =>
+    launch(
+      engine,
+      label,
+      (index) => expandWgsl({ ...spec, rows, rank, experts }, index),
+      new RowTile(rows, spec.wide).invocations,
+      resources,
       [2],
     );
   const forward = [
-    ...matmul([
+    ...matmul(
       "moe base = x·W_f + b_f",
       operand(x, rows, embd, false),
       operand(fcWeight, embd, hidden, false),
-      1,
-      false,
-      { tensor: base, accumulate: false },
+      overwrite(base),
       fcBias,
-    ]),
+    ),
     contract(
       "moe u_f = x·A_fᵀ",
-      {
-        k: embd,
-        rank,
-        actPerExpert: false,
-        actGelu: false,
-        weight: "rank-major",
-        scale: 1,
-      },
-      x,
-      fcA,
-      uf,
+      { k: embd, actPerExpert: false, actGelu: false, weight: "rank-major", scale: 1 },
+      [x, fcA, uf],
     ),
     launch(
       engine,
       "moe pre, mix",
       (index) => mixForwardWgsl(d, scale, index),
-      tileInvocations(rows, hidden),
+      new RowTile(rows, hidden).invocations,
       [base, uf, fcB, gate, pre, mix],
       [4, 5],
     ),
     contract(
       "moe u_p = gelu(pre)·A_pᵀ",
-      {
-        k: hidden,
-        rank,
-        actPerExpert: true,
-        actGelu: true,
-        weight: "rank-major",
-        scale: 1,
-      },
-      pre,
-      projA,
-      up,
+      { k: hidden, actPerExpert: true, actGelu: true, weight: "rank-major", scale: 1 },
+      [pre, projA, up],
     ),
-    ...matmul([
+    ...matmul(
       "moe y = mix·W_p",
       operand(mix, rows, hidden, false),
       operand(projWeight, hidden, embd, false),
-      1,
-      false,
-      { tensor: y, accumulate: false },
-      null,
-    ]),
-    launch(
-      engine,
+      overwrite(y),
+    ),
+    expand(
       "moe y += Σg·b_p + s·Σ g·u_p·B_pᵀ",
-      (index) =>
-        expandWgsl({
-          rows,
-          wide: embd,
-          rank,
-          experts,
-          weight: "wide-major",
-          scale,
-          gated: true,
-          bias: true,
-          accumulate: true,
-        }, index),
-      tileInvocations(rows, embd),
+      { wide: embd, weight: "wide-major", scale, gated: true, bias: true, accumulate: true },
       [up, projB, y, gate, projBias],
-      [2],
     ),
   ];
 
   /** partial sums of an outer product, then their fixed-order sum into the target. */
   const outer = (
     label: string,
-    spec: Omit<OuterSpec, "rows" | "rank" | "experts">,
+    layout: OuterSpec["layout"],
+    spec: Omit<OuterSpec, "rows" | "rank" | "experts" | "layout">,
     big: Tensor,
     small: Tensor,
     sumScale: number,
-    target: { tensor: Tensor; accumulate: boolean },
+    target: GradTarget,
   ): Command[] => {
-    const shape = spec.layout === "wide-major" ? [spec.wide, rank] : [rank, spec.wide];
+    const shape = layout === "wide-major" ? [spec.wide, rank] : [rank, spec.wide];
     const partial = tape.tensor(
       [Math.ceil(rows / BLOCK_ROWS), experts, ...shape],
       `${label} partials`,
@@ -799,7 +584,7 @@ export function moeMlp(
       launch(
         engine,
         `${label} partials`,
-        (index) => outerWgsl({ ...spec, rows, rank, experts }, index),
+        (index) => outerWgsl({ ...spec, rows, rank, experts, layout }, index),
         outerInvocations(rows, spec.wide, rank, experts),
         spec.gated ? [big, small, partial, gate] : [big, small, partial],
         [2],
@@ -818,77 +603,41 @@ export function moeMlp(
       const [dx, dgate, dfcA, dfcB, dprojA, dprojB] = range(6).map((i) => ctx.gradInput(i));
       const commands: Command[] = [];
       if (dprojB) {
-        commands.push(...outer(
-          "moe dB_p",
-          {
-            wide: embd,
-            bigPerExpert: false,
-            bigGelu: false,
-            gated: true,
-            layout: "wide-major",
-          },
-          dy,
-          up,
-          scale,
-          dprojB,
-        ));
+        const spec = { wide: embd, bigPerExpert: false, bigGelu: false, gated: true };
+        commands.push(...outer("moe dB_p", "wide-major", spec, dy, up, scale, dprojB));
       }
       const needDpre = dx || dfcA || dfcB;
       if (!needDpre && !dgate && !dprojA) return commands;
       const vp = tape.tensor([experts, rows, rank], `moe v_p(${x.label})`);
       commands.push(contract(
         "moe v_p = dy·B_p",
-        {
-          k: embd,
-          rank,
-          actPerExpert: false,
-          actGelu: false,
-          weight: "k-major",
-          scale: 1,
-        },
-        dy,
-        projB,
-        vp,
+        { k: embd, actPerExpert: false, actGelu: false, weight: "k-major", scale: 1 },
+        [dy, projB, vp],
       ));
       if (dprojA) {
-        commands.push(...outer(
-          "moe dA_p",
-          {
-            wide: hidden,
-            bigPerExpert: true,
-            bigGelu: true,
-            gated: true,
-            layout: "rank-major",
-          },
-          pre,
-          vp,
-          scale,
-          dprojA,
-        ));
+        const spec = { wide: hidden, bigPerExpert: true, bigGelu: true, gated: true };
+        commands.push(...outer("moe dA_p", "rank-major", spec, pre, vp, scale, dprojA));
       }
       if (!needDpre && !dgate) return commands;
       const dm = tape.tensor([rows, hidden], `moe dm(${x.label})`);
-      commands.push(...matmul([
+      commands.push(...matmul(
         "moe dm = dy·W_pᵀ",
         operand(dy, rows, embd, false),
         operand(projWeight, hidden, embd, true),
-        1,
-        false,
-        { tensor: dm, accumulate: false },
-        null,
-      ]));
+        overwrite(dm),
+      ));
       const outputs = { dpre: !!needDpre, dpreSum: !!dx, dgate: !!dgate };
       const dpre = outputs.dpre ? tape.tensor([experts, rows, hidden], "moe dpre") : null;
       const dpreSum = outputs.dpreSum ? tape.tensor([rows, hidden], "moe Σ dpre") : null;
       const dgatePartial = outputs.dgate
-        ? tape.tensor([colTilesOf(hidden), rows, experts], "moe dgate partials")
+        ? tape.tensor([new RowTile(rows, hidden).colTiles, rows, experts], "moe dgate partials")
         : null;
       const written = [dpre, dpreSum, dgatePartial].filter((t): t is Tensor => t !== null);
       commands.push(launch(
         engine,
         "moe dpre",
         (index) => mixBackwardWgsl(d, scale, outputs, index),
-        tileInvocations(rows, hidden),
+        new RowTile(rows, hidden).invocations,
         [dm, pre, vp, projA, gate, ...written],
         written.map((_, i) => 5 + i),
       ));
@@ -904,82 +653,39 @@ export function moeMlp(
       }
       if (!dpre) return commands;
       if (dfcB) {
-        commands.push(...outer(
-          "moe dB_f",
-          {
-            wide: hidden,
-            bigPerExpert: true,
-            bigGelu: false,
-            gated: false,
-            layout: "wide-major",
-          },
-          dpre,
-          uf,
-          scale,
-          dfcB,
-        ));
+        const spec = { wide: hidden, bigPerExpert: true, bigGelu: false, gated: false };
+        commands.push(...outer("moe dB_f", "wide-major", spec, dpre, uf, scale, dfcB));
       }
       if (!dx && !dfcA) return commands;
       const vf = tape.tensor([experts, rows, rank], `moe v_f(${x.label})`);
       commands.push(contract(
         "moe v_f = s·dpre·B_f",
-        {
-          k: hidden,
-          rank,
-          actPerExpert: true,
-          actGelu: false,
-          weight: "k-major",
-          scale,
-        },
-        dpre,
-        fcB,
-        vf,
+        { k: hidden, actPerExpert: true, actGelu: false, weight: "k-major", scale },
+        [dpre, fcB, vf],
       ));
       if (dfcA) {
-        commands.push(...outer(
-          "moe dA_f",
-          {
-            wide: embd,
-            bigPerExpert: false,
-            bigGelu: false,
-            gated: false,
-            layout: "rank-major",
-          },
-          x,
-          vf,
-          1,
-          dfcA,
-        ));
+        const spec = { wide: embd, bigPerExpert: false, bigGelu: false, gated: false };
+        commands.push(...outer("moe dA_f", "rank-major", spec, x, vf, 1, dfcA));
       }
       if (dx && dpreSum) {
         commands.push(
-          ...matmul([
+          ...matmul(
             "moe dx = Σdpre·W_fᵀ",
             operand(dpreSum, rows, hidden, false),
             operand(fcWeight, embd, hidden, true),
-            1,
-            false,
             dx,
-            null,
-          ]),
-          launch(
-            engine,
+          ),
+          expand(
             "moe dx += Σ v_f·A_f",
-            (index) =>
-              expandWgsl({
-                rows,
-                wide: embd,
-                rank,
-                experts,
-                weight: "rank-major",
-                scale: 1,
-                gated: false,
-                bias: false,
-                accumulate: true,
-              }, index),
-            tileInvocations(rows, embd),
+            {
+              wide: embd,
+              weight: "rank-major",
+              scale: 1,
+              gated: false,
+              bias: false,
+              accumulate: true,
+            },
             [vf, fcA, dx.tensor],
-            [2],
           ),
         );
       }
