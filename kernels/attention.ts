@@ -131,6 +131,11 @@ function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
 }
 
+/** `lines` indented by `depth` levels of two spaces. */
+function indent(depth: number, lines: string[]): string[] {
+  return lines.map((line) => `${"  ".repeat(depth)}${line}`);
+}
+
 /** Σ_c a_c·b_c over vec4 pairs: one vec4 fma chain (four independent lanes), summed at the end. */
 function dotSum(a: (c: number) => string, b: (c: number) => string, n: number): string {
   let acc = `${a(0)} * ${b(0)}`;
@@ -139,6 +144,61 @@ function dotSum(a: (c: number) => string, b: (c: number) => string, n: number): 
 }
 
 const HSUM = `fn hsum(v: vec4f) -> f32 { return (v.x + v.y) + (v.z + v.w); }`;
+
+/**
+ * Lets `${name}_c` holding one head's texels c < hs4 of a packed row: `row` is the row and `col`
+ * the head's first column (WGSL expressions) in `src`.
+ */
+function texelLets(
+  s: Shape,
+  packed: PackedRows,
+  src: string,
+  name: string,
+  row: string,
+  col: string,
+): string[] {
+  return range(s.hs4).map((c) => `let ${name}_${c} = ${packed.load(src, row, `${col} + ${c}u`)};`);
+}
+
+/** What the backward kernels read of key row n (`row`): its k and v texels, k${n}_c and v${n}_c. */
+function keyRowLets(s: Shape, qkv: PackedRows, n: number, row: string): string[] {
+  return [
+    ...texelLets(s, qkv, "qkv", `k${n}`, row, "kCol"),
+    ...texelLets(s, qkv, "qkv", `v${n}`, row, "vCol"),
+  ];
+}
+
+/**
+ * What the backward kernels read of query row n (`row`): its q and dO texels, q${n}_c and
+ * g${n}_c, and stats${n} = (lse, D).
+ */
+function queryRowLets(
+  s: Shape,
+  qkv: PackedRows,
+  grad: PackedRows,
+  n: number,
+  row: string,
+): string[] {
+  return [
+    ...texelLets(s, qkv, "qkv", `q${n}`, row, "qCol"),
+    ...texelLets(s, grad, "grad", `g${n}`, row, "gCol"),
+    `let stats${n} = ${grad.load("grad", row, "statsCol")};`,
+  ];
+}
+
+/**
+ * The backward kernels' recomputed probability and score gradient for query row i (texels q${i},
+ * g${i}, stats${i}) and key row j (texels k${j}, v${j}): P_ij = exp(q_i·k_j − lse_i) where
+ * `visible` (else 0) and dS_ij = P_ij·(dO_i·v_j − D_i), named p${name} and ds${name}.
+ */
+function scoreGradLets(s: Shape, i: number, j: number, name: string, visible: string): string[] {
+  const score = dotSum((c) => `q${i}_${c}`, (c) => `k${j}_${c}`, s.hs4);
+  const dp = dotSum((c) => `g${i}_${c}`, (c) => `v${j}_${c}`, s.hs4);
+  return [
+    `let p${name} = select(0.0, exp(${score} - stats${i}.x), ${visible});`,
+    `let ds${name} = p${name} * (${dp} - stats${i}.y);`,
+  ];
+}
 
 /**
  * Statements writing one head's row (vec4 values named by `value(c)`, times `scale`) into a
@@ -184,6 +244,67 @@ function loadHead(s: Shape, src: string, start: string, c: number): string {
   return `vec4f(${parts.join(", ")})`;
 }
 
+/**
+ * A row-tiled kernel (forward, grad query, grad key value): `bindings`, then `fn main`, where
+ * invocation (wg.x, lane) owns R rows from `first` of head wg.y in sequence wg.z, whose q, k and
+ * v texels start at qCol, kCol and vCol of the packed qkv; then `body`. An owner of query rows
+ * sees keys up to `last`, its last row (causal); an owner of key rows sees queries to T − 1.
+ */
+function rowTileKernel(
+  s: Shape,
+  R: number,
+  owns: "queries" | "keys",
+  bindings: string[],
+  body: string[],
+): string {
+  const last = owns === "queries" ? `\n  let last = min(first + ${R - 1}u, ${s.T - 1}u);` : "";
+  return `
+${bindings.join("\n")}
+${HSUM}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
+  if (first >= ${s.T}u) { return; }
+  let head = wg.y;
+  let seq = wg.z * ${s.T}u;${last}
+  let qCol = head * ${s.hs4}u;
+  let kCol = ${s.H * s.hs4}u + qCol;
+  let vCol = ${2 * s.H * s.hs4}u + qCol;
+${body.join("\n")}
+}`;
+}
+
+/**
+ * A backward row-tiled kernel: reads the packed qkv and the packed dO, where the head's dO
+ * texels start at gCol and its (lse, D) texel is at statsCol, and writes dqkv.
+ */
+function backwardKernel(
+  s: Shape,
+  qkv: PackedRows,
+  grad: PackedRows,
+  R: number,
+  owns: "queries" | "keys",
+  body: string[],
+): string {
+  return rowTileKernel(s, R, owns, [
+    qkv.declare("qkv", 0, "read"),
+    grad.declare("grad", 1, "read"),
+    `@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;`,
+  ], ["  let gCol = qCol;", `  let statsCol = ${s.H * s.hs4}u + head;`, ...body]);
+}
+
+/**
+ * The stores of a row-tiled kernel's results: `store(r)` for each owned row r < R that exists
+ * (the last tile may run past T).
+ */
+function ownedRowStores(s: Shape, R: number, store: (r: number) => string[]): string[] {
+  return range(R).flatMap((r) => [
+    `  if (first + ${r}u < ${s.T}u) {`,
+    ...indent(2, store(r)),
+    "  }",
+  ]);
+}
+
 // ---- kernels ----
 
 /** qkv [B·T, 3C] → packed rows [q heads | k heads | v heads], q scaled by 1/√hs. */
@@ -225,9 +346,7 @@ function forwardWgsl(s: Shape, qkv: PackedRows, tiling: Tiling): string {
   const lines: string[] = [];
   for (const r of rs) {
     lines.push(`  let i${r} = min(first + ${r}u, last);`);
-    for (const c of cs) {
-      lines.push(`  let q${r}_${c} = ${qkv.load("qkv", `seq + i${r}`, `qCol + ${c}u`)};`);
-    }
+    lines.push(...indent(1, texelLets(s, qkv, "qkv", `q${r}`, `seq + i${r}`, "qCol")));
     for (const c of cs) lines.push(`  var o${r}_${c} = vec4f(0.0);`);
     lines.push(`  var m${r} = ${MASKED};`, `  var l${r} = 0.0;`);
   }
@@ -235,9 +354,7 @@ function forwardWgsl(s: Shape, qkv: PackedRows, tiling: Tiling): string {
   // One key's vectors live at a time: its scores against every row, then the next key.
   for (const u of us) {
     lines.push(`    let key${u} = seq + min(j + ${u}u, last);`);
-    for (const c of cs) {
-      lines.push(`    let k${u}_${c} = ${qkv.load("qkv", `key${u}`, `kCol + ${c}u`)};`);
-    }
+    lines.push(...indent(2, texelLets(s, qkv, "qkv", `k${u}`, `key${u}`, "kCol")));
     for (const r of rs) {
       lines.push(
         `    let s${r}_${u} = select(${MASKED}, ${dotSum(q(r), k(u), s.hs4)}, j + ${u}u <= i${r});`,
@@ -264,40 +381,23 @@ function forwardWgsl(s: Shape, qkv: PackedRows, tiling: Tiling): string {
     }
   }
   lines.push(`  }`);
-  for (const r of rs) {
-    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
-    lines.push(`    let row = seq + first + ${r}u;`);
-    lines.push(
-      ...writeHead(
-        s,
-        "out",
-        `row * ${s.C}u + head * ${s.hs}u`,
-        (c) => `o${r}_${c}`,
-        `(1.0 / l${r})`,
-        false,
-      )
-        .map((line) => `    ${line}`),
-    );
-    lines.push(`    lse[row * ${s.H}u + head] = m${r} + log(l${r});`);
-    lines.push(`  }`);
-  }
-  return `
-${qkv.declare("qkv", 0, "read")}
-@group(0) @binding(1) var<storage, read_write> out: array<${elementType(s)}>;
-@group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-${HSUM}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
-  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
-  if (first >= ${s.T}u) { return; }
-  let head = wg.y;
-  let seq = wg.z * ${s.T}u;
-  let last = min(first + ${R - 1}u, ${s.T - 1}u);
-  let qCol = head * ${s.hs4}u;
-  let kCol = ${s.H * s.hs4}u + qCol;
-  let vCol = ${2 * s.H * s.hs4}u + qCol;
-${lines.join("\n")}
-}`;
+  lines.push(...ownedRowStores(s, R, (r) => [
+    `let row = seq + first + ${r}u;`,
+    ...writeHead(
+      s,
+      "out",
+      `row * ${s.C}u + head * ${s.hs}u`,
+      (c) => `o${r}_${c}`,
+      `(1.0 / l${r})`,
+      false,
+    ),
+    `lse[row * ${s.H}u + head] = m${r} + log(l${r});`,
+  ]));
+  return rowTileKernel(s, R, "queries", [
+    qkv.declare("qkv", 0, "read"),
+    `@group(0) @binding(1) var<storage, read_write> out: array<${elementType(s)}>;`,
+    "@group(0) @binding(2) var<storage, read_write> lse: array<f32>;",
+  ], lines);
 }
 
 /**
@@ -342,70 +442,31 @@ function gradQueryWgsl(
   const lines: string[] = [];
   for (const r of rs) {
     lines.push(`  let i${r} = min(first + ${r}u, last);`);
-    for (const c of cs) {
-      lines.push(`  let q${r}_${c} = ${qkv.load("qkv", `seq + i${r}`, `qCol + ${c}u`)};`);
-    }
-    for (const c of cs) {
-      lines.push(`  let g${r}_${c} = ${grad.load("grad", `seq + i${r}`, `gCol + ${c}u`)};`);
-    }
-    lines.push(`  let stats${r} = ${grad.load("grad", `seq + i${r}`, "statsCol")};`);
+    lines.push(...indent(1, queryRowLets(s, qkv, grad, r, `seq + i${r}`)));
     for (const c of cs) lines.push(`  var dq${r}_${c} = vec4f(0.0);`);
   }
   lines.push(`  for (var j = 0u; j <= last; j += ${KB}u) {`);
   for (const u of us) {
     lines.push(`    let key${u} = seq + min(j + ${u}u, last);`);
-    for (const c of cs) {
-      lines.push(`    let k${u}_${c} = ${qkv.load("qkv", `key${u}`, `kCol + ${c}u`)};`);
-    }
-    for (const c of cs) {
-      lines.push(`    let v${u}_${c} = ${qkv.load("qkv", `key${u}`, `vCol + ${c}u`)};`);
-    }
+    lines.push(...indent(2, keyRowLets(s, qkv, u, `key${u}`)));
     for (const r of rs) {
-      const score = dotSum((c) => `q${r}_${c}`, (c) => `k${u}_${c}`, s.hs4);
-      const dp = dotSum((c) => `g${r}_${c}`, (c) => `v${u}_${c}`, s.hs4);
-      lines.push(
-        `    let p${r}_${u} = select(0.0, exp(${score} - stats${r}.x), j + ${u}u <= i${r});`,
-      );
-      lines.push(`    let ds${r}_${u} = p${r}_${u} * (${dp} - stats${r}.y);`);
+      lines.push(...indent(2, scoreGradLets(s, r, u, `${r}_${u}`, `j + ${u}u <= i${r}`)));
       for (const c of cs) {
         lines.push(`    dq${r}_${c} = fma(vec4f(ds${r}_${u}), k${u}_${c}, dq${r}_${c});`);
       }
     }
   }
   lines.push(`  }`);
-  for (const r of rs) {
-    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
-    lines.push(
-      ...writeHead(
-        s,
-        "dqkv",
-        `(seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u`,
-        (c) => `dq${r}_${c}`,
-        `${1 / Math.sqrt(s.hs)}`,
-        accumulate,
-      ).map((line) => `    ${line}`),
-    );
-    lines.push(`  }`);
-  }
-  return `
-${qkv.declare("qkv", 0, "read")}
-${grad.declare("grad", 1, "read")}
-@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;
-${HSUM}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
-  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
-  if (first >= ${s.T}u) { return; }
-  let head = wg.y;
-  let seq = wg.z * ${s.T}u;
-  let last = min(first + ${R - 1}u, ${s.T - 1}u);
-  let qCol = head * ${s.hs4}u;
-  let kCol = ${s.H * s.hs4}u + qCol;
-  let vCol = ${2 * s.H * s.hs4}u + qCol;
-  let gCol = qCol;
-  let statsCol = ${s.H * s.hs4}u + head;
-${lines.join("\n")}
-}`;
+  lines.push(...ownedRowStores(s, R, (r) =>
+    writeHead(
+      s,
+      "dqkv",
+      `(seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u`,
+      (c) => `dq${r}_${c}`,
+      `${1 / Math.sqrt(s.hs)}`,
+      accumulate,
+    )));
+  return backwardKernel(s, qkv, grad, R, "queries", lines);
 }
 
 /**
@@ -424,33 +485,17 @@ function gradKeyValueWgsl(
   const lines: string[] = [];
   for (const r of rs) {
     lines.push(`  let j${r} = min(first + ${r}u, ${s.T - 1}u);`);
-    for (const c of cs) {
-      lines.push(`  let k${r}_${c} = ${qkv.load("qkv", `seq + j${r}`, `kCol + ${c}u`)};`);
-    }
-    for (const c of cs) {
-      lines.push(`  let v${r}_${c} = ${qkv.load("qkv", `seq + j${r}`, `vCol + ${c}u`)};`);
-    }
+    lines.push(...indent(1, keyRowLets(s, qkv, r, `seq + j${r}`)));
     for (const c of cs) lines.push(`  var dk${r}_${c} = vec4f(0.0);`);
     for (const c of cs) lines.push(`  var dv${r}_${c} = vec4f(0.0);`);
   }
   lines.push(`  for (var i = first; i < ${s.T}u; i += ${KB}u) {`);
   for (const u of us) {
     lines.push(`    let query${u} = seq + min(i + ${u}u, ${s.T - 1}u);`);
-    for (const c of cs) {
-      lines.push(`    let q${u}_${c} = ${qkv.load("qkv", `query${u}`, `qCol + ${c}u`)};`);
-    }
-    for (const c of cs) {
-      lines.push(`    let g${u}_${c} = ${grad.load("grad", `query${u}`, `gCol + ${c}u`)};`);
-    }
-    lines.push(`    let stats${u} = ${grad.load("grad", `query${u}`, "statsCol")};`);
+    lines.push(...indent(2, queryRowLets(s, qkv, grad, u, `query${u}`)));
     for (const r of rs) {
-      const score = dotSum((c) => `q${u}_${c}`, (c) => `k${r}_${c}`, s.hs4);
-      const dp = dotSum((c) => `g${u}_${c}`, (c) => `v${r}_${c}`, s.hs4);
-      lines.push(
-        `    let p${r}_${u} = select(0.0, exp(${score} - stats${u}.x), ` +
-          `i + ${u}u >= j${r} && i + ${u}u < ${s.T}u);`,
-      );
-      lines.push(`    let ds${r}_${u} = p${r}_${u} * (${dp} - stats${u}.y);`);
+      const visible = `i + ${u}u >= j${r} && i + ${u}u < ${s.T}u`;
+      lines.push(...indent(2, scoreGradLets(s, u, r, `${r}_${u}`, visible)));
       for (const c of cs) {
         lines.push(`    dv${r}_${c} = fma(vec4f(p${r}_${u}), g${u}_${c}, dv${r}_${c});`);
       }
@@ -460,42 +505,13 @@ function gradKeyValueWgsl(
     }
   }
   lines.push(`  }`);
-  for (const r of rs) {
-    lines.push(`  if (first + ${r}u < ${s.T}u) {`);
-    lines.push(`    let row = (seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u;`);
-    for (const [part, name] of [[1, "dk"], [2, "dv"]] as const) {
-      lines.push(
-        ...writeHead(
-          s,
-          "dqkv",
-          `row + ${part * s.C}u`,
-          (c) => `${name}${r}_${c}`,
-          "1.0",
-          accumulate,
-        )
-          .map((line) => `    ${line}`),
-      );
-    }
-    lines.push(`  }`);
-  }
-  return `
-${qkv.declare("qkv", 0, "read")}
-${grad.declare("grad", 1, "read")}
-@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;
-${HSUM}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane: u32) {
-  let first = (wg.x * ${WORKGROUP}u + lane) * ${R}u;
-  if (first >= ${s.T}u) { return; }
-  let head = wg.y;
-  let seq = wg.z * ${s.T}u;
-  let qCol = head * ${s.hs4}u;
-  let kCol = ${s.H * s.hs4}u + qCol;
-  let vCol = ${2 * s.H * s.hs4}u + qCol;
-  let gCol = qCol;
-  let statsCol = ${s.H * s.hs4}u + head;
-${lines.join("\n")}
-}`;
+  lines.push(...ownedRowStores(s, R, (r) => [
+    `let row = (seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u;`,
+    ...([[1, "dk"], [2, "dv"]] as const).flatMap(([part, name]) =>
+      writeHead(s, "dqkv", `row + ${part * s.C}u`, (c) => `${name}${r}_${c}`, "1.0", accumulate)
+    ),
+  ]));
+  return backwardKernel(s, qkv, grad, R, "keys", lines);
 }
 
 export interface AttentionOptions {

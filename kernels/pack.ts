@@ -33,37 +33,53 @@ function vectorisable(spec: PackSpec): boolean {
   return spec.ld % 4 === 0 && spec.slabStride % 4 === 0;
 }
 
+/** Whether an invocation packs a 4×4 block (transposed and vectorisable), not one texel. */
+function blocked(spec: PackSpec): boolean {
+  return spec.trans && vectorisable(spec);
+}
+
 function texelCoord(spec: PackSpec, x: string, y: string): string {
   return spec.slabAxis === "x"
     ? `vec2u(slab * ${spec.slabWidth}u + ${x}, ${y})`
     : `vec2u(${x}, slab * ${spec.slabHeight}u + ${y})`;
 }
 
+/**
+ * A pack kernel, the same for every layout but for `body`, which stores the texels: invocation
+ * (x, y, slab) works on texel column x of one slab (and texel row y, or block row y4 when
+ * blocked), `base` being the slab's first element in src. src is read as vec4 runs when
+ * vectorisable, else element by element through element(base, r, c) = op(X)[r][c], zero outside
+ * op(X): X[r][c], or X[c][r] when transposed.
+ */
+function packKernel(spec: PackSpec, body: string[]): string {
+  const vec = vectorisable(spec);
+  const index = spec.trans ? `c * ${spec.ld}u + r` : `r * ${spec.ld}u + c`;
+  const element = vec ? "" : `
+fn element(base: u32, r: u32, c: u32) -> f32 {
+  return select(0.0, src[base + ${index}], r < ${spec.rows}u && c < ${spec.cols}u);
+}`;
+  return `
+@group(0) @binding(0) var<storage, read> src: array<${vec ? "vec4f" : "f32"}>;
+@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;${element}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let x = gid.x;
+  let ${blocked(spec) ? "y4" : "y"} = gid.y;
+  let slab = gid.z;
+  if (x >= ${spec.slabWidth}u) { return; }
+  let base = slab * ${spec.slabStride}u;
+${body.join("\n")}
+}`;
+}
+
 /** Not transposed: texel (x, y) is X[y][4x ..], one vec4 load when aligned. */
 function directWgsl(spec: PackSpec): string {
-  const vec = vectorisable(spec);
-  const load = vec
+  const load = vectorisable(spec)
     ? `select(vec4f(0.0), src[(base + y * ${spec.ld}u) / 4u + x], ` +
       `y < ${spec.rows}u && 4u * x < ${spec.cols}u)`
     : `vec4f(element(base, y, 4u * x), element(base, y, 4u * x + 1u), ` +
       `element(base, y, 4u * x + 2u), element(base, y, 4u * x + 3u))`;
-  return `
-@group(0) @binding(0) var<storage, read> src: array<${vec ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;${
-    vec ? "" : `
-fn element(base: u32, r: u32, c: u32) -> f32 {
-  return select(0.0, src[base + r * ${spec.ld}u + c], r < ${spec.rows}u && c < ${spec.cols}u);
-}`
-  }
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let x = gid.x;
-  let y = gid.y;
-  let slab = gid.z;
-  if (x >= ${spec.slabWidth}u) { return; }
-  let base = slab * ${spec.slabStride}u;
-  textureStore(tex, ${texelCoord(spec, "x", "y")}, ${load});
-}`;
+  return packKernel(spec, [`  textureStore(tex, ${texelCoord(spec, "x", "y")}, ${load});`]);
 }
 
 /**
@@ -72,7 +88,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
  * otherwise each texel gathers its four elements one by one.
  */
 function transposedWgsl(spec: PackSpec): string {
-  if (vectorisable(spec)) {
+  if (blocked(spec)) {
     const rowLoads = [0, 1, 2, 3].map((j) =>
       `  let x${j} = select(vec4f(0.0), src[(base + (4u * x + ${j}u) * ${spec.ld}u) / 4u + y4], ` +
       `4u * x + ${j}u < ${spec.cols}u && 4u * y4 < ${spec.rows}u);`
@@ -83,46 +99,21 @@ function transposedWgsl(spec: PackSpec): string {
         texelCoord(spec, "x", `4u * y4 + ${i}u`)
       }, vec4f(x0.${c}, x1.${c}, x2.${c}, x3.${c}));`;
     });
-    return `
-@group(0) @binding(0) var<storage, read> src: array<vec4f>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let x = gid.x;
-  let y4 = gid.y;
-  let slab = gid.z;
-  if (x >= ${spec.slabWidth}u) { return; }
-  let base = slab * ${spec.slabStride}u;
-${rowLoads.join("\n")}
-${stores.join("\n")}
-}`;
+    return packKernel(spec, [...rowLoads, ...stores]);
   }
-  return `
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;
-fn element(base: u32, r: u32, c: u32) -> f32 {
-  return select(0.0, src[base + c * ${spec.ld}u + r], r < ${spec.rows}u && c < ${spec.cols}u);
-}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let x = gid.x;
-  let y = gid.y;
-  let slab = gid.z;
-  if (x >= ${spec.slabWidth}u) { return; }
-  let base = slab * ${spec.slabStride}u;
-  let texel = vec4f(element(base, y, 4u * x), element(base, y, 4u * x + 1u),
-                    element(base, y, 4u * x + 2u), element(base, y, 4u * x + 3u));
-  textureStore(tex, ${texelCoord(spec, "x", "y")}, texel);
-}`;
+  return packKernel(spec, [
+    "  let texel = vec4f(element(base, y, 4u * x), element(base, y, 4u * x + 1u),",
+    "                    element(base, y, 4u * x + 2u), element(base, y, 4u * x + 3u));",
+    `  textureStore(tex, ${texelCoord(spec, "x", "y")}, texel);`,
+  ]);
 }
 
 /** One dispatch that fills every texel of `spec.texture`. */
 export function packCommand(engine: Engine, spec: PackSpec): Command {
-  const blocked = spec.trans && vectorisable(spec);
   const code = spec.trans ? transposedWgsl(spec) : directWgsl(spec);
   const kernel = engine.kernel(`pack ${spec.label}`, code, ["read", "tex-write"]);
   const view = spec.texture.createView();
-  const groupsY = blocked ? spec.slabHeight / 4 : spec.slabHeight;
+  const groupsY = blocked(spec) ? spec.slabHeight / 4 : spec.slabHeight;
   return engine.dispatch(`pack ${spec.label}`, kernel, [spec.src, view], [
     Math.ceil(spec.slabWidth / WORKGROUP),
     groupsY,

@@ -71,16 +71,21 @@ fn gates(l: array<f32, ${experts}>) -> array<f32, ${experts}> {
 }`;
 }
 
-function forwardWgsl(rows: number, experts: number, k: number, index: string): string {
-  const body = k === 1
-    ? `let p = probabilities(l);
-  let best = argmax(l);
-  for (var j = 0u; j < E; j++) { gate[row * E + j] = select(0.0, p[j], j == best); }`
-    : `let w = gates(l);
-  for (var j = 0u; j < E; j++) { gate[row * E + j] = w[j]; }`;
+/**
+ * A kernel of one invocation per row, forward or backward: `bindings` after the logits', the
+ * gate functions, then `fn main` loading the row's logits l before `body`.
+ */
+function rowKernel(
+  rows: number,
+  experts: number,
+  k: number,
+  index: string,
+  bindings: string[],
+  body: string,
+): string {
   return `
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read_write> gate: array<f32>;
+${bindings.join("\n")}
 ${gateWgsl(experts, k)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -89,6 +94,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let l = load_logits(row);
   ${body}
 }`;
+}
+
+function forwardWgsl(rows: number, experts: number, k: number, index: string): string {
+  const body = k === 1
+    ? `let p = probabilities(l);
+  let best = argmax(l);
+  for (var j = 0u; j < E; j++) { gate[row * E + j] = select(0.0, p[j], j == best); }`
+    : `let w = gates(l);
+  for (var j = 0u; j < E; j++) { gate[row * E + j] = w[j]; }`;
+  return rowKernel(rows, experts, k, index, [
+    "@group(0) @binding(1) var<storage, read_write> gate: array<f32>;",
+  ], body);
 }
 
 function backwardWgsl(
@@ -110,18 +127,10 @@ function backwardWgsl(
   var wg = 0.0;
   for (var j = 0u; j < E; j++) { g[j] = dgate[row * E + j]; wg += w[j] * g[j]; }
   for (var j = 0u; j < E; j++) { ${write("w[j] * (g[j] - wg)")} }`;
-  return `
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> dgate: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dlogits: array<f32>;
-${gateWgsl(experts, k)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ${rows}u) { return; }
-  let l = load_logits(row);
-  ${body}
-}`;
+  return rowKernel(rows, experts, k, index, [
+    "@group(0) @binding(1) var<storage, read> dgate: array<f32>;",
+    "@group(0) @binding(2) var<storage, read_write> dlogits: array<f32>;",
+  ], body);
 }
 
 /** Gates [N, E] from router logits [N, E] with top-k (k clipped to E). */
