@@ -89,6 +89,14 @@ export interface CompareOptions {
   training: string[];
 }
 
+/** Whether `text` is what a forwarded flag of `kind` accepts (caps: see parseTrainTokens). */
+function allowed(kind: Exclude<keyof typeof ALLOWED, "caps">, text: string): boolean {
+  const value = Number(text);
+  if (kind === "path") return text !== "";
+  if (kind === "positive") return value > 0 && Number.isFinite(value);
+  return /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);
+}
+
 export function parseInvocation(args: string[]): { help: true } | { options: CompareOptions } {
   const flags = parseFlags(args, FLAGS, USAGE);
   if (flags.help) return { help: true };
@@ -123,14 +131,12 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
   for (const [name, { kind }] of Object.entries(PASS_THROUGH)) {
     const text = flags[name] as string | undefined;
     if (text === undefined) continue;
-    const value = Number(text);
-    const valid = kind === "path" ? text !== "" : kind === "caps"
+    if (kind === "caps") {
       // Every run trains the default number of clients: train.ts's own check and message.
-      ? parseTrainTokens(text, DEFAULTS.clients).length > 0
-      : kind === "positive"
-      ? value > 0 && Number.isFinite(value)
-      : /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);
-    if (!valid) throw new UsageError(`--${name} must be ${ALLOWED[kind]}, got "${text}"`);
+      parseTrainTokens(text, DEFAULTS.clients);
+    } else if (!allowed(kind, text)) {
+      throw new UsageError(`--${name} must be ${ALLOWED[kind]}, got "${text}"`);
+    }
     training.push(`--${name}`, text);
   }
   const out = (flags.out as string | undefined) ?? `runs/compare-${scenario}${ood ? "-ood" : ""}`;

@@ -47,28 +47,29 @@ export class StreamCapture {
         return t.shape[1] ?? 1;
       });
       this.#forward = this.#tape.forward();
+      this.#batches = evalBatches(evalWindows(stream, T, 0), B, T);
+      // Slots start at offsets a view may take (the storage alignment, in floats).
+      const align = engine.limits.minStorageBufferOffsetAlignment / 4;
+      this.#offsets = [];
+      let stride = 0;
+      for (const t of this.#tensors) {
+        this.#offsets.push(stride);
+        stride += Math.ceil(t.size / align) * align;
+      }
+      this.#stride = stride;
+      this.#slots = this.#batches.length === 0 || stride === 0
+        ? null
+        : engine.tensor([this.#batches.length * stride], { label: "captured tensors" });
+      this.#slotViews = this.#batches.map((_, i) =>
+        this.#tensors.map((t, k) =>
+          engine.view(this.#slots!, i * stride + this.#offsets[k], t.shape, `${t.label} ${i}`)
+        )
+      );
     } catch (e) {
+      // A refused shape or a slot buffer over the adapter's limits: free what was built.
       this.dispose();
       throw e;
     }
-    this.#batches = evalBatches(evalWindows(stream, T, 0), B, T);
-    // Slots start at offsets a view may take (the storage alignment, in floats).
-    const align = engine.limits.minStorageBufferOffsetAlignment / 4;
-    this.#offsets = [];
-    let stride = 0;
-    for (const t of this.#tensors) {
-      this.#offsets.push(stride);
-      stride += Math.ceil(t.size / align) * align;
-    }
-    this.#stride = stride;
-    this.#slots = this.#batches.length === 0 || stride === 0
-      ? null
-      : engine.tensor([this.#batches.length * stride], { label: "captured tensors" });
-    this.#slotViews = this.#batches.map((_, i) =>
-      this.#tensors.map((t, k) =>
-        engine.view(this.#slots!, i * stride + this.#offsets[k], t.shape, `${t.label} ${i}`)
-      )
-    );
   }
 
   /** How many input positions the stream has (its length − 1): the rows `capture` returns. */
