@@ -39,7 +39,12 @@ export { topkGate } from "./kernels/topk_gate.ts";
 // GPT-2: model, checkpoints, tokenizers.
 export { type BlockAdapters, GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
 export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
-export { type BaseCheckpoint, loadBaseCheckpoint, saveBaseCheckpoint } from "./model/checkpoint.ts";
+export {
+  type BaseCheckpoint,
+  loadBaseCheckpoint,
+  parseBaseCheckpoint,
+  saveBaseCheckpoint,
+} from "./model/checkpoint.ts";
 export {
   CheckpointError,
   type NamedTensor,
@@ -54,6 +59,7 @@ export {
   type AdapterConfig,
   type AdapterFile,
   AdapterTensors,
+  encodeAdapters,
   initAdapters,
   loadAdapters,
   loraScale,
@@ -70,4 +76,16 @@ export { FedAvgStrategy, type Instructions, type Strategy } from "./fed/strategy
 export { Client, type ClientData, type ClientState, type Schedule } from "./fed/client.ts";
 export { type Method, METHOD_SPECS, METHODS, type MethodSpec } from "./fed/methods.ts";
 export { type ClientCorpus, loadScenario, type Scenario, SCENARIOS } from "./fed/scenarios.ts";
-export { type RunResult, runTraining, type Summary, type TrainOptions } from "./fed/run.ts";
+export {
+  type Checkpoint,
+  federate,
+  type FederationHooks,
+  finalTestPpl,
+  type MetricRecord,
+  runStreams,
+  type Streams,
+  summarise,
+  type Summary,
+  type TrainOptions,
+} from "./fed/federation.ts";
+export { type RunResult, runTraining } from "./fed/run.ts";

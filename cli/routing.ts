@@ -10,7 +10,7 @@
 import { join } from "node:path";
 import { Engine } from "../engine/device.ts";
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
-import type { TrainOptions } from "../fed/run.ts";
+import type { TrainOptions } from "../fed/federation.ts";
 import { loadScenario } from "../fed/scenarios.ts";
 import { type AdapterFile, AdapterTensors, loadAdapters } from "../model/adapters.ts";
 import { type BaseCheckpoint, loadBaseCheckpoint } from "../model/checkpoint.ts";

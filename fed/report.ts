@@ -3,9 +3,9 @@
 // Markdown table and an SVG plot. Everything but reading is a pure function of its inputs, and
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
-import { join } from "node:path";
 import { markdownTable } from "../model/markdown_table.ts";
-import { type MetricRecord, parseMetrics, type Summary as RunSummary } from "./run.ts";
+import type { MetricRecord, Summary as RunSummary } from "./federation.ts";
+import { parseMetrics } from "./run.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
 export const PRETRAINED = "pretrained";
@@ -61,7 +61,7 @@ export interface Comparison {
 
 /** Where `compare` puts the run of `method` with `seed`. */
 export function runDir(out: string, method: string, seed: number): string {
-  return join(out, `${method}-s${seed}`);
+  return `${out}/${method}-s${seed}`;
 }
 
 /** The runs a comparison needs: pretrained once (seed 0), then every method × seed. */
@@ -88,7 +88,7 @@ export async function readRuns(
   const missing: string[] = [];
   const runs: RunData[] = [];
   for (const ref of refs) {
-    const summaryText = await readOptional(join(ref.dir, "summary.json"));
+    const summaryText = await readOptional(`${ref.dir}/summary.json`);
     if (summaryText === undefined) {
       missing.push(ref.dir);
       continue;
@@ -105,8 +105,8 @@ export async function readRuns(
         );
       }
     }
-    const config = JSON.parse(await Deno.readTextFile(join(ref.dir, "config.json")));
-    const metrics = parseMetrics(await Deno.readTextFile(join(ref.dir, "metrics.jsonl")));
+    const config = JSON.parse(await Deno.readTextFile(`${ref.dir}/config.json`));
+    const metrics = parseMetrics(await Deno.readTextFile(`${ref.dir}/metrics.jsonl`));
     runs.push({ ref, summary, config, metrics });
   }
   if (missing.length) {

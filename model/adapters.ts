@@ -11,7 +11,8 @@ import {
   CheckpointError,
   type NamedTensor,
   readSafetensors,
-  writeSafetensors,
+  serializeSafetensors,
+  writeFileAtomic,
 } from "./safetensors.ts";
 
 export type LoraScaling = "rslora" | "standard";
@@ -199,15 +200,23 @@ export async function loadAdapters(path: string, base: GPT2Config): Promise<Adap
 export async function saveAdapters(
   path: string,
   base: GPT2Config,
-  { config, values }: AdapterFile,
+  file: AdapterFile,
 ): Promise<void> {
+  await writeFileAtomic(path, encodeAdapters(base, file));
+}
+
+/** An adapter file's bytes (safetensors with the config in its metadata). */
+export function encodeAdapters(
+  base: GPT2Config,
+  { config, values }: AdapterFile,
+): Uint8Array<ArrayBuffer> {
   const tensors: [string, NamedTensor][] = [];
   for (const [name, shape] of adapterShapes(base, config)) {
     const data = values.get(name);
-    if (!data) throw new Error(`saveAdapters: ${name} missing`);
+    if (!data) throw new Error(`encodeAdapters: ${name} missing`);
     tensors.push([name, { shape, data }]);
   }
-  await writeSafetensors(path, tensors, adapterMetadata(config));
+  return serializeSafetensors(tensors, adapterMetadata(config));
 }
 
 /** One block's adapter tensors on the GPU. */

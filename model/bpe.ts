@@ -6,7 +6,6 @@
 // Encoding splits text with GPT-2's pre-tokenizer regex, then within each piece repeatedly merges
 // the adjacent pair of lowest rank (leftmost first on ties), as GPT-2, tiktoken and Hugging Face
 // do. Pieces never merge across each other, so their encodings are cached.
-import { join } from "node:path";
 import type { TextStream, Tokenizer } from "./tokenizer.ts";
 
 export const EOT = "<|endoftext|>";
@@ -205,8 +204,8 @@ export class BpeTokenizer implements Tokenizer {
   /** The tokenizer in `dir`'s vocab.json and merges.txt. */
   static async load(dir: string): Promise<BpeTokenizer> {
     // One after the other, so that with both files missing the error always names vocab.json.
-    const vocabJson = await readText(join(dir, "vocab.json"));
-    const mergesTxt = await readText(join(dir, "merges.txt"));
+    const vocabJson = await readText(`${dir}/vocab.json`);
+    const mergesTxt = await readText(`${dir}/merges.txt`);
     return BpeTokenizer.parse(vocabJson, mergesTxt, dir);
   }
 

@@ -18,7 +18,6 @@ import {
   Heap,
 } from "./bpe.ts";
 import { writeFileAtomic } from "./safetensors.ts";
-import { join } from "node:path";
 
 /** Pair keys are left · 2^16 + right, so ids (and the vocabulary) stay below 2^16. */
 const KEY = 1 << 16;
@@ -187,6 +186,6 @@ export async function saveBpe(dir: string, tables: BpeTables): Promise<void> {
   );
   const utf8 = new TextEncoder();
   await Deno.mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, "vocab.json"), utf8.encode(vocabJson));
-  await writeFileAtomic(join(dir, "merges.txt"), utf8.encode(mergesTxt));
+  await writeFileAtomic(`${dir}/vocab.json`, utf8.encode(vocabJson));
+  await writeFileAtomic(`${dir}/merges.txt`, utf8.encode(mergesTxt));
 }

@@ -5,6 +5,7 @@ import { type GPT2Config, parameterShapes, parseConfig } from "./config.ts";
 import {
   CheckpointError,
   type NamedTensor,
+  parseSafetensors,
   readSafetensors,
   writeFileAtomic,
   writeSafetensors,
@@ -27,13 +28,7 @@ export async function readConfig(dir: string): Promise<GPT2Config> {
   } catch (e) {
     throw new CheckpointError(path, `cannot read (${(e as Error).message})`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new CheckpointError(path, `not valid JSON (${(e as Error).message})`);
-  }
-  return parseConfig(json, path);
+  return configFromText(text, path);
 }
 
 export async function loadBaseCheckpoint(dir: string): Promise<BaseCheckpoint> {
@@ -41,6 +36,28 @@ export async function loadBaseCheckpoint(dir: string): Promise<BaseCheckpoint> {
   const path = `${dir}/model.safetensors`;
   const { tensors } = await readSafetensors(path);
   return { config, weights: checkBaseTensors(config, tensors, path) };
+}
+
+/** A base model from the contents of its two files (a browser tab fetches them). */
+export function parseBaseCheckpoint(
+  configText: string,
+  safetensors: Uint8Array,
+  dir: string,
+): BaseCheckpoint {
+  const config = configFromText(configText, `${dir}/config.json`);
+  const path = `${dir}/model.safetensors`;
+  const { tensors } = parseSafetensors(safetensors, path);
+  return { config, weights: checkBaseTensors(config, tensors, path) };
+}
+
+function configFromText(text: string, path: string): GPT2Config {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError(path, `not valid JSON (${(e as Error).message})`);
+  }
+  return parseConfig(json, path);
 }
 
 /** Maps file tensors to canonical names and checks them against the config's layout. */

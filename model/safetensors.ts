@@ -142,7 +142,7 @@ function halfToFloat(h: number): number {
 export function serializeSafetensors(
   tensors: Iterable<[string, NamedTensor]>,
   metadata: Record<string, string> = {},
-): Uint8Array {
+): Uint8Array<ArrayBuffer> {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   const list = [...tensors];

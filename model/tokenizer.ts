@@ -4,7 +4,6 @@
 // the literal characters "<|endoftext|>" encode as ordinary tokens and never as `eotId`; callers
 // insert `eotId` themselves (between documents). This keeps user text from smuggling in control
 // tokens. Decoding `eotId` gives the text "<|endoftext|>".
-import { join } from "node:path";
 import { BpeTokenizer, EOT, TokenBytes, TokenizerError } from "./bpe.ts";
 
 export { TokenizerError };
@@ -32,8 +31,8 @@ export const R50K_VOCAB_SIZE = 50257;
 
 /** The tokenizer for the model in `modelDir`, whose config.json says `vocabSize`. */
 export async function loadTokenizer(modelDir: string, vocabSize: number): Promise<Tokenizer> {
-  const vocabPath = join(modelDir, "vocab.json");
-  const mergesPath = join(modelDir, "merges.txt");
+  const vocabPath = `${modelDir}/vocab.json`;
+  const mergesPath = `${modelDir}/merges.txt`;
   const [hasVocab, hasMerges] = await Promise.all([exists(vocabPath), exists(mergesPath)]);
   if (hasVocab !== hasMerges) {
     const [present, absent] = hasVocab ? [vocabPath, mergesPath] : [mergesPath, vocabPath];

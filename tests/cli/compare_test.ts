@@ -26,7 +26,7 @@ import {
   testCurve,
 } from "../../fed/report.ts";
 import type { Method } from "../../fed/methods.ts";
-import type { MetricRecord, Summary as RunSummary } from "../../fed/run.ts";
+import type { MetricRecord, Summary as RunSummary } from "../../fed/federation.ts";
 import type { Scenario } from "../../fed/scenarios.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

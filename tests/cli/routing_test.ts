@@ -12,7 +12,7 @@ import {
   methodAdapterConfig,
   methodInitAdapters,
 } from "../../fed/methods.ts";
-import type { TrainOptions } from "../../fed/run.ts";
+import type { TrainOptions } from "../../fed/federation.ts";
 import { loadScenario } from "../../fed/scenarios.ts";
 import { saveAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";

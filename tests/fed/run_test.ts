@@ -5,64 +5,14 @@
 // ends with the same bits as an uninterrupted one.
 import { join } from "node:path";
 import { ProgressBar } from "../../cli/progress.ts";
-import { DEFAULTS } from "../../cli/train.ts";
-import { type Method, METHODS } from "../../fed/methods.ts";
-import { RunStopped, runTraining, type TrainOptions } from "../../fed/run.ts";
-import type { ClientCorpus } from "../../fed/scenarios.ts";
+import { METHODS } from "../../fed/methods.ts";
+import { RunStopped, runTraining } from "../../fed/run.ts";
 import { adapterRole, loadAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { gpuTest } from "../util.ts";
-
-const MODEL = new URL("../../models/base", import.meta.url).pathname;
-
-/** Two small clients with different text (numbers vs letters), 1–2k tokens each. */
-function corpora(): ClientCorpus[] {
-  const docs = (make: (i: number) => string, n: number) =>
-    Array.from({ length: n }, (_, i) => make(i));
-  const numbers = (i: number) =>
-    Array.from({ length: 40 }, (_, k) => `Item ${i * 40 + k} costs ${(k * 7) % 13} dollars.`).join(
-      " ",
-    );
-  const words = (i: number) =>
-    Array.from({ length: 40 }, (_, k) => `The ${["red", "old", "tall"][k % 3]} house ${i} stood.`)
-      .join(" ");
-  return [
-    {
-      name: "numbers",
-      train: docs(numbers, 4),
-      val: docs(numbers, 1),
-      test: docs((i) => numbers(i + 9), 1),
-    },
-    {
-      name: "words",
-      train: docs(words, 4),
-      val: docs(words, 1),
-      test: docs((i) => words(i + 9), 1),
-    },
-  ];
-}
-
-function options(out: string, method: Method, rounds = 2): TrainOptions {
-  return {
-    ...DEFAULTS,
-    method,
-    clients: 2,
-    experts: method === "comigs-1gxs" ? [1, 3] : [2, 2],
-    trainTokens: [null, null],
-    model: MODEL,
-    rounds,
-    localSteps: 2,
-    routerEvery: 1,
-    routerSteps: 1,
-    routerOnTrain: false,
-    ood: false,
-    batch: 2,
-    seq: 16,
-    out,
-  };
-}
+import { corpora, MODEL, options } from "./tiny_run.ts";
 
 const quiet = () => new ProgressBar(0, 0, false, () => {});
 
