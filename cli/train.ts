@@ -6,7 +6,8 @@ import { MAX_EXPERTS } from "../model/adapters.ts";
 import { markdownTable } from "../model/markdown_table.ts";
 import { type Weighting, WEIGHTINGS } from "../fed/aggregate.ts";
 import { type Method, METHOD_SPECS, METHODS } from "../fed/methods.ts";
-import { type RunResult, runTraining, type TrainOptions } from "../fed/run.ts";
+import type { TrainOptions } from "../fed/federation.ts";
+import { type RunResult, runTraining } from "../fed/run.ts";
 import { type Scenario, SCENARIOS } from "../fed/scenarios.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 import { ProgressBar } from "./progress.ts";
@@ -36,7 +37,7 @@ export const DEFAULTS = {
 };
 
 const USAGE = "deno task train [--method M] [--scenario S] ... | --resume DIR";
-const FLAGS: FlagSpec = {
+export const FLAGS: FlagSpec = {
   method: { type: "string", help: `${METHODS.join(" | ")} (default ${DEFAULTS.method})` },
   scenario: { type: "string", help: `${SCENARIOS.join(" | ")} (default ${DEFAULTS.scenario})` },
   clients: {
@@ -102,6 +103,15 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     }
     return { resume: flags.resume };
   }
+  return { options: optionsFromFlags(flags, now) };
+}
+
+/** A run's options from parsed train flags (defaults for those not given); `deno task browser`
+ * takes the same flags. */
+export function optionsFromFlags(
+  flags: Record<string, string | boolean | undefined>,
+  now = new Date(),
+): TrainOptions {
   const text = (flag: string) => flags[flag] as string | undefined;
   const choice = <T extends string>(flag: string, allowed: readonly T[], fallback: T): T => {
     const value = text(flag) ?? fallback;
@@ -133,7 +143,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
   const scenario = choice("scenario", SCENARIOS, DEFAULTS.scenario);
   const clients = integer("clients", DEFAULTS.clients, 1, scenario === "iid" ? 16 : 4);
   const seed = integer("seed", DEFAULTS.seed, 0);
-  const options: TrainOptions = {
+  return {
     method,
     scenario,
     clients,
@@ -160,7 +170,6 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     aggregation: choice("aggregation", WEIGHTINGS, DEFAULTS.aggregation),
     out: text("out") ?? `runs/${method}-${scenario}-s${seed}-${timestamp(now)}`,
   };
-  return { options };
 }
 
 /** E_i per client: the list given (comigs-1gxs), or 2 everywhere. */

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: npm packages (Deno itself comes from npm, pinned in package.json)
 # and, on Linux without any Vulkan driver, Mesa's lavapipe so WebGPU has a (software) adapter.
+# `--browser` also installs Chromium (Debian's; `deno task browser` and its test drive it).
 set -euo pipefail
+browser=false
+[ "${1:-}" = --browser ] && browser=true
 cd "$(dirname "$0")/.."
 
 if ! command -v npm >/dev/null; then
@@ -26,5 +29,17 @@ if [ "$(uname -s)" = Linux ]; then
       echo "  sudo apt-get install -y mesa-vulkan-drivers" >&2
       exit 1
     fi
+  fi
+fi
+
+if $browser && [ -z "${CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Chromium for the browser run and its test (apt chromium)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: no Chromium at /usr/bin/chromium. Install it (sudo apt-get install -y chromium)" >&2
+    echo "  or set CHROMIUM to a Chromium or Chrome executable." >&2
+    exit 1
   fi
 fi

@@ -1,0 +1,299 @@
+// `deno task browser`: the run `deno task train` would make, computed in a browser tab's WebGPU
+// instead of Deno's. This process reads the base model and the scenario (files a tab cannot
+// read), bundles cli/browser_page.ts for browsers, serves both on 127.0.0.1, and either drives
+// headless Chromium itself (playwright-core) or, with --serve, waits for any WebGPU browser to
+// open the address. The tab runs fed/federation.ts and posts its progress, records and tensors
+// back; the run folder gets train's files (interfaces.md) and the terminal train's table. The
+// tab holds the state, so a browser run does not resume (train's --resume is not a flag here).
+import {
+  finalTestPpl,
+  type MetricRecord,
+  summarise,
+  type TrainOptions,
+} from "../fed/federation.ts";
+import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
+import {
+  loadRunInputs,
+  type RunResult,
+  writeJson,
+  writeMetrics,
+  writeRunOutputs,
+} from "../fed/run.ts";
+import type { ClientCorpus } from "../fed/scenarios.ts";
+import { parseSafetensors } from "../model/safetensors.ts";
+import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+import type { PageEvent, RunInput } from "./browser_protocol.ts";
+import { ProgressBar } from "./progress.ts";
+import { FLAGS as TRAIN_FLAGS, optionsFromFlags, summaryTable } from "./train.ts";
+
+const DEFAULT_CHROMIUM = "/usr/bin/chromium";
+/** platform.md's headless Chromium with WebGPU (SwiftShader when the machine has no GPU). */
+const CHROMIUM_ARGS = [
+  "--headless=new",
+  "--enable-unsafe-webgpu",
+  "--no-sandbox",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+const USAGE = "deno task browser [train's flags except --resume] [--serve] [--port N] " +
+  "[--chromium PATH]";
+const { resume: _, help: __, ...RUN_FLAGS } = TRAIN_FLAGS;
+const FLAGS: FlagSpec = {
+  ...RUN_FLAGS,
+  serve: {
+    type: "boolean",
+    help: "print the page's address and wait for a WebGPU browser to open it (no Chromium)",
+  },
+  port: { type: "string", help: "port on 127.0.0.1 (default: any free one)" },
+  chromium: {
+    type: "string",
+    help: `Chromium to drive headless (default $CHROMIUM or ${DEFAULT_CHROMIUM})`,
+  },
+  help: { type: "boolean", help: "show this help" },
+};
+
+export interface BrowserOptions {
+  /** Wait for a browser to open the page instead of starting Chromium. */
+  serve: boolean;
+  port: number;
+  chromium: string;
+}
+
+export type Invocation = { help: true } | { options: TrainOptions; browser: BrowserOptions };
+
+export function parseInvocation(args: string[], now = new Date()): Invocation {
+  const flags = parseFlags(args, FLAGS, USAGE);
+  if (flags.help) return { help: true };
+  const { serve, port, chromium, ...run } = flags;
+  const options = optionsFromFlags(run, now);
+  const portText = port as string | undefined;
+  if (portText !== undefined && (!/^\d+$/.test(portText) || Number(portText) > 65535)) {
+    throw new UsageError(`--port must be an integer in 0..65535, got "${portText}"`);
+  }
+  if (serve && chromium !== undefined) {
+    throw new UsageError("--serve waits for your own browser; --chromium has no use with it");
+  }
+  return {
+    options,
+    browser: {
+      serve: serve === true,
+      port: Number(portText ?? 0),
+      chromium: (chromium as string | undefined) ?? Deno.env.get("CHROMIUM") ?? DEFAULT_CHROMIUM,
+    },
+  };
+}
+
+/** Runs `options` in a browser tab; writes the run folder and returns train's result. */
+export async function runInBrowser(
+  options: TrainOptions,
+  browser: BrowserOptions,
+  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+): Promise<RunResult> {
+  const { progress } = hooks;
+  if (!browser.serve) await checkExecutable(browser.chromium);
+  const out = options.out;
+  await Deno.mkdir(out, { recursive: true });
+  await writeJson(`${out}/config.json`, options);
+  const { categories } = await loadRunInputs(options, hooks.corpora);
+  const files: Record<string, Uint8Array> = {
+    "/": new TextEncoder().encode(PAGE_HTML),
+    "/page.js": await bundlePage(),
+    "/run.json": new TextEncoder().encode(
+      JSON.stringify({ options, categories: categories.map((c) => c.name) } satisfies RunInput),
+    ),
+    "/model/config.json": await Deno.readFile(`${options.model}/config.json`),
+    "/model/model.safetensors": await Deno.readFile(`${options.model}/model.safetensors`),
+  };
+  for (const [id, c] of categories.entries()) {
+    for (const split of ["train", "val", "test"] as const) {
+      files[`/data/${id}/${split}`] = new Uint8Array(
+        c[split].buffer,
+        c[split].byteOffset,
+        c[split].byteLength,
+      );
+    }
+  }
+
+  const spec = METHOD_SPECS[options.method];
+  const members = spec.frozen ? 0 : spec.pooled ? 1 : categories.length;
+  const adapters = new Array<Uint8Array | undefined>(members);
+  let global: Uint8Array | null = null;
+  const metrics: MetricRecord[] = [];
+  const start = performance.now();
+  let settle!: { resolve: (ppl: number[]) => void; reject: (e: Error) => void };
+  const finished = new Promise<number[]>((resolve, reject) => settle = { resolve, reject });
+
+  // Events are handled one at a time, in the order the page sent them.
+  let handling: Promise<void> = Promise.resolve();
+  const handle = async (event: PageEvent) => {
+    switch (event.kind) {
+      case "total":
+        progress.total = event.total;
+        return;
+      case "begin":
+        return progress.begin(event.step);
+      case "update":
+        return progress.update(event.update);
+      case "log":
+        return progress.log(event.line);
+      case "done":
+        return progress.done();
+      case "record": {
+        const wall_s = Math.round((performance.now() - start) / 100) / 10;
+        metrics.push({ ...event.record, ppl: Math.exp(event.record.loss), wall_s });
+        return await writeMetrics(out, metrics);
+      }
+      case "result":
+        return settle.resolve(event.pretrainedPpl);
+      case "error":
+        return settle.reject(new Error(`in the browser: ${event.message}\n${event.stack}`));
+    }
+  };
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: browser.port, onListen: () => {} },
+    async (request) => {
+      const path = new URL(request.url).pathname;
+      if (request.method === "GET" && files[path]) {
+        return new Response(files[path].slice(), {
+          headers: { "content-type": contentType(path) },
+        });
+      }
+      if (request.method !== "POST") return new Response(`no ${path}`, { status: 404 });
+      const body = new Uint8Array(await request.arrayBuffer());
+      const client = /^\/adapters\/(\d+)$/.exec(path);
+      try {
+        if (path === "/event") {
+          const event = JSON.parse(new TextDecoder().decode(body)) as PageEvent;
+          handling = handling.then(() => handle(event));
+          await handling;
+        } else if (client && Number(client[1]) < members) {
+          parseSafetensors(body, `client ${client[1]}'s adapters from the browser`);
+          adapters[Number(client[1])] = body;
+        } else if (path === "/global") {
+          parseSafetensors(body, "shared tensors from the browser");
+          global = body;
+        } else return new Response(`no ${path}`, { status: 404 });
+      } catch (e) {
+        settle.reject(e as Error);
+        return new Response((e as Error).message, { status: 400 });
+      }
+      return new Response("ok");
+    },
+  );
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  let closeBrowser = async () => {};
+  try {
+    if (browser.serve) {
+      progress.log(`open ${url} in a browser with WebGPU (Chrome, Edge; Firefox 141+; Safari 26+)`);
+    } else closeBrowser = await openInChromium(browser.chromium, url, settle.reject);
+    const pretrainedPpl = await finished;
+    await handling;
+    const missing = adapters.findIndex((a) => !a);
+    if (missing >= 0) throw new Error(`the browser sent no adapters for client ${missing}`);
+    const summary = summarise(
+      options,
+      categories,
+      finalTestPpl(metrics, categories.length),
+      pretrainedPpl,
+    );
+    await writeRunOutputs(out, { adapters: adapters as Uint8Array[], global, summary });
+    return { summary, pretrainedPpl };
+  } finally {
+    await closeBrowser();
+    await server.shutdown();
+  }
+}
+
+const PAGE_HTML = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>comigs: a federated run in this tab</title>
+<pre id="status">comigs: loading…
+</pre>
+<script type="module" src="/page.js"></script>
+`;
+
+function contentType(path: string): string {
+  if (path === "/") return "text/html; charset=utf-8";
+  if (path.endsWith(".js")) return "text/javascript";
+  if (path.endsWith(".json")) return "application/json";
+  return "application/octet-stream";
+}
+
+/** cli/browser_page.ts and everything it imports as one browser module (Deno's bundler). */
+async function bundlePage(): Promise<Uint8Array> {
+  const dir = await Deno.makeTempDir({ prefix: "comigs-page-" });
+  try {
+    const output = `${dir}/page.js`;
+    const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "bundle",
+        "--quiet",
+        "--platform",
+        "browser",
+        "-o",
+        output,
+        new URL("./browser_page.ts", import.meta.url).pathname,
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (code !== 0) {
+      throw new Error(`bundling the page failed:\n${new TextDecoder().decode(stderr)}`);
+    }
+    return await Deno.readFile(output);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function checkExecutable(path: string): Promise<void> {
+  const info = await Deno.stat(path).catch(() => null);
+  if (!info?.isFile) {
+    throw new UsageError(
+      `no Chromium at ${path}. Install it (Debian/Ubuntu: apt-get install -y chromium), pass ` +
+        `--chromium PATH (or set CHROMIUM), or use --serve and open the address in any browser ` +
+        `with WebGPU`,
+    );
+  }
+}
+
+/** Opens `url` in headless Chromium; page errors and crashes go to `fail`. Returns the closer. */
+async function openInChromium(
+  executablePath: string,
+  url: string,
+  fail: (e: Error) => void,
+): Promise<() => Promise<void>> {
+  const { chromium } = await import("playwright-core");
+  const browser = await chromium.launch({ executablePath, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage();
+    page.on("pageerror", (e) => fail(new Error(`in the browser: ${e.message}`)));
+    page.on("crash", () => fail(new Error("the browser tab crashed")));
+    page.on("console", (m) => {
+      if (m.type() === "error") console.error(`browser: ${m.text()}`);
+    });
+    await page.goto(url);
+  } catch (e) {
+    await browser.close();
+    throw e;
+  }
+  return () => browser.close();
+}
+
+async function main(): Promise<void> {
+  const invocation = parseInvocation(Deno.args);
+  if ("help" in invocation) {
+    console.log(helpText(FLAGS, USAGE));
+    console.log(`\nmethods: ${METHODS.join(", ")} (deno task train --help says what each does)`);
+    return;
+  }
+  const progress = new ProgressBar(0);
+  const result = await runInBrowser(invocation.options, invocation.browser, { progress });
+  console.log(`\n${summaryTable(result)}`);
+}
+
+if (import.meta.main) await runMain(main);

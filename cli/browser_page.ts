@@ -1,0 +1,93 @@
+/// <reference lib="dom" />
+// The page of `deno task browser` (bundled for browsers by cli/browser.ts): one federated run in
+// this tab's WebGPU, with the same code as `deno task train` (fed/federation.ts). It fetches the
+// run's options, the base model's two files and the categories' token streams from the server
+// that served it, and posts back every event (progress, metric records, the clients' adapters,
+// the shared tensors), in order, so the terminal shows the run and the run folder gets its files.
+import { Engine } from "../engine/device.ts";
+import { federate, type Streams, type TrainOptions } from "../fed/federation.ts";
+import { encodeAdapters } from "../model/adapters.ts";
+import { parseBaseCheckpoint } from "../model/checkpoint.ts";
+import { serializeSafetensors } from "../model/safetensors.ts";
+import type { PageEvent, RunInput } from "./browser_protocol.ts";
+
+const status = document.getElementById("status")!;
+
+/** Posts are chained so the server receives events in the order they happened. */
+let posted: Promise<void> = Promise.resolve();
+function post(path: string, body: BodyInit): Promise<void> {
+  posted = posted.then(async () => {
+    const response = await fetch(path, { method: "POST", body });
+    if (!response.ok) throw new Error(`POST ${path}: ${response.status} ${await response.text()}`);
+  });
+  return posted;
+}
+function send(event: PageEvent): Promise<void> {
+  if (event.kind === "log") status.textContent += `${event.line}\n`;
+  return post("/event", JSON.stringify(event));
+}
+
+async function get(path: string): Promise<Response> {
+  const response = await fetch(path);
+  if (!response.ok) throw new Error(`GET ${path}: ${response.status} ${await response.text()}`);
+  return response;
+}
+const bytes = async (path: string) => new Uint8Array(await (await get(path)).arrayBuffer());
+const tokens = async (path: string) => new Uint32Array((await bytes(path)).buffer);
+
+async function main(): Promise<void> {
+  const { options, categories: names } = await (await get("/run.json")).json() as RunInput;
+  const base = parseBaseCheckpoint(
+    await (await get("/model/config.json")).text(),
+    await bytes("/model/model.safetensors"),
+    options.model,
+  );
+  const categories: Streams[] = [];
+  for (const [id, name] of names.entries()) {
+    categories.push({
+      name,
+      train: await tokens(`/data/${id}/train`),
+      val: await tokens(`/data/${id}/val`),
+      test: await tokens(`/data/${id}/test`),
+    });
+  }
+  const engine = await Engine.create();
+  await send({
+    kind: "log",
+    line: `WebGPU adapter: ${engine.adapterName}${
+      engine.isFallbackAdapter ? " (CPU fallback)" : ""
+    }; kernels: ${engine.variant} (in ${navigator.userAgent})`,
+  });
+  let total = 0;
+  const result = await federate(
+    engine,
+    { options: options as TrainOptions, ...base, categories },
+    {
+      progress: {
+        get total() {
+          return total;
+        },
+        set total(steps: number) {
+          total = steps;
+          send({ kind: "total", total });
+        },
+        begin: (step) => send({ kind: "begin", step }),
+        update: (update) => send({ kind: "update", update }),
+        log: (line) => send({ kind: "log", line }),
+        done: () => send({ kind: "done" }),
+      },
+      record: (record) => send({ kind: "record", record }),
+    },
+  );
+  for (const [id, adapters] of result.adapters.entries()) {
+    await post(`/adapters/${id}`, encodeAdapters(base.config, adapters));
+  }
+  if (result.global) await post("/global", serializeSafetensors(result.global));
+  await send({ kind: "result", pretrainedPpl: result.pretrainedPpl });
+  engine.device.destroy();
+}
+
+main().catch((e: Error) => {
+  status.textContent += `error: ${e.message}\n`;
+  send({ kind: "error", message: e.message, stack: e.stack ?? "" });
+});

@@ -1,0 +1,21 @@
+// What `deno task browser`'s server and its page (cli/browser_page.ts) exchange over HTTP.
+import type { MetricRecord, TrainOptions } from "../fed/federation.ts";
+import type { ProgressUpdate } from "./progress.ts";
+
+/** GET /run.json: the run's options and its categories' names (their streams: /data/<id>/<split>). */
+export interface RunInput {
+  options: TrainOptions;
+  categories: string[];
+}
+
+/** POST /event: what happens in the page, in order. The adapters (POST /adapters/<id>) and the
+ * shared tensors (POST /global) arrive before "result". */
+export type PageEvent =
+  | { kind: "total"; total: number }
+  | { kind: "begin"; step: number }
+  | { kind: "update"; update: ProgressUpdate }
+  | { kind: "log"; line: string }
+  | { kind: "done" }
+  | { kind: "record"; record: Omit<MetricRecord, "ppl" | "wall_s"> }
+  | { kind: "result"; pretrainedPpl: number[] }
+  | { kind: "error"; message: string; stack: string };

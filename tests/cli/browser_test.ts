@@ -1,0 +1,111 @@
+// `deno task browser`: a tiny CoMiGS run computed in headless Chromium's WebGPU (SwiftShader here)
+// matches the same run computed by Deno's WebGPU (lavapipe here) record by record, and writes the
+// same run folder; its flags are train's minus --resume, and a missing Chromium is a clear error
+// raised before anything is written.
+import { UsageError } from "../../cli/args.ts";
+import { parseInvocation, runInBrowser } from "../../cli/browser.ts";
+import { ProgressBar } from "../../cli/progress.ts";
+import { parseMetrics, runTraining } from "../../fed/run.ts";
+import { loadAdapters } from "../../model/adapters.ts";
+import { readConfig } from "../../model/checkpoint.ts";
+import { readSafetensors } from "../../model/safetensors.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
+import { corpora, MODEL, options } from "../fed/tiny_run.ts";
+import { gpuTest } from "../util.ts";
+
+const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
+const quiet = () => new ProgressBar(0, 0, false, () => {});
+
+// Two WebGPU implementations (SwiftShader in Chromium, lavapipe in Deno) run the same WGSL in
+// float32 but with their own exp/tanh and fused multiply-adds: measured differences are ~1e-8 in
+// a test loss and ~5e-7 in a training loss after a few steps. 1e-5 leaves room for that and
+// still catches any real difference (a wrong gradient or a skipped step moves losses by >1e-3).
+const LOSS_TOLERANCE = 1e-5;
+const WEIGHT_TOLERANCE = 1e-4;
+
+gpuTest(
+  "a run in headless Chromium matches the same run in Deno, record by record",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const inBrowser = options(`${dir}/browser`, "comigs-1g1s", 2);
+    const inDeno = options(`${dir}/deno`, "comigs-1g1s", 2);
+    const browser = await runInBrowser(inBrowser, { serve: false, port: 0, chromium: CHROMIUM }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+    const deno = await runTraining(engine, { options: inDeno }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+
+    assertEquals(browser.summary.clients.map((c) => [c.name, c.train_tokens]), [
+      ["numbers", deno.summary.clients[0].train_tokens],
+      ["words", deno.summary.clients[1].train_tokens],
+    ]);
+    const records = async (out: string) =>
+      parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
+    const [b, d] = [await records(inBrowser.out), await records(inDeno.out)];
+    assertEquals(
+      b.map((r) => [r.round, r.step, r.client, r.split]),
+      d.map((r) => [r.round, r.step, r.client, r.split]),
+    );
+    for (const [i, r] of b.entries()) {
+      assert(
+        Math.abs(r.loss - d[i].loss) <= LOSS_TOLERANCE,
+        `record ${i} (${r.split}, round ${r.round}, client ${r.client}): ${r.loss} in the browser, ${
+          d[i].loss
+        } in Deno`,
+      );
+    }
+    const summary = JSON.parse(await Deno.readTextFile(`${inBrowser.out}/summary.json`));
+    assertEquals(summary, browser.summary);
+
+    // The same files, with the same tensors (to float32 round-off of two implementations).
+    const base = await readConfig(MODEL);
+    for (const id of [0, 1]) {
+      const path = (out: string) => `${out}/clients/${id}/adapters.safetensors`;
+      const fromBrowser = await loadAdapters(path(inBrowser.out), base);
+      const fromDeno = await loadAdapters(path(inDeno.out), base);
+      assertEquals(fromBrowser.config, fromDeno.config);
+      for (const [name, values] of fromDeno.values) {
+        const other = fromBrowser.values.get(name)!;
+        const worst = values.reduce((m, v, k) => Math.max(m, Math.abs(v - other[k])), 0);
+        assert(worst <= WEIGHT_TOLERANCE, `client ${id} ${name}: differs by ${worst}`);
+      }
+    }
+    const global = async (out: string) =>
+      [...(await readSafetensors(`${out}/global.safetensors`)).tensors.keys()].sort();
+    assertEquals(await global(inBrowser.out), await global(inDeno.out));
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+Deno.test("browser flags: train's, without --resume; --serve and --chromium exclude each other", () => {
+  const { options, browser } = parseInvocation(["--rounds", "3", "--port", "8123"]) as Exclude<
+    ReturnType<typeof parseInvocation>,
+    { help: true }
+  >;
+  assertEquals(options.rounds, 3);
+  assertEquals(browser, { serve: false, port: 8123, chromium: CHROMIUM });
+  assertThrows(() => parseInvocation(["--resume", "runs/x"]), UsageError, "--resume");
+  assertThrows(() => parseInvocation(["--serve", "--chromium", "/x"]), UsageError, "--serve");
+  assertThrows(() => parseInvocation(["--port", "70000"]), UsageError, "--port");
+  assertThrows(() => parseInvocation(["--method", "nope"]), UsageError, "comigs-1g1s");
+});
+
+Deno.test("a missing Chromium is a clear error before anything is written", async () => {
+  const dir = await Deno.makeTempDir();
+  const missing = `${dir}/no-chromium`;
+  await assertRejects(
+    () =>
+      runInBrowser(options(`${dir}/run`, "comigs-1g1s"), {
+        serve: false,
+        port: 0,
+        chromium: missing,
+      }, { progress: quiet(), corpora: corpora() }),
+    UsageError,
+    `no Chromium at ${missing}`,
+  );
+  assertEquals(await Deno.stat(`${dir}/run`).then(() => true, () => false), false);
+  await Deno.remove(dir, { recursive: true });
+});
