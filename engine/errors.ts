@@ -2,11 +2,16 @@
 
 /** No WebGPU adapter could be found. */
 export class NoAdapterError extends Error {
-  constructor() {
+  /** `where` picks the advice: a Deno process (the default when `Deno` exists) or a browser. */
+  constructor(where: "deno" | "browser" = ("Deno" in globalThis) ? "deno" : "browser") {
     super(
-      "No WebGPU adapter found. On a machine without a GPU install Mesa's lavapipe " +
-        "(software Vulkan): `sudo apt-get install -y mesa-vulkan-drivers` (Debian/Ubuntu), " +
-        "or run `bash scripts/setup.sh`, which does it for you.",
+      where === "deno"
+        ? "No WebGPU adapter found. On a machine without a GPU install Mesa's lavapipe " +
+          "(software Vulkan): `sudo apt-get install -y mesa-vulkan-drivers` (Debian/Ubuntu), " +
+          "or run `bash scripts/setup.sh`, which does it for you."
+        : "No WebGPU adapter in this browser. Open the page in one with WebGPU enabled (Chrome " +
+          "or Edge 113+, Safari 26+, Firefox 141+); headless Chromium needs " +
+          "--enable-unsafe-webgpu, which `deno task browser` (without --serve) passes for you.",
     );
     this.name = "NoAdapterError";
   }

@@ -42,6 +42,10 @@ Deno.test("without any GPU driver Engine.create says how to install one", async 
   assert.match(stdout, /^NoAdapterError: No WebGPU adapter found/, stdout);
   assert.match(stdout, /apt-get install -y mesa-vulkan-drivers/);
   assert.match(new NoAdapterError().message, /scripts\/setup\.sh/);
+  // In a browser tab the advice is about the browser, not about Vulkan drivers.
+  const inBrowser = new NoAdapterError("browser").message;
+  assert.match(inBrowser, /^No WebGPU adapter in this browser/);
+  assert.match(inBrowser, /--enable-unsafe-webgpu/);
 });
 
 gpuTest("wrong lengths and shapes are ShapeErrors naming the tensors", async (engine) => {
