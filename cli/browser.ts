@@ -126,6 +126,7 @@ export async function runInBrowser(
   let settle!: { resolve: (ppl: number[]) => void; reject: (e: Error) => void };
   const finished = new Promise<number[]>((resolve, reject) => settle = { resolve, reject });
 
+  let claimed = false;
   // Events are handled one at a time, in the order the page sent them.
   let handling: Promise<void> = Promise.resolve();
   const handle = async (event: PageEvent) => {
@@ -156,6 +157,14 @@ export async function runInBrowser(
     { hostname: "127.0.0.1", port: browser.port, onListen: () => {} },
     async (request) => {
       const path = new URL(request.url).pathname;
+      if (request.method === "GET" && path === "/run.json") {
+        // One tab computes the run; a second one (--serve, the address opened twice) would post
+        // a second stream of events into the same run folder.
+        if (claimed) {
+          return new Response("this run is already open in another tab", { status: 409 });
+        }
+        claimed = true;
+      }
       if (request.method === "GET" && files[path]) {
         return new Response(files[path].slice(), {
           headers: { "content-type": contentType(path) },

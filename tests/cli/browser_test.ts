@@ -109,3 +109,29 @@ Deno.test("a missing Chromium is a clear error before anything is written", asyn
   assertEquals(await Deno.stat(`${dir}/run`).then(() => true, () => false), false);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("--serve: one tab claims the run; a second gets 409; a tab's error ends the run", async () => {
+  const dir = await Deno.makeTempDir();
+  let printed = "";
+  const progress = new ProgressBar(0, 0, false, (text) => printed += text);
+  // Its rejection is taken at once (it comes while the test still awaits a fetch).
+  const failure = runInBrowser(
+    options(`${dir}/run`, "comigs-1g1s"),
+    { serve: true, port: 0, chromium: "unused" },
+    { progress, corpora: corpora() },
+  ).then(() => undefined, (e: Error) => e);
+  let url: string | undefined;
+  while (!url) {
+    await new Promise((r) => setTimeout(r, 50));
+    url = /open (http:\/\/127\.0\.0\.1:\d+\/)/.exec(printed)?.[1];
+  }
+  const first = await fetch(`${url}run.json`);
+  assertEquals((await first.json()).categories, ["numbers", "words"]);
+  const second = await fetch(`${url}run.json`);
+  assertEquals(second.status, 409);
+  assertEquals(await second.text(), "this run is already open in another tab");
+  const event = { kind: "error", message: "WebGPU went away", stack: "" };
+  await (await fetch(`${url}event`, { method: "POST", body: JSON.stringify(event) })).text();
+  assertEquals((await failure)?.message.split("\n")[0], "in the browser: WebGPU went away");
+  await Deno.remove(dir, { recursive: true });
+});
