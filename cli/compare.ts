@@ -28,6 +28,7 @@ export const MAIN_METHODS = [
   "comigs-2s",
   "pfedmoe",
   "fedavg",
+  "pcl",
   "local",
   "centralized",
 ];

@@ -142,6 +142,12 @@ export function optionsFromFlags(
   const method = choice("method", METHODS, DEFAULTS.method);
   const scenario = choice("scenario", SCENARIOS, DEFAULTS.scenario);
   const clients = integer("clients", DEFAULTS.clients, 1, scenario === "iid" ? 16 : 4);
+  if (METHOD_SPECS[method].personal && (text("aggregation") ?? "uniform") !== "uniform") {
+    throw new UsageError(
+      `--aggregation weighs the server's average; --method ${method} has none (each client ` +
+        `weighs the others by their validation perplexity)`,
+    );
+  }
   const seed = integer("seed", DEFAULTS.seed, 0);
   return {
     method,

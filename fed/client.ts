@@ -44,6 +44,11 @@ const WEIGHT_DECAY = 0.01;
 /** The expert learning rate decays along a cosine to this fraction of --lr. */
 const FINAL_LR_FRACTION = 0.1;
 
+/** PCL weighs each client's tensors on this many batches of the validation stream (its first). */
+const PERSONAL_WINDOWS = 4;
+/** A tensor of PCL's bundle: client.<sender>.<canonical name> (fed/strategy.ts bundleName). */
+const BUNDLED = /^client\.(\d+)\.(.+)$/;
+
 /** What a resumed run needs to continue this client exactly. */
 export interface ClientState {
   step: number;
@@ -82,6 +87,10 @@ export class Client {
   readonly #routerCommands?: () => Command[];
   readonly #expertOpt: AdamW;
   #routerOpt?: AdamW;
+  /** PCL: the perplexity of each bundled client's tensors on this client's validation windows. */
+  readonly #personalEvaluator?: StreamEvaluator;
+  /** PCL: the weights of the last mix, one per client of the bundle in id order. */
+  mixWeights: number[] = [];
 
   constructor(
     readonly engine: Engine,
@@ -135,14 +144,60 @@ export class Client {
       ];
     }
     this.#setTrainable([]);
+    if (spec.personal) {
+      const windows = Math.min(data.router.length, PERSONAL_WINDOWS * B * T + 1);
+      this.#personalEvaluator = this.evaluator(data.router.subarray(0, windows));
+    }
   }
 
-  /** Loads the shared tensors the server sent (null: nothing this time). */
+  /**
+   * Loads the shared tensors the server sent (null: nothing this time). A PCL bundle of every
+   * client's tensors is mixed here instead (see #personalise).
+   */
   async receive(parameters: Uint8Array | null): Promise<void> {
     if (!parameters) return;
     const message = decodeMessage(parameters, `server message to client ${this.id}`);
     const values = new Map([...message.tensors].map(([name, t]) => [name, t.data]));
-    await this.adapters.update(values);
+    if (this.#personalEvaluator && [...values.keys()].some((n) => BUNDLED.test(n))) {
+      await this.#personalise(values);
+    } else await this.adapters.update(values);
+  }
+
+  /**
+   * PCL: loads each client's tensors of the bundle in turn, takes its perplexity p_j on this
+   * client's first validation windows, and keeps Σ_j w_j·θ_j with w = softmax(−p) (float64, in
+   * client order). Every shared tensor comes from the bundle, so the result depends on the
+   * bundle alone: receiving the same bundle twice (evaluation, then the next fit) is harmless.
+   */
+  async #personalise(bundle: Map<string, Float32Array>): Promise<void> {
+    const candidates = new Map<number, Map<string, Float32Array>>();
+    for (const [key, data] of bundle) {
+      const match = BUNDLED.exec(key);
+      if (!match) throw new Error(`client ${this.id}: "${key}" in a bundle is not client.<id>.*`);
+      const sender = Number(match[1]);
+      if (!candidates.has(sender)) candidates.set(sender, new Map());
+      candidates.get(sender)!.set(match[2], data);
+    }
+    const senders = [...candidates.keys()].sort((a, b) => a - b);
+    const perplexity: number[] = [];
+    for (const sender of senders) {
+      await this.adapters.update(candidates.get(sender)!);
+      perplexity.push(Math.exp(await this.#personalEvaluator!.meanLoss()));
+    }
+    const best = Math.min(...perplexity);
+    const raw = perplexity.map((p) => Math.exp(best - p));
+    const total = raw.reduce((a, b) => a + b, 0);
+    this.mixWeights = raw.map((w) => w / total);
+    const mixed = new Map<string, Float32Array>();
+    for (const name of candidates.get(senders[0])!.keys()) {
+      const sum = new Float64Array(candidates.get(senders[0])!.get(name)!.length);
+      senders.forEach((sender, j) => {
+        const data = candidates.get(sender)!.get(name)!;
+        for (let i = 0; i < sum.length; i++) sum[i] += this.mixWeights[j] * data[i];
+      });
+      mixed.set(name, Float32Array.from(sum));
+    }
+    await this.adapters.update(mixed);
   }
 
   /**
@@ -235,6 +290,7 @@ export class Client {
     this.#expertOpt.dispose();
     this.#routerOpt?.dispose();
     this.#batch.dispose();
+    this.#personalEvaluator?.dispose();
     this.adapters.dispose();
   }
 

@@ -23,7 +23,7 @@ import {
   methodInitAdapters,
 } from "./methods.ts";
 import type { ClientCorpus, Scenario } from "./scenarios.ts";
-import { FedAvgStrategy } from "./strategy.ts";
+import { FedAvgStrategy, PclStrategy } from "./strategy.ts";
 
 /** Every resolved option of a run: config.json holds exactly this. */
 export interface TrainOptions {
@@ -255,7 +255,9 @@ export async function federate(
       initial.set(name, { shape, data: serverInit.get(name)! });
     }
   }
-  const strategy = new FedAvgStrategy(initial, spec.shares !== "none", options.aggregation);
+  const strategy = spec.personal
+    ? new PclStrategy(initial)
+    : new FedAvgStrategy(initial, spec.shares !== "none", options.aggregation);
   const evaluators = clients.map((client) =>
     (pooled ? categories : [categories[client.id]]).map((c) => client.evaluator(c.test))
   );
@@ -336,7 +338,8 @@ export async function federate(
   for (const client of clients) {
     adapters.push({ config: client.adapters.config, values: await client.adapters.values() });
   }
-  const global = spec.shares !== "none" ? strategy.parameters() : null;
+  // PCL has no global model: its bundle holds every client's tensors, so it stays on the server.
+  const global = spec.shares !== "none" && !spec.personal ? strategy.parameters() : null;
   for (const list of evaluators) for (const e of list) e.dispose();
   for (const client of clients) client.dispose();
   model.dispose();

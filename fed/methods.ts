@@ -12,6 +12,7 @@ export const METHODS = [
   "comigs-1gxs",
   "pfedmoe",
   "fedavg",
+  "pcl",
   "local",
   "centralized",
   "pretrained",
@@ -32,6 +33,8 @@ export interface MethodSpec {
   frozen?: boolean;
   /** One model trained on every client's pooled training data. */
   pooled?: boolean;
+  /** Personalised aggregation (PCL): every client gets everyone's tensors and mixes them itself. */
+  personal?: boolean;
   summary: string;
 }
 
@@ -71,6 +74,14 @@ export const METHOD_SPECS: Record<Method, MethodSpec> = {
     router: "uniform",
     heterogeneous: false,
     summary: "all LoRA averaged, output = mean of the 2 experts",
+  },
+  pcl: {
+    shares: "all",
+    router: "uniform",
+    heterogeneous: false,
+    personal: true,
+    summary:
+      "all LoRA sent; each client mixes everyone's, weighted by softmax(−its validation ppl)",
   },
   local: {
     shares: "none",

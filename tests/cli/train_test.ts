@@ -120,6 +120,7 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--lb-coef=-0.1"], "--lb-coef must be a number ≥ 0"],
     [["--lb-rho", "1"], "--lb-rho must be a number in (0, 1)"],
     [["--aggregation", "median"], "uniform, tokens"],
+    [["--method", "pcl", "--aggregation", "tokens"], "--method pcl has none"],
     [["--bogus"], "Unknown option '--bogus'"],
     [["--resume", "runs/x", "--rounds", "3"], "remove --rounds"],
   ];

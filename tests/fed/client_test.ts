@@ -2,9 +2,9 @@
 // boundary (only the method's shared tensors leave a client: never a specialist, a router or
 // data), the alternating schedule (router phases every P expert steps over rounds; each step
 // updates only its own tensors), pFedMoE's joint step, the no-router mean, heterogeneous E_i,
-// and an adapted model that starts exactly as its base.
+// an adapted model that starts exactly as its base, and PCL's personal mix of a bundle.
 import { Client, type Schedule } from "../../fed/client.ts";
-import { decodeMessage } from "../../fed/message.ts";
+import { decodeMessage, encodeMessage } from "../../fed/message.ts";
 import {
   type Method,
   METHOD_SPECS,
@@ -15,6 +15,7 @@ import type { Engine } from "../../engine/device.ts";
 import { type AdapterConfig, adapterRole, initAdapters } from "../../model/adapters.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { StreamEvaluator } from "../../model/evaluate.ts";
+import { PclStrategy } from "../../fed/strategy.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";
@@ -82,6 +83,7 @@ gpuTest(
       ["pfedmoe", 2, ["attention", "generalist"]],
       ["comigs-2g", 2, ["attention", "generalist", "specialist"]],
       ["fedavg", 2, ["attention", "generalist", "specialist"]],
+      ["pcl", 2, ["attention", "generalist", "specialist"]],
       ["comigs-2s", 2, []],
       ["local", 2, []],
     ];
@@ -219,6 +221,56 @@ gpuTest(
       c.dispose();
     }
     plain.dispose();
+    model.dispose();
+  },
+);
+
+gpuTest(
+  "PCL: a client mixes everyone's tensors by softmax(−its validation perplexity), idempotently",
+  async (engine) => {
+    const model = new GPT2(engine, base.config, base.weights);
+    // Three clients train apart from the same start; the server bundles their results.
+    const clients = [0, 1, 2].map((id) => client(engine, model, "pcl", { id }));
+    const results = [];
+    for (const c of clients) results.push(await c.fit(1, 2, () => {}));
+    const candidates = results.map((bytes) => decodeMessage(bytes).tensors);
+    const strategy = new PclStrategy(new Map());
+    strategy.aggregateFit(1, results);
+    const bundle = strategy.configureFit(2, [0]).get(0)!.parameters;
+
+    // Each candidate's perplexity on client 0's first 4 validation batches, measured apart: a
+    // plain (non-bundle) message loads it into a fresh client 0.
+    const { batch: B, seq: T } = SCHEDULE;
+    const probe = client(engine, model, "pcl", { id: 0 });
+    const windows = probe.evaluator(probe.data.router.subarray(0, 4 * B * T + 1));
+    const perplexity: number[] = [];
+    for (const tensors of candidates) {
+      await probe.receive(encodeMessage({ round: 1, sender: "server", trainTokens: 0, tensors }));
+      perplexity.push(Math.exp(await windows.meanLoss()));
+    }
+    const raw = perplexity.map((p) => Math.exp(Math.min(...perplexity) - p));
+    const weights = raw.map((w) => w / raw.reduce((a, b) => a + b, 0));
+    assert(new Set(perplexity).size === 3, `candidates differ: ${perplexity}`);
+
+    const mixer = clients[0];
+    await mixer.receive(bundle);
+    assertEquals(mixer.mixWeights, weights);
+    const mixed = await mixer.adapters.values();
+    for (const name of candidates[0].keys()) {
+      const expected = new Float64Array(mixed.get(name)!.length);
+      candidates.forEach((t, j) =>
+        t.get(name)!.data.forEach((x, i) => expected[i] += weights[j] * x)
+      );
+      assert(sameBits(mixed.get(name)!, Float32Array.from(expected)), `${name}: not the mix`);
+    }
+    // Receiving the same bundle again (evaluation, then the next fit) changes nothing.
+    await mixer.receive(bundle);
+    for (const [name, v] of await mixer.adapters.values()) {
+      assert(sameBits(v, mixed.get(name)!), `${name} changed on a second receive`);
+    }
+    windows.dispose();
+    probe.dispose();
+    for (const c of clients) c.dispose();
     model.dispose();
   },
 );

@@ -13,10 +13,12 @@ Deno.test("methods share what method.md's table says, and routers never", () => 
   assertEquals(shared("pfedmoe"), ["attention", "generalist"]);
   assertEquals(shared("comigs-2g"), ["attention", "generalist", "specialist"]);
   assertEquals(shared("fedavg"), ["attention", "generalist", "specialist"]);
+  assertEquals(shared("pcl"), ["attention", "generalist", "specialist"]);
   for (const m of ["comigs-2s", "local", "centralized", "pretrained"] as const) {
     assertEquals(shared(m), []);
   }
-  assertEquals(METHODS.length, 9);
+  assertEquals(METHODS.length, 10);
+  assertEquals(METHOD_SPECS.pcl.personal, true);
   assertEquals(METHOD_SPECS.pfedmoe.router, "joint");
   assertEquals(METHOD_SPECS.fedavg.router, "uniform");
   assertEquals(METHOD_SPECS["comigs-1g1s"].router, "alternating");
