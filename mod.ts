@@ -72,7 +72,7 @@ export { StreamCapture } from "./model/stream_capture.ts";
 // Federation: messages, aggregation, strategy, clients, methods, scenarios, whole runs.
 export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";
 export { aggregate, type Weighting } from "./fed/aggregate.ts";
-export { FedAvgStrategy, type Instructions, type Strategy } from "./fed/strategy.ts";
+export { FedAvgStrategy, type Instructions, PclStrategy, type Strategy } from "./fed/strategy.ts";
 export { Client, type ClientData, type ClientState, type Schedule } from "./fed/client.ts";
 export { type Method, METHOD_SPECS, METHODS, type MethodSpec } from "./fed/methods.ts";
 export { type ClientCorpus, loadScenario, type Scenario, SCENARIOS } from "./fed/scenarios.ts";
@@ -88,4 +88,12 @@ export {
   type Summary,
   type TrainOptions,
 } from "./fed/federation.ts";
-export { type RunResult, runTraining } from "./fed/run.ts";
+export {
+  type ClientEndpoint,
+  LocalEndpoint,
+  makeClient,
+  makeStrategy,
+  runRounds,
+} from "./fed/federation.ts";
+export { type RunResult, runTraining, serveRun } from "./fed/run.ts";
+export { type JoinOptions, joinRun } from "./fed/join.ts";

@@ -41,6 +41,15 @@ export function helpText(spec: FlagSpec, usage: string): string {
 }
 
 /** Runs a CLI's main, printing usage and input errors as one clear message (exit code 2). */
+/** A TCP port from a flag's text (0: any free one). */
+export function parsePort(text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  if (!/^\d+$/.test(text) || Number(text) > 65535) {
+    throw new UsageError(`--port must be an integer in 0..65535, got "${text}"`);
+  }
+  return Number(text);
+}
+
 export async function runMain(main: () => Promise<void>): Promise<void> {
   try {
     await main();

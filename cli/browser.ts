@@ -14,6 +14,7 @@ import {
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import {
   loadRunInputs,
+  members,
   type RunResult,
   writeJson,
   writeMetrics,
@@ -21,7 +22,7 @@ import {
 } from "../fed/run.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
 import { parseSafetensors } from "../model/safetensors.ts";
-import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
 import { ProgressBar } from "./progress.ts";
 import { FLAGS as TRAIN_FLAGS, optionsFromFlags, summaryTable } from "./train.ts";
@@ -69,10 +70,6 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
   if (flags.help) return { help: true };
   const { serve, port, chromium, ...run } = flags;
   const options = optionsFromFlags(run, now);
-  const portText = port as string | undefined;
-  if (portText !== undefined && (!/^\d+$/.test(portText) || Number(portText) > 65535)) {
-    throw new UsageError(`--port must be an integer in 0..65535, got "${portText}"`);
-  }
   if (serve && chromium !== undefined) {
     throw new UsageError("--serve waits for your own browser; --chromium has no use with it");
   }
@@ -80,7 +77,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     options,
     browser: {
       serve: serve === true,
-      port: Number(portText ?? 0),
+      port: parsePort(port as string | undefined, 0),
       chromium: (chromium as string | undefined) ?? Deno.env.get("CHROMIUM") ?? DEFAULT_CHROMIUM,
     },
   };
@@ -118,8 +115,8 @@ export async function runInBrowser(
   }
 
   const spec = METHOD_SPECS[options.method];
-  const members = spec.frozen ? 0 : spec.pooled ? 1 : categories.length;
-  const adapters = new Array<Uint8Array | undefined>(members);
+  const clientCount = spec.frozen ? 0 : spec.pooled ? 1 : categories.length;
+  const adapters = new Array<Uint8Array | undefined>(clientCount);
   let global: Uint8Array | null = null;
   const metrics: MetricRecord[] = [];
   const start = performance.now();
@@ -178,7 +175,7 @@ export async function runInBrowser(
           const event = JSON.parse(new TextDecoder().decode(body)) as PageEvent;
           handling = handling.then(() => handle(event));
           await handling;
-        } else if (client && Number(client[1]) < members) {
+        } else if (client && Number(client[1]) < clientCount) {
           parseSafetensors(body, `client ${client[1]}'s adapters from the browser`);
           adapters[Number(client[1])] = body;
         } else if (path === "/global") {
@@ -204,7 +201,7 @@ export async function runInBrowser(
     if (missing >= 0) throw new Error(`the browser sent no adapters for client ${missing}`);
     const summary = summarise(
       options,
-      categories,
+      members(categories),
       finalTestPpl(metrics, categories.length),
       pretrainedPpl,
     );

@@ -92,7 +92,15 @@ export const FLAGS: FlagSpec = {
 export type Invocation = { help: true } | { resume: string } | { options: TrainOptions };
 
 export function parseInvocation(args: string[], now = new Date()): Invocation {
-  const flags = parseFlags(args, FLAGS, USAGE);
+  return invocationFromFlags(parseFlags(args, FLAGS, USAGE), now);
+}
+
+/** Help, a resume (no other flag allowed), or new options, from parsed train flags (`deno task
+ * serve` takes the same). */
+export function invocationFromFlags(
+  flags: Record<string, string | boolean | undefined>,
+  now = new Date(),
+): Invocation {
   if (flags.help) return { help: true };
   const given = Object.keys(flags).filter((f) => flags[f] !== undefined && f !== "resume");
   if (typeof flags.resume === "string") {

@@ -14,7 +14,7 @@ import type { NamedTensor } from "../model/safetensors.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { ProgressUpdate } from "../cli/progress.ts";
 import type { Weighting } from "./aggregate.ts";
-import { Client, type ClientState, mix } from "./client.ts";
+import { Client, type ClientState, mix, type StepReport } from "./client.ts";
 import {
   isShared,
   type Method,
@@ -170,6 +170,9 @@ export async function federate(
     throw new RangeError(`--seq ${T} exceeds the model's context of ${config.n_positions} tokens`);
   }
   const spec = METHOD_SPECS[options.method];
+  if (categories.length !== options.clients) {
+    throw new RangeError(`${categories.length} categories for --clients ${options.clients}`);
+  }
   const progress = hooks.progress;
   progress.log(
     `${options.method} on ${options.scenario}${options.ood ? " (out of distribution)" : ""}: ` +
@@ -184,18 +187,7 @@ export async function federate(
   // for `pretrained`).
   const pretrainedPpl = resume?.pretrainedPpl ?? [];
   if (!resume) {
-    for (const c of categories) {
-      const evaluator = new StreamEvaluator(
-        engine,
-        config,
-        c.test,
-        B,
-        T,
-        (tape, batch) => model.forward(tape, batch).tokenLosses,
-      );
-      pretrainedPpl.push(Math.exp(await evaluator.meanLoss()));
-      evaluator.dispose();
-    }
+    for (const c of categories) pretrainedPpl.push(await basePerplexity(model, c.test, B, T));
   }
   if (spec.frozen) {
     for (const [id, ppl] of pretrainedPpl.entries()) {
@@ -208,131 +200,31 @@ export async function federate(
   // Clients: one per category, or one on the pooled data (centralized).
   const pooled = spec.pooled ?? false;
   const members = pooled ? [pool(categories)] : categories;
-  const { rank, alpha, scaling, topK, lbCoef, lbRho } = options;
-  const adapterConfigs = members.map((_, id) =>
-    methodAdapterConfig(
-      spec,
-      { rank, alpha, scaling, topK, lbCoef, lbRho },
-      options.experts[id],
-      config,
-    )
+  const clients = members.map((data, id) => makeClient(engine, model, options, data, id));
+  const strategy = makeStrategy(options, config);
+  const endpoints = clients.map((client) =>
+    new LocalEndpoint(client, (pooled ? categories : [categories[client.id]]).map((c) => c.test))
   );
-  // The pooled model takes every category's share of steps, so it trains on as many tokens as
-  // the whole federation does.
-  const steps = pooled ? options.localSteps * categories.length : options.localSteps;
-  const schedule = {
-    batch: B,
-    seq: T,
-    lr: options.lr,
-    totalSteps: options.rounds * steps,
-    routerEvery: options.routerEvery,
-    routerSteps: options.routerSteps,
-  };
-  const clients = members.map((data, id) => {
-    const init = methodInitAdapters(spec, config, adapterConfigs[id], mix(options.seed, id, 0));
-    return new Client(
-      engine,
-      model,
-      id,
-      { name: data.name, train: data.train, router: options.routerOnTrain ? data.train : data.val },
-      spec,
-      adapterConfigs[id],
-      init,
-      schedule,
-      options.seed,
-    );
-  });
-  const ids = clients.map((c) => c.id);
-  // The server's initial shared tensors: what every client starts from (method.md §2).
-  const serverInit = initAdapters(config, adapterConfigs[0], options.seed);
-  const initial = new Map<string, NamedTensor>();
-  const syncSpec = {
-    ...spec,
-    shares: spec.shares === "all" ? "all" as const : "generalist" as const,
-  };
-  for (const [name, shape] of adapterShapes(config, adapterConfigs[0])) {
-    if (isShared(syncSpec, adapterRole(name))) {
-      initial.set(name, { shape, data: serverInit.get(name)! });
-    }
-  }
-  const strategy = spec.personal
-    ? new PclStrategy(initial)
-    : new FedAvgStrategy(initial, spec.shares !== "none", options.aggregation);
-  const evaluators = clients.map((client) =>
-    (pooled ? categories : [categories[client.id]]).map((c) => client.evaluator(c.test))
-  );
-  const evaluate = async (round: number) => {
-    for (const [id, instructions] of strategy.configureEvaluate(round, ids)) {
-      await clients[id].receive(instructions.parameters);
-    }
-    const ppl: number[] = [];
-    for (const client of clients) {
-      for (const [k, evaluator] of evaluators[client.id].entries()) {
-        const loss = await evaluator.meanLoss();
-        const id = pooled ? k : client.id;
-        await record({ round, step: client.step, client: id, split: "test", loss });
-        ppl.push(Math.exp(loss));
-      }
-    }
-    return ppl.reduce((a, b) => a + b, 0) / ppl.length;
-  };
-
-  let round = resume?.round ?? 0;
   if (resume) {
     strategy.restore(resume.global);
     clients.forEach((c, i) => c.importState(resume.clients[i]));
-  } else await evaluate(0);
-
-  const stopAt = Math.min(options.rounds, hooks.stopAfterRound ?? Infinity);
-  const total = options.rounds * steps * clients.length;
-  let done = round * steps * clients.length, tokens = 0, seconds = 0;
-  progress.total = total;
-  progress.begin(done);
-  while (round < stopAt) {
-    round++;
-    const results: Uint8Array[] = [];
-    for (const [id, instructions] of strategy.configureFit(round, ids)) {
-      const client = clients[id];
-      await client.receive(instructions.parameters);
-      let lossSum = 0;
-      results.push(
-        await client.fit(round, steps, (step) => {
-          done++;
-          tokens += step.tokens;
-          seconds += step.seconds;
-          lossSum += step.loss;
-          progress.update({
-            step: done,
-            context: `round ${round}/${options.rounds} client ${id} (${client.data.name})`,
-            tokensPerSecond: tokens / seconds,
-            loss: step.loss,
-          });
-        }),
-      );
-      await record({
-        round,
-        step: client.step,
-        client: id,
-        split: "train",
-        loss: lossSum / steps,
-      });
-    }
-    strategy.aggregateFit(round, results);
-    // Runs from before --eval-every evaluated every round.
-    const evaluated = round % (options.evalEvery ?? 1) === 0 || round === options.rounds;
-    const meanPpl = evaluated ? await evaluate(round) : undefined;
-    await hooks.roundDone?.({
-      round,
-      pretrainedPpl,
-      clients: await Promise.all(clients.map((c) => c.exportState())),
-      global: strategy.parameters(),
-    });
-    if (meanPpl !== undefined && round < options.rounds) {
-      progress.log(`round ${round}: mean test perplexity ${meanPpl.toFixed(2)}`);
-    }
   }
-  progress.done();
-  if (total === 0) progress.log("no training steps");
+  const round = await runRounds({
+    options,
+    strategy,
+    endpoints,
+    testIds: endpoints.map((e) => pooled ? categories.map((_, k) => k) : [e.id]),
+    startRound: resume?.round ?? 0,
+  }, {
+    ...hooks,
+    roundDone: async (round) =>
+      await hooks.roundDone?.({
+        round,
+        pretrainedPpl,
+        clients: await Promise.all(clients.map((c) => c.exportState())),
+        global: strategy.parameters(),
+      }),
+  });
 
   const adapters = [];
   for (const client of clients) {
@@ -340,10 +232,262 @@ export async function federate(
   }
   // PCL has no global model: its bundle holds every client's tensors, so it stays on the server.
   const global = spec.shares !== "none" && !spec.personal ? strategy.parameters() : null;
-  for (const list of evaluators) for (const e of list) e.dispose();
+  for (const endpoint of endpoints) endpoint.dispose();
   for (const client of clients) client.dispose();
   model.dispose();
   return { round, pretrainedPpl, adapters, global };
+}
+
+/** The frozen base model's perplexity over every token of `stream` (the comparison column). */
+export async function basePerplexity(
+  model: GPT2,
+  stream: Uint32Array,
+  batch: number,
+  seq: number,
+): Promise<number> {
+  const evaluator = new StreamEvaluator(
+    model.engine,
+    model.config,
+    stream,
+    batch,
+    seq,
+    (tape, b) => model.forward(tape, b).tokenLosses,
+  );
+  try {
+    return Math.exp(await evaluator.meanLoss());
+  } finally {
+    evaluator.dispose();
+  }
+}
+
+/** Expert steps per round of a client of `options` (the pooled one takes every category's share,
+ * so it trains on as many tokens as the whole federation does). */
+export function localSteps(options: TrainOptions): number {
+  const spec = METHOD_SPECS[options.method];
+  return spec.pooled ? options.localSteps * options.clients : options.localSteps;
+}
+
+/** Client `id` of a run: its adapters from the method's init, its data, its schedule. */
+export function makeClient(
+  engine: Engine,
+  model: GPT2,
+  options: TrainOptions,
+  data: Streams,
+  id: number,
+): Client {
+  const spec = METHOD_SPECS[options.method];
+  const config = clientAdapterConfig(options, model.config, id);
+  const init = methodInitAdapters(spec, model.config, config, mix(options.seed, id, 0));
+  const schedule = {
+    batch: options.batch,
+    seq: options.seq,
+    lr: options.lr,
+    totalSteps: options.rounds * localSteps(options),
+    routerEvery: options.routerEvery,
+    routerSteps: options.routerSteps,
+  };
+  return new Client(
+    engine,
+    model,
+    id,
+    { name: data.name, train: data.train, router: options.routerOnTrain ? data.train : data.val },
+    spec,
+    config,
+    init,
+    schedule,
+    options.seed,
+  );
+}
+
+function clientAdapterConfig(options: TrainOptions, base: GPT2Config, id: number): AdapterConfig {
+  const { rank, alpha, scaling, topK, lbCoef, lbRho } = options;
+  return methodAdapterConfig(
+    METHOD_SPECS[options.method],
+    { rank, alpha, scaling, topK, lbCoef, lbRho },
+    options.experts[id],
+    base,
+  );
+}
+
+/** The server of a run, holding the initial shared tensors every client starts from (method.md
+ * §2): FedAvg's average, or PCL's bundle. It needs the base model's config, not its weights. */
+export function makeStrategy(
+  options: TrainOptions,
+  base: GPT2Config,
+): FedAvgStrategy | PclStrategy {
+  const spec = METHOD_SPECS[options.method];
+  const config = clientAdapterConfig(options, base, 0);
+  const serverInit = initAdapters(base, config, options.seed);
+  const initial = new Map<string, NamedTensor>();
+  const syncSpec = {
+    ...spec,
+    shares: spec.shares === "all" ? "all" as const : "generalist" as const,
+  };
+  for (const [name, shape] of adapterShapes(base, config)) {
+    if (isShared(syncSpec, adapterRole(name))) {
+      initial.set(name, { shape, data: serverInit.get(name)! });
+    }
+  }
+  return spec.personal
+    ? new PclStrategy(initial)
+    : new FedAvgStrategy(initial, spec.shares !== "none", options.aggregation);
+}
+
+/** A client's reply to a fit: the message for the server and its mean training loss. */
+export interface FitReply {
+  result: Uint8Array;
+  /** The client's expert steps so far. */
+  step: number;
+  meanLoss: number;
+}
+
+/** A client's reply to an evaluation: the mean test loss of each of its test streams. */
+export interface EvaluateReply {
+  step: number;
+  losses: number[];
+}
+
+/**
+ * What the server's rounds ask of one client. In one process a LocalEndpoint calls the Client;
+ * across processes fed/network.ts carries the same calls as HTTP messages.
+ */
+export interface ClientEndpoint {
+  readonly id: number;
+  readonly name: string;
+  evaluate(round: number, parameters: Uint8Array | null): Promise<EvaluateReply>;
+  fit(
+    round: number,
+    steps: number,
+    parameters: Uint8Array | null,
+    onStep: (report: StepReport) => void,
+  ): Promise<FitReply>;
+}
+
+/** A Client of this process as an endpoint, evaluated on `tests` (its test streams). */
+export class LocalEndpoint implements ClientEndpoint {
+  readonly #evaluators: StreamEvaluator[];
+
+  constructor(readonly client: Client, tests: readonly Uint32Array[]) {
+    this.#evaluators = tests.map((stream) => client.evaluator(stream));
+  }
+
+  get id(): number {
+    return this.client.id;
+  }
+
+  get name(): string {
+    return this.client.data.name;
+  }
+
+  async evaluate(_round: number, parameters: Uint8Array | null): Promise<EvaluateReply> {
+    await this.client.receive(parameters);
+    const losses: number[] = [];
+    for (const evaluator of this.#evaluators) losses.push(await evaluator.meanLoss());
+    return { step: this.client.step, losses };
+  }
+
+  async fit(
+    round: number,
+    steps: number,
+    parameters: Uint8Array | null,
+    onStep: (report: StepReport) => void,
+  ): Promise<FitReply> {
+    await this.client.receive(parameters);
+    let lossSum = 0;
+    const result = await this.client.fit(round, steps, (report) => {
+      lossSum += report.loss;
+      onStep(report);
+    });
+    return { result, step: this.client.step, meanLoss: lossSum / steps };
+  }
+
+  dispose(): void {
+    for (const evaluator of this.#evaluators) evaluator.dispose();
+  }
+}
+
+/**
+ * The server's side of a run from `startRound`: evaluates every client before training (round
+ * 0), then per round configures each client's fit, aggregates the results in client order,
+ * evaluates every `evalEvery` rounds and at the end, and reports each completed round. Records
+ * come in client order whether clients are asked one after another or at once.
+ */
+export async function runRounds(
+  { options, strategy, endpoints, testIds, startRound, parallel = false }: {
+    options: TrainOptions;
+    strategy: FedAvgStrategy | PclStrategy;
+    endpoints: readonly ClientEndpoint[];
+    /** Endpoint i's losses[k] is the test loss of category testIds[i][k]. */
+    testIds: readonly number[][];
+    startRound: number;
+    /** Ask every client at once (they are other processes) instead of one after another. */
+    parallel?: boolean;
+  },
+  hooks: Omit<FederationHooks, "roundDone"> & { roundDone(round: number): Promise<void> },
+): Promise<number> {
+  const { progress, record } = hooks;
+  const ids = endpoints.map((e) => e.id);
+  // Clients of other processes work at once; those of this one take turns on its GPU.
+  const each = async <T, R>(items: T[], ask: (item: T) => Promise<R>): Promise<R[]> => {
+    if (parallel) return await Promise.all(items.map(ask));
+    const replies: R[] = [];
+    for (const item of items) replies.push(await ask(item));
+    return replies;
+  };
+  const steps = localSteps(options);
+  const evaluate = async (round: number) => {
+    const ppl: number[] = [];
+    const replies = await each(
+      [...strategy.configureEvaluate(round, ids)],
+      ([id, instructions]) => endpoints[id].evaluate(round, instructions.parameters),
+    );
+    for (const [id, { step, losses }] of replies.entries()) {
+      for (const [k, loss] of losses.entries()) {
+        await record({ round, step, client: testIds[id][k], split: "test", loss });
+        ppl.push(Math.exp(loss));
+      }
+    }
+    return ppl.reduce((a, b) => a + b, 0) / ppl.length;
+  };
+
+  let round = startRound;
+  if (round === 0) await evaluate(0);
+  const stopAt = Math.min(options.rounds, hooks.stopAfterRound ?? Infinity);
+  const total = options.rounds * steps * endpoints.length;
+  let done = round * steps * endpoints.length, tokens = 0, seconds = 0;
+  progress.total = total;
+  progress.begin(done);
+  while (round < stopAt) {
+    round++;
+    const replies = await each([...strategy.configureFit(round, ids)], ([id, instructions]) => {
+      const endpoint = endpoints[id];
+      return endpoint.fit(round, steps, instructions.parameters, (step) => {
+        done++;
+        tokens += step.tokens;
+        seconds += step.seconds;
+        progress.update({
+          step: done,
+          context: `round ${round}/${options.rounds} client ${id} (${endpoint.name})`,
+          tokensPerSecond: tokens / seconds,
+          loss: step.loss,
+        });
+      });
+    });
+    for (const [id, reply] of replies.entries()) {
+      await record({ round, step: reply.step, client: id, split: "train", loss: reply.meanLoss });
+    }
+    strategy.aggregateFit(round, replies.map((r) => r.result));
+    // Runs from before --eval-every evaluated every round.
+    const evaluated = round % (options.evalEvery ?? 1) === 0 || round === options.rounds;
+    const meanPpl = evaluated ? await evaluate(round) : undefined;
+    await hooks.roundDone(round);
+    if (meanPpl !== undefined && round < options.rounds) {
+      progress.log(`round ${round}: mean test perplexity ${meanPpl.toFixed(2)}`);
+    }
+  }
+  progress.done();
+  if (total === 0) progress.log("no training steps");
+  return round;
 }
 
 /** Each category's last recorded test perplexity: a finished run's result. */
@@ -357,7 +501,7 @@ export function finalTestPpl(metrics: readonly MetricRecord[], categories: numbe
 /** summary.json of a finished run. */
 export function summarise(
   options: TrainOptions,
-  categories: readonly Streams[],
+  clients: readonly { name: string; trainTokens: number }[],
   testPpl: readonly number[],
   pretrainedPpl: readonly number[],
 ): Summary {
@@ -369,11 +513,11 @@ export function summarise(
     ood: options.ood,
     seed: options.seed,
     base_model: options.model,
-    clients: categories.map((c, id) => ({
+    clients: clients.map((c, id) => ({
       id,
       name: c.name,
       n_experts: spec.frozen ? 0 : options.experts[spec.pooled ? 0 : id],
-      train_tokens: c.train.length,
+      train_tokens: c.trainTokens,
       test_ppl: testPpl[id],
     })),
     mean_test_ppl: mean(testPpl),

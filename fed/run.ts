@@ -4,10 +4,9 @@
 // base model and the scenario, and writes the outputs. After each round the whole state goes
 // into one file written atomically, so a run killed at any moment resumes from its last
 // completed round and ends exactly as an uninterrupted one.
-import type { AdamWState } from "../engine/optim.ts";
 import type { Engine } from "../engine/device.ts";
 import { encodeAdapters } from "../model/adapters.ts";
-import { type BaseCheckpoint, loadBaseCheckpoint } from "../model/checkpoint.ts";
+import { type BaseCheckpoint, loadBaseCheckpoint, readConfig } from "../model/checkpoint.ts";
 import {
   type NamedTensor,
   readSafetensors,
@@ -18,17 +17,22 @@ import {
 import { loadTokenizer } from "../model/tokenizer.ts";
 import type { ProgressBar } from "../cli/progress.ts";
 import type { ClientState } from "./client.ts";
+import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
 import {
   type Checkpoint,
   federate,
   finalTestPpl,
+  makeStrategy,
   type MetricRecord,
+  runRounds,
   runStreams,
   type Streams,
   summarise,
   type Summary,
   type TrainOptions,
 } from "./federation.ts";
+import { METHOD_SPECS } from "./methods.ts";
+import { RemoteEndpoint, serverHandler } from "./network.ts";
 import { type ClientCorpus, loadScenario } from "./scenarios.ts";
 
 export interface RunHooks {
@@ -48,13 +52,7 @@ interface SavedRun {
   round: number;
   elapsedS: number;
   pretrainedPpl: number[];
-  clients: {
-    step: number;
-    trainRng: number;
-    routerRng: number;
-    experts: number;
-    routers?: number;
-  }[];
+  clients: StateCounters[];
 }
 
 export interface RunResult {
@@ -69,18 +67,9 @@ export async function runTraining(
   start: { options: TrainOptions } | { resume: string },
   hooks: RunHooks,
 ): Promise<RunResult> {
-  const saved = "resume" in start ? await readRunState(start.resume) : undefined;
-  const options = "options" in start ? start.options : saved?.run.options ??
-    // Killed before its first round ended: start over with the run's own options.
-    await readJsonOptions(start.resume);
-  const out = options.out;
-  await Deno.mkdir(out, { recursive: true });
-  if (!("resume" in start)) await writeJson(`${out}/config.json`, options);
-
+  const run = await openRun(start);
+  const { options, saved } = run;
   const { config, weights, categories } = await loadRunInputs(options, hooks.corpora);
-  const runStart = performance.now();
-  const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
-  const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
   const result = await federate(engine, {
     options,
     config,
@@ -95,26 +84,64 @@ export async function runTraining(
   }, {
     progress: hooks.progress,
     stopAfterRound: hooks.stopAfterRound,
-    record: async (m) => {
-      metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });
-      await writeMetrics(out, metrics);
-    },
-    roundDone: (checkpoint) => saveRunState(out, options, elapsed(), checkpoint),
+    record: run.record,
+    roundDone: run.save,
   });
   if (result.round < options.rounds) throw new RunStopped(result.round);
 
   const summary = summarise(
     options,
-    categories,
-    finalTestPpl(metrics, categories.length),
+    members(categories),
+    finalTestPpl(run.metrics, categories.length),
     result.pretrainedPpl,
   );
-  await writeRunOutputs(out, {
+  await writeRunOutputs(options.out, {
     adapters: result.adapters.map((a) => encodeAdapters(config, a)),
     global: result.global && serializeSafetensors(result.global),
     summary,
   });
   return { summary, pretrainedPpl: result.pretrainedPpl };
+}
+
+/** A run folder opened to run in: its options, the state it continues from, and its writers. */
+export interface OpenRun {
+  options: TrainOptions;
+  saved?: Awaited<ReturnType<typeof readRunState>>;
+  /** Every metric record so far (a resumed run's up to its last completed round). */
+  metrics: MetricRecord[];
+  record(m: Omit<MetricRecord, "ppl" | "wall_s">): Promise<void>;
+  save(checkpoint: Checkpoint): Promise<void>;
+}
+
+/** Creates a run folder (config.json), or opens one to resume (its state and records). */
+export async function openRun(
+  start: { options: TrainOptions } | { resume: string },
+): Promise<OpenRun> {
+  const saved = "resume" in start ? await readRunState(start.resume) : undefined;
+  const options = "options" in start ? start.options : saved?.run.options ??
+    // Killed before its first round ended: start over with the run's own options.
+    await readJsonOptions(start.resume);
+  const out = options.out;
+  await Deno.mkdir(out, { recursive: true });
+  if (!("resume" in start)) await writeJson(`${out}/config.json`, options);
+  const runStart = performance.now();
+  const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
+  const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
+  return {
+    options,
+    saved,
+    metrics,
+    record: async (m) => {
+      metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });
+      await writeMetrics(out, metrics);
+    },
+    save: (checkpoint) => saveRunState(out, options, elapsed(), checkpoint),
+  };
+}
+
+/** What summary.json says of each client's data. */
+export function members(categories: readonly Streams[]): { name: string; trainTokens: number }[] {
+  return categories.map((c) => ({ name: c.name, trainTokens: c.train.length }));
 }
 
 /** A run's inputs: its base model and its categories' token streams (`corpora`: instead of the
@@ -131,6 +158,97 @@ export async function loadRunInputs(
     seed: options.seed,
   });
   return { config, weights, categories: runStreams(options, tokenizer, documents) };
+}
+
+/**
+ * Serves a networked run (fed/network.ts) from its folder: waits for every client to join, then
+ * runs the rounds with them and writes config.json, metrics.jsonl, summary.json and
+ * global.safetensors. The clients' adapters stay on their devices (`deno task join --out`).
+ */
+export async function serveRun(
+  start: { options: TrainOptions } | { resume: string },
+  hooks: {
+    progress: ProgressBar;
+    hostname: string;
+    port: number;
+    /** Stop (state saved) after this many completed rounds, as if the process were killed. */
+    stopAfterRound?: number;
+    /** Called with the server's address once it listens. */
+    listening?(url: string): void;
+  },
+): Promise<RunResult> {
+  // Checked before the folder is made when the options are given.
+  if ("options" in start) federatedOnly(start.options);
+  const run = await openRun(start);
+  const { options, saved } = run;
+  const spec = federatedOnly(options);
+  const base = await readConfig(options.model);
+  const endpoints = Array.from({ length: options.clients }, (_, id) => new RemoteEndpoint(id));
+  const info = () => ({ options, base, needPretrained: !saved });
+  const server = Deno.serve(
+    { hostname: hooks.hostname, port: hooks.port, onListen: () => {} },
+    serverHandler(info, endpoints),
+  );
+  const host = hooks.hostname.includes(":") ? `[${hooks.hostname}]` : hooks.hostname;
+  const url = `http://${host}:${server.addr.port}`;
+  try {
+    hooks.progress.log(
+      `${options.method} on ${options.scenario}: waiting for ${options.clients} clients at ` +
+        `${url} (on each device: deno task join --server ${url} --client <id> --out DIR)`,
+    );
+    hooks.listening?.(url);
+    const joined = await Promise.all(endpoints.map((e) => e.joined));
+    const pretrainedPpl = saved?.run.pretrainedPpl ?? joined as number[];
+    hooks.progress.log(
+      `${options.clients} clients joined: ${endpoints.map((e) => e.name).join(", ")}`,
+    );
+    const strategy = makeStrategy(options, base);
+    if (saved) strategy.restore(saved.global);
+    const round = await runRounds({
+      options,
+      strategy,
+      endpoints,
+      testIds: endpoints.map((e) => [e.id]),
+      startRound: saved?.run.round ?? 0,
+      parallel: true,
+    }, {
+      progress: hooks.progress,
+      record: run.record,
+      stopAfterRound: hooks.stopAfterRound,
+      roundDone: (round) =>
+        run.save({ round, pretrainedPpl, clients: [], global: strategy.parameters() }),
+    });
+    if (round < options.rounds) throw new RunStopped(round);
+    await Promise.all(endpoints.map((e) => e.finish()));
+    const summary = summarise(
+      options,
+      endpoints.map((e) => ({ name: e.name, trainTokens: e.trainTokens })),
+      finalTestPpl(run.metrics, options.clients),
+      pretrainedPpl,
+    );
+    const global = spec.shares !== "none" && !spec.personal ? strategy.parameters() : null;
+    await writeRunOutputs(options.out, {
+      adapters: [],
+      global: global && serializeSafetensors(global),
+      summary,
+    });
+    return { summary, pretrainedPpl };
+  } finally {
+    for (const e of endpoints) e.abandon(new Error("the server stopped"));
+    await server.shutdown();
+  }
+}
+
+/** The method's spec, if it is a federation (not one pooled model, not the frozen base). */
+function federatedOnly(options: TrainOptions) {
+  const spec = METHOD_SPECS[options.method];
+  if (spec.pooled || spec.frozen) {
+    throw new RangeError(
+      `--method ${options.method} is not a federation (${spec.summary}); run it with ` +
+        `deno task train`,
+    );
+  }
+  return spec;
 }
 
 /** Thrown when `stopAfterRound` ended a run early (tests of resuming). */
@@ -185,23 +303,10 @@ async function saveRunState(
   { round, pretrainedPpl, clients, global }: Checkpoint,
 ): Promise<void> {
   const tensors: [string, NamedTensor][] = [];
-  const moments = (prefix: string, state: AdamWState) => {
-    state.m.forEach((m, k) => tensors.push([`${prefix}.m.${k}`, { shape: [m.length], data: m }]));
-    state.v.forEach((v, k) => tensors.push([`${prefix}.v.${k}`, { shape: [v.length], data: v }]));
-  };
   const counters = clients.map((state, i) => {
-    for (const [name, data] of state.adapters) {
-      tensors.push([`client.${i}.${name}`, { shape: [data.length], data }]);
-    }
-    moments(`client.${i}.experts`, state.experts);
-    if (state.routers) moments(`client.${i}.routers`, state.routers);
-    return {
-      step: state.step,
-      trainRng: state.trainRng,
-      routerRng: state.routerRng,
-      experts: state.experts.step,
-      routers: state.routers?.step,
-    };
+    const saved = stateTensors(`client.${i}`, state);
+    tensors.push(...saved.tensors);
+    return saved.counters;
   });
   for (const [name, t] of global ?? []) tensors.push([`global.${name}`, t]);
   const saved: SavedRun = { options, round, elapsedS, pretrainedPpl, clients: counters };
@@ -234,31 +339,8 @@ async function readRunState(dir: string): Promise<
   const { tensors, metadata } = await readSafetensors(path);
   const run = JSON.parse(metadata.run ?? "null") as SavedRun | null;
   if (!run) throw new Error(`${path}: not a training state (no "run" metadata)`);
-  const byPrefix = (prefix: string) =>
-    [...tensors].filter(([name]) => name.startsWith(prefix)).map((
-      [name, t],
-    ) => [name.slice(prefix.length), t] as const);
-  const moments = (prefix: string, step: number): AdamWState => {
-    const list = (kind: string) =>
-      byPrefix(`${prefix}.${kind}.`).sort((a, b) => Number(a[0]) - Number(b[0])).map(([, t]) =>
-        t.data
-      );
-    return { step, m: list("m"), v: list("v") };
-  };
-  const clients = run.clients.map((c, i): ClientState => ({
-    step: c.step,
-    trainRng: c.trainRng,
-    routerRng: c.routerRng,
-    adapters: new Map(
-      byPrefix(`client.${i}.h.`).map(([name, t]) => [`h.${name}`, t.data]),
-    ),
-    experts: moments(`client.${i}.experts`, c.experts),
-    routers: c.routers === undefined ? undefined : moments(`client.${i}.routers`, c.routers),
-  }));
-  const globalEntries = byPrefix("global.");
-  return {
-    run,
-    clients,
-    global: globalEntries.length ? new Map(globalEntries.map(([n, t]) => [n, t])) : null,
-  };
+  const clients = run.clients.map((c, i) => stateFromTensors(tensors, `client.${i}`, c));
+  const global = [...tensors].filter(([name]) => name.startsWith("global."))
+    .map(([name, t]) => [name.slice("global.".length), t] as const);
+  return { run, clients, global: global.length ? new Map(global) : null };
 }

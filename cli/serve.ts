@@ -1,0 +1,62 @@
+// `deno task serve`: the server of a federation across processes or machines (fed/network.ts).
+// It takes train's flags (the run's options, which every client receives) plus where to listen,
+// holds no model weight and no token, and writes the run folder: config.json, metrics.jsonl,
+// summary.json, global.safetensors and its state; `--resume DIR` continues it. Each device runs
+// `deno task join --server URL --client ID --out DIR` and keeps its data and specialists.
+import type { TrainOptions } from "../fed/federation.ts";
+import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
+import { serveRun } from "../fed/run.ts";
+import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
+import { ProgressBar } from "./progress.ts";
+import { FLAGS as TRAIN_FLAGS, invocationFromFlags, summaryTable } from "./train.ts";
+
+export const DEFAULT_PORT = 8700;
+const USAGE = "deno task serve [train's flags] [--host H] [--port N] | --resume DIR [--host H] " +
+  "[--port N]";
+const FLAGS: FlagSpec = {
+  ...TRAIN_FLAGS,
+  host: {
+    type: "string",
+    help: "address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)",
+  },
+  port: { type: "string", help: `port (default ${DEFAULT_PORT}; 0: any free one)` },
+};
+
+export type Invocation =
+  | { help: true }
+  | { start: { options: TrainOptions } | { resume: string }; hostname: string; port: number };
+
+export function parseInvocation(args: string[], now = new Date()): Invocation {
+  const { host, port, ...run } = parseFlags(args, FLAGS, USAGE);
+  const invocation = invocationFromFlags(run, now);
+  if ("help" in invocation) return invocation;
+  if ("options" in invocation) {
+    const spec = METHOD_SPECS[invocation.options.method];
+    if (spec.pooled || spec.frozen) {
+      const federated = METHODS.filter((m) => !METHOD_SPECS[m].pooled && !METHOD_SPECS[m].frozen);
+      throw new UsageError(
+        `--method ${invocation.options.method} is not a federation; serve one of: ` +
+          federated.join(", "),
+      );
+    }
+  }
+  return {
+    start: invocation,
+    hostname: (host as string | undefined) ?? "127.0.0.1",
+    port: parsePort(port as string | undefined, DEFAULT_PORT),
+  };
+}
+
+async function main(): Promise<void> {
+  const invocation = parseInvocation(Deno.args);
+  if ("help" in invocation) {
+    console.log(helpText(FLAGS, USAGE));
+    return;
+  }
+  const progress = new ProgressBar(0);
+  const { start, hostname, port } = invocation;
+  const result = await serveRun(start, { progress, hostname, port });
+  console.log(`\n${summaryTable(result)}`);
+}
+
+if (import.meta.main) await runMain(main);

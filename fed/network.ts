@@ -1,0 +1,229 @@
+// A federation across processes or machines (devices). The server (`deno task serve`) holds the
+// strategy and the run folder, never a model weight or a token; each client (`deno task join`)
+// holds its own data, model, experts, router and optimiser states, and its own state file. They
+// exchange exactly what the simulation passes between Client and Strategy (encoded Messages)
+// plus losses, over HTTP, driven by the same runRounds, so a networked run ends with the same
+// bits as the simulated one.
+//
+// Clients pull, so they may sit behind NAT or in a browser: a client joins, long-polls for its
+// task (evaluate, fit or done), answers it, and polls again. A task stays pending until it is
+// answered, so a client that restarts gets it again; a client saves its state after every fit,
+// keeping the one before too, so a fit the server never received is redone from the state
+// before it, with the same bits. The server saves its state after every round (fed/run.ts's
+// resume.safetensors, with no client inside) and continues with `--resume`; polling clients
+// rejoin by themselves.
+//
+//   GET  /run                  RunInfo (JSON)
+//   POST /join?client=i        Join (JSON) → {session}
+//   GET  /task?client=i&session=s    204 (nothing yet, poll again) or 200: header x-comigs-task
+//                              (Task JSON), body the server's message (empty: none)
+//   POST /progress?client=i&session=s   a StepReport (JSON), for the server's progress bar
+//   POST /reply?client=i&session=s      header x-comigs-reply (Reply JSON), body a fit's message
+import type { StepReport } from "./client.ts";
+import type { ClientEndpoint, EvaluateReply, FitReply, TrainOptions } from "./federation.ts";
+import type { GPT2Config } from "../model/config.ts";
+
+/** What a client learns from GET /run. */
+export interface RunInfo {
+  options: TrainOptions;
+  /** The base model's config on the server: the client's must be the same. */
+  base: GPT2Config;
+  /** Whether the server still needs the frozen base's test perplexity (not on a resumed run). */
+  needPretrained: boolean;
+}
+
+export type Task =
+  | { kind: "fit"; round: number; steps: number; hasParameters: boolean }
+  | { kind: "evaluate"; round: number; hasParameters: boolean }
+  | { kind: "done" };
+
+export type Reply =
+  | { kind: "fit"; round: number; step: number; meanLoss: number }
+  | { kind: "evaluate"; round: number; step: number; losses: number[] }
+  | { kind: "error"; message: string };
+
+/** POST /join's body. */
+export interface Join {
+  name: string;
+  trainTokens: number;
+  /** The frozen base model's test perplexity on this client's test split (null: not asked). */
+  pretrainedPpl: number | null;
+}
+
+/** How long a task poll is held open before it answers 204. */
+const POLL_MS = 20_000;
+
+interface Pending {
+  task: Task;
+  body: Uint8Array<ArrayBuffer>;
+  resolve(reply: { reply: Reply; body: Uint8Array }): void;
+  reject(error: Error): void;
+}
+
+/** The server's view of client `id`: tasks it hands out and the replies it waits for. */
+export class RemoteEndpoint implements ClientEndpoint {
+  /** Its category's name and training tokens, as it said when joining (for summary.json). */
+  name: string;
+  trainTokens = 0;
+  session: string | null = null;
+  #pending: Pending | null = null;
+  #poll: (() => void) | null = null;
+  #onStep: ((report: StepReport) => void) | null = null;
+  #joined!: (pretrainedPpl: number | null) => void;
+  /** Resolves with the client's base perplexity (null when the server did not ask) on its
+   * first join. */
+  readonly joined = new Promise<number | null>((resolve) => this.#joined = resolve);
+
+  constructor(readonly id: number) {
+    this.name = `client ${id}`;
+  }
+
+  join({ name, trainTokens, pretrainedPpl }: Join): string {
+    this.name = name;
+    this.trainTokens = trainTokens;
+    this.session = crypto.randomUUID();
+    this.#joined(pretrainedPpl);
+    return this.session;
+  }
+
+  fit(
+    round: number,
+    steps: number,
+    parameters: Uint8Array | null,
+    onStep: (report: StepReport) => void,
+  ): Promise<FitReply> {
+    this.#onStep = onStep;
+    return this.#ask({ kind: "fit", round, steps, hasParameters: !!parameters }, parameters)
+      .then(({ reply, body }) => {
+        this.#onStep = null;
+        if (reply.kind !== "fit" || reply.round !== round) throw this.#unexpected(reply);
+        return { result: body, step: reply.step, meanLoss: reply.meanLoss };
+      });
+  }
+
+  async evaluate(round: number, parameters: Uint8Array | null): Promise<EvaluateReply> {
+    const { reply } = await this.#ask(
+      { kind: "evaluate", round, hasParameters: !!parameters },
+      parameters,
+    );
+    if (reply.kind !== "evaluate" || reply.round !== round) throw this.#unexpected(reply);
+    return { step: reply.step, losses: reply.losses };
+  }
+
+  /** Tells the client the run is over; resolves once it has taken the news. */
+  async finish(): Promise<void> {
+    await this.#ask({ kind: "done" }, null, true);
+  }
+
+  /** The pending task for a poll, waiting up to POLL_MS for one (null: none). */
+  async next(): Promise<Pending | null> {
+    if (!this.#pending) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.#poll = null;
+          resolve();
+        }, POLL_MS);
+        this.#poll = () => {
+          clearTimeout(timer);
+          this.#poll = null;
+          resolve();
+        };
+      });
+    }
+    const pending = this.#pending;
+    // "done" needs no answer: handing it out settles it.
+    if (pending?.task.kind === "done") {
+      this.#pending = null;
+      pending.resolve({ reply: { kind: "error", message: "" }, body: new Uint8Array() });
+    }
+    return pending;
+  }
+
+  progress(report: StepReport): void {
+    this.#onStep?.(report);
+  }
+
+  answer(reply: Reply, body: Uint8Array): void {
+    const pending = this.#pending;
+    if (!pending) throw new Error(`client ${this.id} answered, but no task was pending`);
+    this.#pending = null;
+    if (reply.kind === "error") pending.reject(new Error(`client ${this.id}: ${reply.message}`));
+    else pending.resolve({ reply, body });
+  }
+
+  /** Ends a pending task with `error` and answers a waiting poll (the server is stopping). */
+  abandon(error: Error): void {
+    this.#pending?.reject(error);
+    this.#pending = null;
+    this.#poll?.();
+  }
+
+  #ask(task: Task, parameters: Uint8Array | null, quiet = false) {
+    if (this.#pending) throw new Error(`client ${this.id} already has a task`);
+    return new Promise<{ reply: Reply; body: Uint8Array }>((resolve, reject) => {
+      const body = new Uint8Array(parameters ?? new Uint8Array());
+      this.#pending = { task, body, resolve, reject: quiet ? () => {} : reject };
+      this.#poll?.();
+    });
+  }
+
+  #unexpected(reply: Reply): Error {
+    return new Error(`client ${this.id} answered ${JSON.stringify(reply)} out of turn`);
+  }
+}
+
+/** The HTTP handler of a server whose clients are `endpoints`. */
+export function serverHandler(
+  info: () => RunInfo,
+  endpoints: readonly RemoteEndpoint[],
+): (request: Request) => Promise<Response> {
+  const text = (status: number, message: string) => new Response(message, { status });
+  return (request) => handle(request).catch((e: Error) => text(400, `bad request: ${e.message}`));
+  async function handle(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    if (request.method === "GET" && url.pathname === "/run") return Response.json(info());
+    const raw = url.searchParams.get("client");
+    const id = Number(raw);
+    if (raw === null || !/^\d+$/.test(raw) || id >= endpoints.length) {
+      return text(
+        400,
+        `client must be an id in 0..${endpoints.length - 1}, got ${raw === null ? "none" : raw}`,
+      );
+    }
+    const endpoint = endpoints[id];
+    if (request.method === "POST" && url.pathname === "/join") {
+      const join = await request.json() as Join;
+      if (info().needPretrained && !(typeof join.pretrainedPpl === "number")) {
+        return text(400, "the server needs the base model's test perplexity (pretrainedPpl)");
+      }
+      return Response.json({ session: endpoint.join(join) });
+    }
+    const session = url.searchParams.get("session");
+    if (!endpoint.session) return text(401, `client ${id} has not joined this server`);
+    if (session !== endpoint.session) {
+      return text(409, `another process joined as client ${id} after this one`);
+    }
+    if (request.method === "GET" && url.pathname === "/task") {
+      const pending = await endpoint.next();
+      if (!pending) return new Response(null, { status: 204 });
+      return new Response(pending.body.slice(), {
+        headers: { "x-comigs-task": JSON.stringify(pending.task) },
+      });
+    }
+    if (request.method === "POST" && url.pathname === "/progress") {
+      endpoint.progress(await request.json() as StepReport);
+      return text(200, "ok");
+    }
+    if (request.method === "POST" && url.pathname === "/reply") {
+      const reply = JSON.parse(request.headers.get("x-comigs-reply") ?? "null") as Reply | null;
+      if (!reply) return text(400, "a reply needs its x-comigs-reply header");
+      try {
+        endpoint.answer(reply, new Uint8Array(await request.arrayBuffer()));
+      } catch (e) {
+        return text(409, (e as Error).message);
+      }
+      return text(200, "ok");
+    }
+    return text(404, `no ${request.method} ${url.pathname}`);
+  }
+}
