@@ -55,6 +55,14 @@ export async function joinRun(
   const client = makeClient(engine, model, options, data, id);
   const endpoint = new LocalEndpoint(client, [data.test]);
   const states = new StateFiles(join.out, client);
+  const saveAdapters = async () =>
+    await writeFileAtomic(
+      `${join.out}/adapters.safetensors`,
+      encodeAdapters(config, {
+        config: client.adapters.config,
+        values: await client.adapters.values(),
+      }),
+    );
   try {
     let fitted = await states.restore();
     progress.log(
@@ -100,6 +108,8 @@ export async function joinRun(
             round: task.round,
             ...await endpoint.evaluate(task.round, parameters),
           };
+          // The last evaluation holds the final shared tensors: the run's result for this client.
+          if (task.round === options.rounds) await saveAdapters();
         } else {
           if (fitted === task.round) fitted = await states.previous();
           if (fitted !== task.round - 1) {
@@ -144,13 +154,6 @@ export async function joinRun(
       );
     }
     progress.done();
-    await writeFileAtomic(
-      `${join.out}/adapters.safetensors`,
-      encodeAdapters(config, {
-        config: client.adapters.config,
-        values: await client.adapters.values(),
-      }),
-    );
     return { name: data.name, rounds: fitted };
   } finally {
     endpoint.dispose();

@@ -53,10 +53,17 @@ export interface Join {
 /** How long a task poll is held open before it answers 204. */
 const POLL_MS = 20_000;
 
+/** A client's answer to a task: its reply and, for a fit, its message. */
+interface Answer {
+  reply: Reply;
+  body: Uint8Array;
+}
+
 interface Pending {
   task: Task;
   body: Uint8Array<ArrayBuffer>;
-  resolve(reply: { reply: Reply; body: Uint8Array }): void;
+  /** With the answer, or null for "done" once it is handed out (it needs none). */
+  resolve(answer: Answer | null): void;
   reject(error: Error): void;
 }
 
@@ -94,25 +101,26 @@ export class RemoteEndpoint implements ClientEndpoint {
   ): Promise<FitReply> {
     this.#onStep = onStep;
     return this.#ask({ kind: "fit", round, steps, hasParameters: !!parameters }, parameters)
-      .then(({ reply, body }) => {
+      .then((answer) => {
         this.#onStep = null;
+        const { reply, body } = answer!;
         if (reply.kind !== "fit" || reply.round !== round) throw this.#unexpected(reply);
         return { result: body, step: reply.step, meanLoss: reply.meanLoss };
       });
   }
 
   async evaluate(round: number, parameters: Uint8Array | null): Promise<EvaluateReply> {
-    const { reply } = await this.#ask(
+    const { reply } = (await this.#ask(
       { kind: "evaluate", round, hasParameters: !!parameters },
       parameters,
-    );
+    ))!;
     if (reply.kind !== "evaluate" || reply.round !== round) throw this.#unexpected(reply);
     return { step: reply.step, losses: reply.losses };
   }
 
   /** Tells the client the run is over; resolves once it has taken the news. */
   async finish(): Promise<void> {
-    await this.#ask({ kind: "done" }, null, true);
+    await this.#ask({ kind: "done" }, null);
   }
 
   /** The pending task for a poll, waiting up to POLL_MS for one (null: none). */
@@ -134,7 +142,7 @@ export class RemoteEndpoint implements ClientEndpoint {
     // "done" needs no answer: handing it out settles it.
     if (pending?.task.kind === "done") {
       this.#pending = null;
-      pending.resolve({ reply: { kind: "error", message: "" }, body: new Uint8Array() });
+      pending.resolve(null);
     }
     return pending;
   }
@@ -158,11 +166,11 @@ export class RemoteEndpoint implements ClientEndpoint {
     this.#poll?.();
   }
 
-  #ask(task: Task, parameters: Uint8Array | null, quiet = false) {
+  #ask(task: Task, parameters: Uint8Array | null) {
     if (this.#pending) throw new Error(`client ${this.id} already has a task`);
-    return new Promise<{ reply: Reply; body: Uint8Array }>((resolve, reject) => {
+    return new Promise<Answer | null>((resolve, reject) => {
       const body = new Uint8Array(parameters ?? new Uint8Array());
-      this.#pending = { task, body, resolve, reject: quiet ? () => {} : reject };
+      this.#pending = { task, body, resolve, reject };
       this.#poll?.();
     });
   }

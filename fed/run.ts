@@ -219,7 +219,6 @@ export async function serveRun(
         run.save({ round, pretrainedPpl, clients: [], global: strategy.parameters() }),
     });
     if (round < options.rounds) throw new RunStopped(round);
-    await Promise.all(endpoints.map((e) => e.finish()));
     const summary = summarise(
       options,
       endpoints.map((e) => ({ name: e.name, trainTokens: e.trainTokens })),
@@ -232,6 +231,15 @@ export async function serveRun(
       global: global && serializeSafetensors(global),
       summary,
     });
+    // The clients wrote their adapters at the last evaluation; "done" only ends their loops,
+    // so a client that does not come for it within a minute is not waited for.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const told = Promise.all(endpoints.map((e) => e.finish())).then(() => true, () => false);
+    const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), 60_000));
+    if (!await Promise.race([told, late])) {
+      hooks.progress.log("some clients did not collect the end of the run; stopping anyway");
+    }
+    clearTimeout(timer);
     return { summary, pretrainedPpl };
   } finally {
     for (const e of endpoints) e.abandon(new Error("the server stopped"));
