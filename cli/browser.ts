@@ -1,13 +1,16 @@
 // `deno task browser`: the run `deno task train` would make, computed in a browser tab's WebGPU
-// instead of Deno's. This process reads the base model and the scenario (files a tab cannot
-// read), bundles cli/browser_page.ts for browsers, serves both on 127.0.0.1, and either drives
-// headless Chromium itself (playwright-core) or, with --serve, waits for any WebGPU browser to
-// open the address. The tab runs fed/federation.ts and posts its progress, records and tensors
-// back; the run folder gets train's files (interfaces.md) and the terminal train's table. The
-// tab holds the state, so a browser run does not resume (train's --resume is not a flag here).
+// instead of Deno's; or, with --join, a tab as one client of a networked run (`deno task
+// serve`), like `deno task join`. This process reads the base model and the scenario (files a
+// tab cannot read), bundles cli/browser_page.ts for browsers, serves both on 127.0.0.1, and
+// either drives headless Chromium itself (playwright-core) or, with --serve, waits for any
+// WebGPU browser to open the address. The tab runs fed/federation.ts (or fed/client_loop.ts) and
+// posts its progress, records and tensors back: the run folder gets train's files (interfaces.md)
+// and the terminal train's table, or join's adapters. The tab holds the state, so a browser run
+// does not resume (train's --resume is not a flag here).
 import {
   finalTestPpl,
   type MetricRecord,
+  type Streams,
   summarise,
   type TrainOptions,
 } from "../fed/federation.ts";
@@ -21,10 +24,13 @@ import {
   writeRunOutputs,
 } from "../fed/run.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
-import { parseSafetensors } from "../model/safetensors.ts";
+import { runInfo } from "../fed/client_loop.ts";
+import { checkSameBase, type JoinOptions } from "../fed/join.ts";
+import { parseSafetensors, writeFileAtomic } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
 import { ProgressBar } from "./progress.ts";
+import { joinFromFlags } from "./join.ts";
 import { FLAGS as TRAIN_FLAGS, optionsFromFlags, summaryTable } from "./train.ts";
 
 const DEFAULT_CHROMIUM = "/usr/bin/chromium";
@@ -40,7 +46,7 @@ const CHROMIUM_ARGS = [
 ];
 
 const USAGE = "deno task browser [train's flags except --resume] [--serve] [--port N] " +
-  "[--chromium PATH]";
+  "[--chromium PATH] | --join URL --client ID --out DIR [--model DIR] [--serve] ...";
 const { resume: _, help: __, ...RUN_FLAGS } = TRAIN_FLAGS;
 const FLAGS: FlagSpec = {
   ...RUN_FLAGS,
@@ -49,6 +55,11 @@ const FLAGS: FlagSpec = {
     help: "print the page's address and wait for a WebGPU browser to open it (no Chromium)",
   },
   port: { type: "string", help: "port on 127.0.0.1 (default: any free one)" },
+  join: {
+    type: "string",
+    help: "be one client of the networked run at this address (deno task serve)",
+  },
+  client: { type: "string", help: "with --join: this tab's client id" },
   chromium: {
     type: "string",
     help: `Chromium to drive headless (default $CHROMIUM or ${DEFAULT_CHROMIUM})`,
@@ -63,24 +74,34 @@ export interface BrowserOptions {
   chromium: string;
 }
 
-export type Invocation = { help: true } | { options: TrainOptions; browser: BrowserOptions };
+export type Invocation =
+  | { help: true }
+  | { browser: BrowserOptions } & ({ options: TrainOptions } | { join: JoinOptions });
 
 export function parseInvocation(args: string[], now = new Date()): Invocation {
   const flags = parseFlags(args, FLAGS, USAGE);
   if (flags.help) return { help: true };
-  const { serve, port, chromium, ...run } = flags;
-  const options = optionsFromFlags(run, now);
+  const { serve, port, chromium, join, client, ...run } = flags;
   if (serve && chromium !== undefined) {
     throw new UsageError("--serve waits for your own browser; --chromium has no use with it");
   }
-  return {
-    options,
-    browser: {
-      serve: serve === true,
-      port: parsePort(port as string | undefined, 0),
-      chromium: (chromium as string | undefined) ?? Deno.env.get("CHROMIUM") ?? DEFAULT_CHROMIUM,
-    },
+  const browser = {
+    serve: serve === true,
+    port: parsePort(port as string | undefined, 0),
+    chromium: (chromium as string | undefined) ?? Deno.env.get("CHROMIUM") ?? DEFAULT_CHROMIUM,
   };
+  if (join === undefined) {
+    if (client !== undefined) throw new UsageError("--client is a client id of --join");
+    return { options: optionsFromFlags(run, now), browser };
+  }
+  const { out, model, ...others } = run;
+  const extra = Object.keys(others).filter((f) => others[f] !== undefined);
+  if (extra.length) {
+    throw new UsageError(
+      `--join takes the run's options from the server; remove --${extra.join(", --")}`,
+    );
+  }
+  return { join: joinFromFlags({ join, client, out, model }, "join"), browser };
 }
 
 /** Runs `options` in a browser tab; writes the run folder and returns train's result. */
@@ -95,31 +116,97 @@ export async function runInBrowser(
   await Deno.mkdir(out, { recursive: true });
   await writeJson(`${out}/config.json`, options);
   const { categories } = await loadRunInputs(options, hooks.corpora);
+  const spec = METHOD_SPECS[options.method];
+  const metrics: MetricRecord[] = [];
+  const start = performance.now();
+  const tab = await inTab(
+    { mode: "run", options, categories: categories.map((c) => c.name) },
+    categories,
+    spec.frozen ? 0 : spec.pooled ? 1 : categories.length,
+    browser,
+    progress,
+    async (record) => {
+      const wall_s = Math.round((performance.now() - start) / 100) / 10;
+      metrics.push({ ...record, ppl: Math.exp(record.loss), wall_s });
+      await writeMetrics(out, metrics);
+    },
+  );
+  const summary = summarise(
+    options,
+    members(categories),
+    finalTestPpl(metrics, categories.length),
+    tab.pretrainedPpl,
+  );
+  await writeRunOutputs(out, { adapters: tab.adapters, global: tab.global, summary });
+  return { summary, pretrainedPpl: tab.pretrainedPpl };
+}
+
+/** A browser tab as client `join.client` of the networked run at `join.server` (`deno task
+ * join`'s work, with the state in the tab); writes the client's adapters into `join.out`. */
+export async function joinInBrowser(
+  join: JoinOptions,
+  browser: BrowserOptions,
+  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+): Promise<{ name: string }> {
+  const { progress } = hooks;
+  if (!browser.serve) await checkExecutable(browser.chromium);
+  const server = join.server.replace(/\/+$/, "");
+  const info = await runInfo(server, progress);
+  const options = { ...info.options, model: join.model ?? info.options.model };
+  if (join.client >= options.clients) {
+    throw new RangeError(
+      `--client must be in 0..${options.clients - 1} for this run, got ${join.client}`,
+    );
+  }
+  await Deno.mkdir(join.out, { recursive: true });
+  await writeJson(`${join.out}/config.json`, options);
+  const { config, categories } = await loadRunInputs(options, hooks.corpora);
+  checkSameBase(config, info.base, options.model);
+  const data = categories[join.client];
+  const tab = await inTab(
+    { mode: "join", server, client: join.client, options, categories: [data.name] },
+    [data],
+    1,
+    browser,
+    progress,
+    () => Promise.resolve(),
+  );
+  await writeFileAtomic(`${join.out}/adapters.safetensors`, tab.adapters[0]);
+  return { name: data.name };
+}
+
+/**
+ * Serves the page with `input`, the base model and `categories`' streams, has a tab open it,
+ * relays its events to `progress` and `record`, and returns what it sent: the base model's
+ * perplexities and `adapterFiles` adapter files (and the shared tensors, when any).
+ */
+async function inTab(
+  input: RunInput,
+  categories: readonly Streams[],
+  adapterFiles: number,
+  browser: BrowserOptions,
+  progress: ProgressBar,
+  record: (record: Omit<MetricRecord, "ppl" | "wall_s">) => Promise<void>,
+): Promise<{ pretrainedPpl: number[]; adapters: Uint8Array[]; global: Uint8Array | null }> {
+  const model = input.options.model;
   const files: Record<string, Uint8Array> = {
     "/": new TextEncoder().encode(PAGE_HTML),
     "/page.js": await bundlePage(),
-    "/run.json": new TextEncoder().encode(
-      JSON.stringify({ options, categories: categories.map((c) => c.name) } satisfies RunInput),
-    ),
-    "/model/config.json": await Deno.readFile(`${options.model}/config.json`),
-    "/model/model.safetensors": await Deno.readFile(`${options.model}/model.safetensors`),
+    "/run.json": new TextEncoder().encode(JSON.stringify(input)),
+    "/model/config.json": await Deno.readFile(`${model}/config.json`),
+    "/model/model.safetensors": await Deno.readFile(`${model}/model.safetensors`),
   };
-  for (const [id, c] of categories.entries()) {
+  for (const [k, c] of categories.entries()) {
     for (const split of ["train", "val", "test"] as const) {
-      files[`/data/${id}/${split}`] = new Uint8Array(
+      files[`/data/${k}/${split}`] = new Uint8Array(
         c[split].buffer,
         c[split].byteOffset,
         c[split].byteLength,
       );
     }
   }
-
-  const spec = METHOD_SPECS[options.method];
-  const clientCount = spec.frozen ? 0 : spec.pooled ? 1 : categories.length;
-  const adapters = new Array<Uint8Array | undefined>(clientCount);
+  const adapters = new Array<Uint8Array | undefined>(adapterFiles);
   let global: Uint8Array | null = null;
-  const metrics: MetricRecord[] = [];
-  const start = performance.now();
   let settle!: { resolve: (ppl: number[]) => void; reject: (e: Error) => void };
   const finished = new Promise<number[]>((resolve, reject) => settle = { resolve, reject });
 
@@ -139,11 +226,8 @@ export async function runInBrowser(
         return progress.log(event.line);
       case "done":
         return progress.done();
-      case "record": {
-        const wall_s = Math.round((performance.now() - start) / 100) / 10;
-        metrics.push({ ...event.record, ppl: Math.exp(event.record.loss), wall_s });
-        return await writeMetrics(out, metrics);
-      }
+      case "record":
+        return await record(event.record);
       case "result":
         return settle.resolve(event.pretrainedPpl);
       case "error":
@@ -175,7 +259,7 @@ export async function runInBrowser(
           const event = JSON.parse(new TextDecoder().decode(body)) as PageEvent;
           handling = handling.then(() => handle(event));
           await handling;
-        } else if (client && Number(client[1]) < clientCount) {
+        } else if (client && Number(client[1]) < adapterFiles) {
           parseSafetensors(body, `client ${client[1]}'s adapters from the browser`);
           adapters[Number(client[1])] = body;
         } else if (path === "/global") {
@@ -199,14 +283,7 @@ export async function runInBrowser(
     await handling;
     const missing = adapters.findIndex((a) => !a);
     if (missing >= 0) throw new Error(`the browser sent no adapters for client ${missing}`);
-    const summary = summarise(
-      options,
-      members(categories),
-      finalTestPpl(metrics, categories.length),
-      pretrainedPpl,
-    );
-    await writeRunOutputs(out, { adapters: adapters as Uint8Array[], global, summary });
-    return { summary, pretrainedPpl };
+    return { pretrainedPpl, adapters: adapters as Uint8Array[], global };
   } finally {
     await closeBrowser();
     await server.shutdown();
@@ -298,6 +375,12 @@ async function main(): Promise<void> {
     return;
   }
   const progress = new ProgressBar(0);
+  if ("join" in invocation) {
+    const { join } = invocation;
+    const { name } = await joinInBrowser(join, invocation.browser, { progress });
+    console.log(`client ${join.client} (${name}): adapters in ${join.out}/adapters.safetensors`);
+    return;
+  }
   const result = await runInBrowser(invocation.options, invocation.browser, { progress });
   console.log(`\n${summaryTable(result)}`);
 }

@@ -1,15 +1,19 @@
 /// <reference lib="dom" />
 // The page of `deno task browser` (bundled for browsers by cli/browser.ts): one federated run in
-// this tab's WebGPU, with the same code as `deno task train` (fed/federation.ts). It fetches the
+// this tab's WebGPU, with the same code as `deno task train` (fed/federation.ts), or one client
+// of a networked run, with the same code as `deno task join` (fed/client_loop.ts). It fetches the
 // run's options, the base model's two files and the categories' token streams from the server
 // that served it, and posts back every event (progress, metric records, the clients' adapters,
 // the shared tensors), in order, so the terminal shows the run and the run folder gets its files.
 import { Engine } from "../engine/device.ts";
-import { federate, type Streams, type TrainOptions } from "../fed/federation.ts";
+import { clientLoop, MemoryStates } from "../fed/client_loop.ts";
+import { federate, makeClient, type Streams } from "../fed/federation.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { parseBaseCheckpoint } from "../model/checkpoint.ts";
+import { GPT2 } from "../model/gpt2.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
+import type { ProgressUpdate } from "./progress.ts";
 
 const status = document.getElementById("status")!;
 
@@ -36,19 +40,20 @@ const bytes = async (path: string) => new Uint8Array(await (await get(path)).arr
 const tokens = async (path: string) => new Uint32Array((await bytes(path)).buffer);
 
 async function main(): Promise<void> {
-  const { options, categories: names } = await (await get("/run.json")).json() as RunInput;
+  const input = await (await get("/run.json")).json() as RunInput;
+  const { options } = input;
   const base = parseBaseCheckpoint(
     await (await get("/model/config.json")).text(),
     await bytes("/model/model.safetensors"),
     options.model,
   );
   const categories: Streams[] = [];
-  for (const [id, name] of names.entries()) {
+  for (const [k, name] of input.categories.entries()) {
     categories.push({
       name,
-      train: await tokens(`/data/${id}/train`),
-      val: await tokens(`/data/${id}/val`),
-      test: await tokens(`/data/${id}/test`),
+      train: await tokens(`/data/${k}/train`),
+      val: await tokens(`/data/${k}/val`),
+      test: await tokens(`/data/${k}/test`),
     });
   }
   const engine = await Engine.create();
@@ -59,31 +64,49 @@ async function main(): Promise<void> {
     }; kernels: ${engine.variant} (in ${navigator.userAgent})`,
   });
   let total = 0;
-  const result = await federate(
-    engine,
-    { options: options as TrainOptions, ...base, categories },
-    {
-      progress: {
-        get total() {
-          return total;
-        },
-        set total(steps: number) {
-          total = steps;
-          send({ kind: "total", total });
-        },
-        begin: (step) => send({ kind: "begin", step }),
-        update: (update) => send({ kind: "update", update }),
-        log: (line) => send({ kind: "log", line }),
-        done: () => send({ kind: "done" }),
-      },
-      record: (record) => send({ kind: "record", record }),
+  const progress = {
+    get total() {
+      return total;
     },
-  );
-  for (const [id, adapters] of result.adapters.entries()) {
-    await post(`/adapters/${id}`, encodeAdapters(base.config, adapters));
+    set total(steps: number) {
+      total = steps;
+      send({ kind: "total", total });
+    },
+    begin: (step: number) => send({ kind: "begin", step }),
+    update: (update: ProgressUpdate) => send({ kind: "update", update }),
+    log: (line: string) => send({ kind: "log", line }),
+    done: () => send({ kind: "done" }),
+  };
+
+  if (input.mode === "join") {
+    // One client of a networked run: its own category, its state in this tab.
+    const model = new GPT2(engine, base.config, base.weights);
+    const client = makeClient(engine, model, options, categories[0], input.client);
+    await clientLoop({
+      server: input.server,
+      options,
+      model,
+      client,
+      data: categories[0],
+      store: new MemoryStates(client),
+      progress,
+      saveAdapters: (adapters) => post("/adapters/0", adapters.slice()),
+    });
+    client.dispose();
+    model.dispose();
+    await send({ kind: "result", pretrainedPpl: [] });
+  } else {
+    const result = await federate(
+      engine,
+      { options, ...base, categories },
+      { progress, record: (record) => send({ kind: "record", record }) },
+    );
+    for (const [id, adapters] of result.adapters.entries()) {
+      await post(`/adapters/${id}`, encodeAdapters(base.config, adapters));
+    }
+    if (result.global) await post("/global", serializeSafetensors(result.global));
+    await send({ kind: "result", pretrainedPpl: result.pretrainedPpl });
   }
-  if (result.global) await post("/global", serializeSafetensors(result.global));
-  await send({ kind: "result", pretrainedPpl: result.pretrainedPpl });
   engine.device.destroy();
 }
 

@@ -2,11 +2,14 @@
 import type { MetricRecord, TrainOptions } from "../fed/federation.ts";
 import type { ProgressUpdate } from "./progress.ts";
 
-/** GET /run.json: the run's options and its categories' names (their streams: /data/<id>/<split>). */
-export interface RunInput {
-  options: TrainOptions;
-  categories: string[];
-}
+/**
+ * GET /run.json: what the tab does, the run's options and the names of the categories it holds
+ * (their streams: /data/<k>/<split>). "run": the whole simulated federation; "join": client
+ * `client` of the networked run at `server`, holding its own category only.
+ */
+export type RunInput =
+  & { options: TrainOptions; categories: string[] }
+  & ({ mode: "run" } | { mode: "join"; server: string; client: number });
 
 /** POST /event: what happens in the page, in order. The adapters (POST /adapters/<id>) and the
  * shared tensors (POST /global) arrive before "result". */

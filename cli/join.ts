@@ -3,7 +3,7 @@
 // its experts and router where it runs, and sends only what its method shares. Its folder holds
 // its state after every round (a restarted client continues) and, at the end, its adapters.
 import { Engine } from "../engine/device.ts";
-import { joinRun } from "../fed/join.ts";
+import { type JoinOptions, joinRun } from "../fed/join.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 import { ProgressBar } from "./progress.ts";
 
@@ -19,24 +19,30 @@ const FLAGS: FlagSpec = {
   help: { type: "boolean", help: "show this help" },
 };
 
-export function parseInvocation(args: string[]) {
+export function parseInvocation(args: string[]): { help: true } | { join: JoinOptions } {
   const flags = parseFlags(args, FLAGS, USAGE);
   if (flags.help) return { help: true as const };
+  return { join: joinFromFlags(flags, "server", `\n\n${helpText(FLAGS, USAGE)}`) };
+}
+
+/** A client's options from parsed flags, the server's address under `--<serverFlag>`
+ * (`deno task browser --join` takes the same). */
+export function joinFromFlags(
+  flags: Record<string, string | boolean | undefined>,
+  serverFlag: string,
+  help = "",
+): JoinOptions {
   const text = (flag: string) => flags[flag] as string | undefined;
-  const missing = ["server", "client", "out"].filter((f) => text(f) === undefined);
-  if (missing.length) {
-    throw new UsageError(`missing --${missing.join(", --")}\n\n${helpText(FLAGS, USAGE)}`);
-  }
-  const server = text("server")!;
+  const missing = [serverFlag, "client", "out"].filter((f) => text(f) === undefined);
+  if (missing.length) throw new UsageError(`missing --${missing.join(", --")}${help}`);
+  const server = text(serverFlag)!;
   if (!/^https?:\/\/[^/]+/.test(server)) {
-    throw new UsageError(`--server must be an http(s):// address, got "${server}"`);
+    throw new UsageError(`--${serverFlag} must be an http(s):// address, got "${server}"`);
   }
   if (!/^\d+$/.test(text("client")!)) {
     throw new UsageError(`--client must be an integer ≥ 0, got "${text("client")}"`);
   }
-  return {
-    join: { server, client: Number(text("client")), out: text("out")!, model: text("model") },
-  };
+  return { server, client: Number(text("client")), out: text("out")!, model: text("model") };
 }
 
 async function main(): Promise<void> {

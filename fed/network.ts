@@ -180,13 +180,29 @@ export class RemoteEndpoint implements ClientEndpoint {
   }
 }
 
+/** Browser tabs may be clients (`deno task browser --join`), from pages of another origin. */
+const CORS = {
+  "access-control-allow-origin": "*",
+  "access-control-expose-headers": "x-comigs-task",
+};
+const PREFLIGHT = {
+  "access-control-allow-methods": "GET, POST",
+  "access-control-allow-headers": "x-comigs-reply, content-type",
+};
+
 /** The HTTP handler of a server whose clients are `endpoints`. */
 export function serverHandler(
   info: () => RunInfo,
   endpoints: readonly RemoteEndpoint[],
 ): (request: Request) => Promise<Response> {
   const text = (status: number, message: string) => new Response(message, { status });
-  return (request) => handle(request).catch((e: Error) => text(400, `bad request: ${e.message}`));
+  return async (request) => {
+    const response = request.method === "OPTIONS"
+      ? new Response(null, { status: 204, headers: PREFLIGHT })
+      : await handle(request).catch((e: Error) => text(400, `bad request: ${e.message}`));
+    for (const [name, value] of Object.entries(CORS)) response.headers.set(name, value);
+    return response;
+  };
   async function handle(request: Request): Promise<Response> {
     const url = new URL(request.url);
     if (request.method === "GET" && url.pathname === "/run") return Response.json(info());

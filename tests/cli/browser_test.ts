@@ -1,11 +1,13 @@
 // `deno task browser`: a tiny CoMiGS run computed in headless Chromium's WebGPU (SwiftShader here)
 // matches the same run computed by Deno's WebGPU (lavapipe here) record by record, and writes the
-// same run folder; its flags are train's minus --resume, and a missing Chromium is a clear error
-// raised before anything is written.
+// same run folder; a tab joins a networked run beside a Deno client and the run matches the
+// simulated one; its flags are train's minus --resume (or --join's), and a missing Chromium is a
+// clear error raised before anything is written.
 import { UsageError } from "../../cli/args.ts";
-import { parseInvocation, runInBrowser } from "../../cli/browser.ts";
+import { joinInBrowser, parseInvocation, runInBrowser } from "../../cli/browser.ts";
+import { joinRun } from "../../fed/join.ts";
 import { ProgressBar } from "../../cli/progress.ts";
-import { parseMetrics, runTraining } from "../../fed/run.ts";
+import { parseMetrics, runTraining, serveRun } from "../../fed/run.ts";
 import { loadAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
@@ -80,17 +82,96 @@ gpuTest(
   },
 );
 
-Deno.test("browser flags: train's, without --resume; --serve and --chromium exclude each other", () => {
-  const { options, browser } = parseInvocation(["--rounds", "3", "--port", "8123"]) as Exclude<
-    ReturnType<typeof parseInvocation>,
-    { help: true }
-  >;
-  assertEquals(options.rounds, 3);
-  assertEquals(browser, { serve: false, port: 8123, chromium: CHROMIUM });
+gpuTest(
+  "a tab joins a networked run beside a Deno client; the run matches the simulated one",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const simulated = options(`${dir}/sim`, "comigs-1g1s", 2);
+    await runTraining(engine, { options: simulated }, { progress: quiet(), corpora: corpora() });
+    const clients: Promise<unknown>[] = [];
+    await serveRun({ options: options(`${dir}/net`, "comigs-1g1s", 2) }, {
+      progress: quiet(),
+      hostname: "127.0.0.1",
+      port: 0,
+      listening: (server) =>
+        clients.push(
+          joinInBrowser({ server, client: 0, out: `${dir}/tab` }, {
+            serve: false,
+            port: 0,
+            chromium: CHROMIUM,
+          }, { progress: quiet(), corpora: corpora() }),
+          joinRun(engine, { server, client: 1, out: `${dir}/deno` }, {
+            progress: quiet(),
+            corpora: corpora(),
+          }),
+        ),
+    });
+    await Promise.all(clients);
+    const records = async (out: string) =>
+      parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
+    const [net, sim] = [await records(`${dir}/net`), await records(simulated.out)];
+    assertEquals(
+      net.map((r) => [r.round, r.step, r.client, r.split]),
+      sim.map((r) => [r.round, r.step, r.client, r.split]),
+    );
+    for (const [i, r] of net.entries()) {
+      assert(
+        Math.abs(r.loss - sim[i].loss) <= LOSS_TOLERANCE,
+        `record ${i}: ${r.loss} vs ${sim[i].loss}`,
+      );
+    }
+    const base = await readConfig(MODEL);
+    for (const [id, folder] of [[0, "tab"], [1, "deno"]] as const) {
+      const mine = await loadAdapters(`${dir}/${folder}/adapters.safetensors`, base);
+      const theirs = await loadAdapters(
+        `${simulated.out}/clients/${id}/adapters.safetensors`,
+        base,
+      );
+      for (const [name, values] of theirs.values) {
+        const other = mine.values.get(name)!;
+        const worst = values.reduce((m, v, k) => Math.max(m, Math.abs(v - other[k])), 0);
+        assert(worst <= WEIGHT_TOLERANCE, `client ${id} ${name}: differs by ${worst}`);
+      }
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+Deno.test("browser flags: train's without --resume, or --join's; --serve excludes --chromium", () => {
+  const parsed = parseInvocation(["--rounds", "3", "--port", "8123"]);
+  assertEquals("options" in parsed && parsed.options.rounds, 3);
+  assertEquals("browser" in parsed && parsed.browser, {
+    serve: false,
+    port: 8123,
+    chromium: CHROMIUM,
+  });
   assertThrows(() => parseInvocation(["--resume", "runs/x"]), UsageError, "--resume");
   assertThrows(() => parseInvocation(["--serve", "--chromium", "/x"]), UsageError, "--serve");
   assertThrows(() => parseInvocation(["--port", "70000"]), UsageError, "--port");
   assertThrows(() => parseInvocation(["--method", "nope"]), UsageError, "comigs-1g1s");
+  const joined = parseInvocation(["--join", "http://h:8700", "--client", "1", "--out", "c1"]);
+  assertEquals("join" in joined && joined.join, {
+    server: "http://h:8700",
+    client: 1,
+    out: "c1",
+    model: undefined,
+  });
+  assertThrows(
+    () =>
+      parseInvocation(["--join", "http://h:8700", "--client", "1", "--out", "c", "--rounds", "3"]),
+    UsageError,
+    "--join takes the run's options from the server; remove --rounds",
+  );
+  assertThrows(
+    () => parseInvocation(["--join", "h:8700", "--client", "1", "--out", "c"]),
+    UsageError,
+    "--join must be an http(s):// address",
+  );
+  assertThrows(
+    () => parseInvocation(["--client", "1"]),
+    UsageError,
+    "--client is a client id of --join",
+  );
 });
 
 Deno.test("a missing Chromium is a clear error before anything is written", async () => {
