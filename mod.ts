@@ -97,3 +97,4 @@ export {
 } from "./fed/federation.ts";
 export { type RunResult, runTraining, serveRun } from "./fed/run.ts";
 export { type JoinOptions, joinRun } from "./fed/join.ts";
+export { clientLoop, MemoryStates, runInfo, type StateStore } from "./fed/client_loop.ts";
