@@ -25,6 +25,35 @@ const quiet = () => new ProgressBar(0, 0, false, () => {});
 const LOSS_TOLERANCE = 1e-5;
 const WEIGHT_TOLERANCE = 1e-4;
 
+/** The metric records of run folders `a` and `b` agree in order and within LOSS_TOLERANCE. */
+async function closeRecords(a: string, b: string): Promise<void> {
+  const records = async (out: string) =>
+    parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
+  const [x, y] = [await records(a), await records(b)];
+  const keys = (list: typeof x) => list.map((r) => [r.round, r.step, r.client, r.split]);
+  assertEquals(keys(x), keys(y));
+  for (const [i, r] of x.entries()) {
+    assert(
+      Math.abs(r.loss - y[i].loss) <= LOSS_TOLERANCE,
+      `record ${i} (${r.split}, round ${r.round}, client ${r.client}): ${r.loss} in ${a}, ${
+        y[i].loss
+      } in ${b}`,
+    );
+  }
+}
+
+/** Adapter files `a` and `b` hold the same tensors within WEIGHT_TOLERANCE. */
+async function closeAdapters(a: string, b: string): Promise<void> {
+  const base = await readConfig(MODEL);
+  const [x, y] = [await loadAdapters(a, base), await loadAdapters(b, base)];
+  assertEquals(x.config, y.config);
+  for (const [name, values] of y.values) {
+    const other = x.values.get(name)!;
+    const worst = values.reduce((m, v, k) => Math.max(m, Math.abs(v - other[k])), 0);
+    assert(worst <= WEIGHT_TOLERANCE, `${a} ${name}: differs by ${worst}`);
+  }
+}
+
 gpuTest(
   "a run in headless Chromium matches the same run in Deno, record by record",
   async (engine) => {
@@ -44,36 +73,14 @@ gpuTest(
       ["numbers", deno.summary.clients[0].train_tokens],
       ["words", deno.summary.clients[1].train_tokens],
     ]);
-    const records = async (out: string) =>
-      parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
-    const [b, d] = [await records(inBrowser.out), await records(inDeno.out)];
-    assertEquals(
-      b.map((r) => [r.round, r.step, r.client, r.split]),
-      d.map((r) => [r.round, r.step, r.client, r.split]),
-    );
-    for (const [i, r] of b.entries()) {
-      assert(
-        Math.abs(r.loss - d[i].loss) <= LOSS_TOLERANCE,
-        `record ${i} (${r.split}, round ${r.round}, client ${r.client}): ${r.loss} in the browser, ${
-          d[i].loss
-        } in Deno`,
-      );
-    }
+    await closeRecords(inBrowser.out, inDeno.out);
     const summary = JSON.parse(await Deno.readTextFile(`${inBrowser.out}/summary.json`));
     assertEquals(summary, browser.summary);
 
     // The same files, with the same tensors (to float32 round-off of two implementations).
-    const base = await readConfig(MODEL);
     for (const id of [0, 1]) {
       const path = (out: string) => `${out}/clients/${id}/adapters.safetensors`;
-      const fromBrowser = await loadAdapters(path(inBrowser.out), base);
-      const fromDeno = await loadAdapters(path(inDeno.out), base);
-      assertEquals(fromBrowser.config, fromDeno.config);
-      for (const [name, values] of fromDeno.values) {
-        const other = fromBrowser.values.get(name)!;
-        const worst = values.reduce((m, v, k) => Math.max(m, Math.abs(v - other[k])), 0);
-        assert(worst <= WEIGHT_TOLERANCE, `client ${id} ${name}: differs by ${worst}`);
-      }
+      await closeAdapters(path(inBrowser.out), path(inDeno.out));
     }
     const global = async (out: string) =>
       [...(await readSafetensors(`${out}/global.safetensors`)).tensors.keys()].sort();
@@ -107,31 +114,12 @@ gpuTest(
         ),
     });
     await Promise.all(clients);
-    const records = async (out: string) =>
-      parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
-    const [net, sim] = [await records(`${dir}/net`), await records(simulated.out)];
-    assertEquals(
-      net.map((r) => [r.round, r.step, r.client, r.split]),
-      sim.map((r) => [r.round, r.step, r.client, r.split]),
-    );
-    for (const [i, r] of net.entries()) {
-      assert(
-        Math.abs(r.loss - sim[i].loss) <= LOSS_TOLERANCE,
-        `record ${i}: ${r.loss} vs ${sim[i].loss}`,
-      );
-    }
-    const base = await readConfig(MODEL);
+    await closeRecords(`${dir}/net`, simulated.out);
     for (const [id, folder] of [[0, "tab"], [1, "deno"]] as const) {
-      const mine = await loadAdapters(`${dir}/${folder}/adapters.safetensors`, base);
-      const theirs = await loadAdapters(
+      await closeAdapters(
+        `${dir}/${folder}/adapters.safetensors`,
         `${simulated.out}/clients/${id}/adapters.safetensors`,
-        base,
       );
-      for (const [name, values] of theirs.values) {
-        const other = mine.values.get(name)!;
-        const worst = values.reduce((m, v, k) => Math.max(m, Math.abs(v - other[k])), 0);
-        assert(worst <= WEIGHT_TOLERANCE, `client ${id} ${name}: differs by ${worst}`);
-      }
     }
     await Deno.remove(dir, { recursive: true });
   },

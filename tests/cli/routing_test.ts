@@ -21,29 +21,18 @@ import { type RoutingRow, streamWords } from "../../model/routing.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { Rng } from "../util.ts";
+import { MODEL, options } from "../fed/tiny_run.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const MODEL = join(ROOT, "models/base");
 const MAX_TOKENS = 300;
 
 function runOptions(out: string, method: Method, experts: number[]): TrainOptions {
   return {
-    ...DEFAULTS,
-    method,
-    scenario: "topics",
+    ...options(out, method, 1),
     clients: experts.length,
     experts,
-    model: MODEL,
-    rounds: 1,
     localSteps: 1,
-    routerEvery: 1,
-    routerSteps: 1,
-    routerOnTrain: false,
-    ood: false,
-    batch: 2,
-    seq: 16,
     trainTokens: experts.map(() => null),
-    out,
   };
 }
 
