@@ -15,17 +15,9 @@ import {
   type TrainOptions,
 } from "../fed/federation.ts";
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
-import {
-  loadRunInputs,
-  members,
-  type RunResult,
-  writeJson,
-  writeMetrics,
-  writeRunOutputs,
-} from "../fed/run.ts";
+import { loadRunInputs, members, openRun, type RunResult, writeRunOutputs } from "../fed/run.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
-import { runInfo } from "../fed/client_loop.ts";
-import { checkSameBase, type JoinOptions } from "../fed/join.ts";
+import { type JoinOptions, openJoin } from "../fed/join.ts";
 import { parseSafetensors, writeFileAtomic } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
@@ -110,34 +102,25 @@ export async function runInBrowser(
   browser: BrowserOptions,
   hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
 ): Promise<RunResult> {
-  const { progress } = hooks;
   if (!browser.serve) await checkExecutable(browser.chromium);
-  const out = options.out;
-  await Deno.mkdir(out, { recursive: true });
-  await writeJson(`${out}/config.json`, options);
+  const run = await openRun({ options });
   const { categories } = await loadRunInputs(options, hooks.corpora);
   const spec = METHOD_SPECS[options.method];
-  const metrics: MetricRecord[] = [];
-  const start = performance.now();
   const tab = await inTab(
     { mode: "run", options, categories: categories.map((c) => c.name) },
     categories,
     spec.frozen ? 0 : spec.pooled ? 1 : categories.length,
     browser,
-    progress,
-    async (record) => {
-      const wall_s = Math.round((performance.now() - start) / 100) / 10;
-      metrics.push({ ...record, ppl: Math.exp(record.loss), wall_s });
-      await writeMetrics(out, metrics);
-    },
+    hooks.progress,
+    run.record,
   );
   const summary = summarise(
     options,
     members(categories),
-    finalTestPpl(metrics, categories.length),
+    finalTestPpl(run.metrics, categories.length),
     tab.pretrainedPpl,
   );
-  await writeRunOutputs(out, { adapters: tab.adapters, global: tab.global, summary });
+  await writeRunOutputs(options.out, { adapters: tab.adapters, global: tab.global, summary });
   return { summary, pretrainedPpl: tab.pretrainedPpl };
 }
 
@@ -148,27 +131,14 @@ export async function joinInBrowser(
   browser: BrowserOptions,
   hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
 ): Promise<{ name: string }> {
-  const { progress } = hooks;
   if (!browser.serve) await checkExecutable(browser.chromium);
-  const server = join.server.replace(/\/+$/, "");
-  const info = await runInfo(server, progress);
-  const options = { ...info.options, model: join.model ?? info.options.model };
-  if (join.client >= options.clients) {
-    throw new RangeError(
-      `--client must be in 0..${options.clients - 1} for this run, got ${join.client}`,
-    );
-  }
-  await Deno.mkdir(join.out, { recursive: true });
-  await writeJson(`${join.out}/config.json`, options);
-  const { config, categories } = await loadRunInputs(options, hooks.corpora);
-  checkSameBase(config, info.base, options.model);
-  const data = categories[join.client];
+  const { server, options, data } = await openJoin(join, hooks);
   const tab = await inTab(
     { mode: "join", server, client: join.client, options, categories: [data.name] },
     [data],
     1,
     browser,
-    progress,
+    hooks.progress,
     () => Promise.resolve(),
   );
   await writeFileAtomic(`${join.out}/adapters.safetensors`, tab.adapters[0]);

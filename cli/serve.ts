@@ -4,7 +4,7 @@
 // summary.json, global.safetensors and its state; `--resume DIR` continues it. Each device runs
 // `deno task join --server URL --client ID --out DIR` and keeps its data and specialists.
 import type { TrainOptions } from "../fed/federation.ts";
-import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
+import { checkFederated } from "../fed/methods.ts";
 import { serveRun } from "../fed/run.ts";
 import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
 import { ProgressBar } from "./progress.ts";
@@ -31,13 +31,10 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
   const invocation = invocationFromFlags(run, now);
   if ("help" in invocation) return invocation;
   if ("options" in invocation) {
-    const spec = METHOD_SPECS[invocation.options.method];
-    if (spec.pooled || spec.frozen) {
-      const federated = METHODS.filter((m) => !METHOD_SPECS[m].pooled && !METHOD_SPECS[m].frozen);
-      throw new UsageError(
-        `--method ${invocation.options.method} is not a federation; serve one of: ` +
-          federated.join(", "),
-      );
+    try {
+      checkFederated(invocation.options.method);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
     }
   }
   return {

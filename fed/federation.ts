@@ -230,8 +230,7 @@ export async function federate(
   for (const client of clients) {
     adapters.push({ config: client.adapters.config, values: await client.adapters.values() });
   }
-  // PCL has no global model: its bundle holds every client's tensors, so it stays on the server.
-  const global = spec.shares !== "none" && !spec.personal ? strategy.parameters() : null;
+  const global = strategy.globalModel();
   for (const endpoint of endpoints) endpoint.dispose();
   for (const client of clients) client.dispose();
   model.dispose();

@@ -4,14 +4,14 @@
 // run's options), state.safetensors (after its last fit) and state.prev.safetensors (after the one
 // before), and after the last evaluation adapters.safetensors: its specialists never leave it.
 import type { Engine } from "../engine/device.ts";
-import type { GPT2Config } from "../model/config.ts";
+import type { BaseCheckpoint } from "../model/checkpoint.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/safetensors.ts";
 import type { ProgressBar } from "../cli/progress.ts";
 import type { Client, ClientState } from "./client.ts";
 import { clientLoop, runInfo, type StateStore } from "./client_loop.ts";
 import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
-import { makeClient } from "./federation.ts";
+import { makeClient, type Streams, type TrainOptions } from "./federation.ts";
 import { loadRunInputs, writeJson } from "./run.ts";
 import type { ClientCorpus } from "./scenarios.ts";
 
@@ -31,20 +31,9 @@ export async function joinRun(
   hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
 ): Promise<{ name: string; rounds: number }> {
   const { progress } = hooks;
-  const server = join.server.replace(/\/+$/, "");
-  const id = join.client;
-  const info = await runInfo(server, progress);
-  const options = { ...info.options, model: join.model ?? info.options.model };
-  if (!Number.isInteger(id) || id < 0 || id >= options.clients) {
-    throw new RangeError(`--client must be in 0..${options.clients - 1} for this run, got ${id}`);
-  }
-  await Deno.mkdir(join.out, { recursive: true });
-  await writeJson(`${join.out}/config.json`, options);
-  const { config, weights, categories } = await loadRunInputs(options, hooks.corpora);
-  checkSameBase(config, info.base, options.model);
-  const data = categories[id];
+  const { server, options, config, weights, data } = await openJoin(join, hooks);
   const model = new GPT2(engine, config, weights);
-  const client = makeClient(engine, model, options, data, id);
+  const client = makeClient(engine, model, options, data, join.client);
   try {
     const rounds = await clientLoop({
       server,
@@ -63,14 +52,32 @@ export async function joinRun(
   }
 }
 
-/** Refuses a client whose base model is not the server's. */
-export function checkSameBase(mine: GPT2Config, servers: GPT2Config, path: string): void {
-  if (JSON.stringify(mine) !== JSON.stringify(servers)) {
+/**
+ * What client `join.client` of the run at `join.server` works from, in Deno or for a tab: the
+ * run's options (with this device's base model path), that base model, checked to be the
+ * server's, and its own category's streams; `join.out` gets the run's config.json.
+ */
+export async function openJoin(
+  join: JoinOptions,
+  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+): Promise<BaseCheckpoint & { server: string; options: TrainOptions; data: Streams }> {
+  const server = join.server.replace(/\/+$/, "");
+  const id = join.client;
+  const info = await runInfo(server, hooks.progress);
+  const options = { ...info.options, model: join.model ?? info.options.model };
+  if (!Number.isInteger(id) || id < 0 || id >= options.clients) {
+    throw new RangeError(`--client must be in 0..${options.clients - 1} for this run, got ${id}`);
+  }
+  await Deno.mkdir(join.out, { recursive: true });
+  await writeJson(`${join.out}/config.json`, options);
+  const { config, weights, categories } = await loadRunInputs(options, hooks.corpora);
+  if (JSON.stringify(config) !== JSON.stringify(info.base)) {
     throw new Error(
-      `the base model at ${path} is not the server's (config ${JSON.stringify(mine)} vs ` +
-        `${JSON.stringify(servers)}); pass --model with a copy of the server's`,
+      `the base model at ${options.model} is not the server's (config ${JSON.stringify(config)}` +
+        ` vs ${JSON.stringify(info.base)}); pass --model with a copy of the server's`,
     );
   }
+  return { server, options, config, weights, data: categories[id] };
 }
 
 /** The client's state after its last fit and the one before, written atomically. */

@@ -105,6 +105,20 @@ export const METHOD_SPECS: Record<Method, MethodSpec> = {
   },
 };
 
+/** The methods that are federations: not one pooled model, not the frozen base. */
+export const FEDERATED_METHODS: readonly Method[] = METHODS.filter((m) =>
+  !METHOD_SPECS[m].pooled && !METHOD_SPECS[m].frozen
+);
+
+/** Refuses a method that is not a federation (`deno task serve` serves only those). */
+export function checkFederated(method: Method): void {
+  if (!FEDERATED_METHODS.includes(method)) {
+    throw new RangeError(
+      `--method ${method} is not a federation; serve one of: ${FEDERATED_METHODS.join(", ")}`,
+    );
+  }
+}
+
 /** Whether a client sends `role`-tensors to the server under `spec`. */
 export function isShared(
   spec: MethodSpec,

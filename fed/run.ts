@@ -31,7 +31,7 @@ import {
   type Summary,
   type TrainOptions,
 } from "./federation.ts";
-import { METHOD_SPECS } from "./methods.ts";
+import { checkFederated } from "./methods.ts";
 import { RemoteEndpoint, serverHandler } from "./network.ts";
 import { type ClientCorpus, loadScenario } from "./scenarios.ts";
 
@@ -178,10 +178,10 @@ export async function serveRun(
   },
 ): Promise<RunResult> {
   // Checked before the folder is made when the options are given.
-  if ("options" in start) federatedOnly(start.options);
+  if ("options" in start) checkFederated(start.options.method);
   const run = await openRun(start);
   const { options, saved } = run;
-  const spec = federatedOnly(options);
+  checkFederated(options.method);
   const base = await readConfig(options.model);
   const endpoints = Array.from({ length: options.clients }, (_, id) => new RemoteEndpoint(id));
   const info = () => ({ options, base, needPretrained: !saved });
@@ -225,7 +225,7 @@ export async function serveRun(
       finalTestPpl(run.metrics, options.clients),
       pretrainedPpl,
     );
-    const global = spec.shares !== "none" && !spec.personal ? strategy.parameters() : null;
+    const global = strategy.globalModel();
     await writeRunOutputs(options.out, {
       adapters: [],
       global: global && serializeSafetensors(global),
@@ -247,18 +247,6 @@ export async function serveRun(
   }
 }
 
-/** The method's spec, if it is a federation (not one pooled model, not the frozen base). */
-function federatedOnly(options: TrainOptions) {
-  const spec = METHOD_SPECS[options.method];
-  if (spec.pooled || spec.frozen) {
-    throw new RangeError(
-      `--method ${options.method} is not a federation (${spec.summary}); run it with ` +
-        `deno task train`,
-    );
-  }
-  return spec;
-}
-
 /** Thrown when `stopAfterRound` ended a run early (tests of resuming). */
 export class RunStopped extends Error {
   constructor(readonly round: number) {
@@ -271,7 +259,7 @@ export async function writeJson(path: string, value: unknown): Promise<void> {
 }
 
 /** metrics.jsonl with every record so far (rewritten atomically: a kill never leaves half). */
-export async function writeMetrics(out: string, metrics: readonly MetricRecord[]): Promise<void> {
+async function writeMetrics(out: string, metrics: readonly MetricRecord[]): Promise<void> {
   await writeFileAtomic(
     `${out}/${METRICS_FILE}`,
     new TextEncoder().encode(metrics.map((r) => JSON.stringify(r) + "\n").join("")),

@@ -31,6 +31,8 @@ export interface Strategy {
   aggregateEvaluate(results: readonly EvaluateRes[]): number;
   /** The current shared parameters (null when nothing is shared). */
   parameters(): Map<string, NamedTensor> | null;
+  /** The global model after the last round: global.safetensors (null when there is none). */
+  globalModel(): Map<string, NamedTensor> | null;
 }
 
 /**
@@ -84,6 +86,11 @@ export class FedAvgStrategy implements Strategy {
 
   parameters(): Map<string, NamedTensor> | null {
     return this.#parameters;
+  }
+
+  /** The average, when the method shares anything (otherwise only the initial sync). */
+  globalModel(): Map<string, NamedTensor> | null {
+    return this.shares ? this.#parameters : null;
   }
 
   /** Restores the shared parameters of a resumed run. */
@@ -149,6 +156,11 @@ export class PclStrategy implements Strategy {
   /** The bundle (or the initial sync before any result): what a resumed run restores. */
   parameters(): Map<string, NamedTensor> {
     return this.#bundle ?? this.initial;
+  }
+
+  /** None: the bundle holds every client's tensors, so it stays on the server. */
+  globalModel(): null {
+    return null;
   }
 
   restore(parameters: Map<string, NamedTensor> | null): void {
