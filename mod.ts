@@ -1,7 +1,7 @@
 // The public API of comigs. Everything exported here is promised; nothing else is.
 
-// Engine: device, tensors, autograd, optimiser.
-export { type Command, Engine, type EngineOptions, type KernelVariant } from "./engine/device.ts";
+// Engine: device, tensors, autograd.
+export { Engine, type EngineOptions } from "./engine/device.ts";
 export {
   DeviceLostError,
   GpuError,
@@ -18,13 +18,12 @@ export {
   Tape,
   zeroGrad,
 } from "./engine/tape.ts";
-export { AdamW, type AdamWOptions, type AdamWState, type ParamGroup } from "./engine/optim.ts";
 
 // Operations (forward and backward), one per kernel file.
 export { add } from "./kernels/add.ts";
 export { attention } from "./kernels/attention.ts";
 export { crossEntropy, crossEntropyWithRowLosses } from "./kernels/cross_entropy.ts";
-export { embedding, IndexInput, splitRows } from "./kernels/embedding.ts";
+export { embedding } from "./kernels/embedding.ts";
 export { copy, fill, scale } from "./kernels/fill.ts";
 export { gelu } from "./kernels/gelu.ts";
 export { layerNorm } from "./kernels/layernorm.ts";
@@ -36,7 +35,7 @@ export { softmax } from "./kernels/softmax.ts";
 export { mean, sum, sumRows } from "./kernels/sum.ts";
 export { topkGate } from "./kernels/topk_gate.ts";
 
-// GPT-2: model, checkpoints, tokenizers.
+// Models: GPT-2, checkpoints, tokenizers, optimiser, schedule, progress, errors.
 export { type BlockAdapters, GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
 export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
 export {
@@ -51,14 +50,29 @@ export {
   readSafetensors,
   writeSafetensors,
 } from "./model/safetensors.ts";
-export { loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
+export { loadTokenizer } from "./model/tokenizer.ts";
+export { type TextStream, type Tokenizer, TokenizerError } from "./model/tokenizer_contract.ts";
 export { saveBpe, trainBpe } from "./model/bpe_train.ts";
+export { AdamW, type AdamWOptions, type AdamWState, type ParamGroup } from "./model/optim.ts";
+export { cosineLr } from "./model/schedule.ts";
+export { type Progress, type ProgressUpdate, silentProgress } from "./model/progress.ts";
+export { OptionError } from "./model/option_error.ts";
+export { type AdapterSource, type LoadedModel, loadModel } from "./model/load.ts";
+export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./model/generate.ts";
+export {
+  type EvalRecord,
+  pretrain,
+  PRETRAIN_DEFAULTS,
+  type PretrainOptions,
+  type PretrainTexts,
+} from "./model/pretrain.ts";
 
 // CoMiGS: adapters (attention LoRA, LoRA experts, routers) and the adapted forward pass.
 export {
   type AdapterConfig,
   type AdapterFile,
   AdapterTensors,
+  decodeAdapters,
   encodeAdapters,
   initAdapters,
   loadAdapters,
@@ -69,32 +83,50 @@ export { type AdaptedOutput, forwardAdapted } from "./model/comigs.ts";
 export { StreamEvaluator } from "./model/evaluate.ts";
 export { StreamCapture } from "./model/stream_capture.ts";
 
-// Federation: messages, aggregation, strategy, clients, methods, scenarios, whole runs.
-export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";
-export { aggregate, type Weighting } from "./fed/aggregate.ts";
-export { FedAvgStrategy, type Instructions, PclStrategy, type Strategy } from "./fed/strategy.ts";
-export { Client, type ClientData, type ClientState, type Schedule } from "./fed/client.ts";
+// Federation: options, clients, strategies, the rounds, transports on either side, whole runs.
+export {
+  resolveTrainOptions,
+  TRAIN_DEFAULTS,
+  type TrainOptions,
+  type TrainOptionsInput,
+} from "./fed/options.ts";
 export { type Method, METHOD_SPECS, METHODS, type MethodSpec } from "./fed/methods.ts";
 export { type ClientCorpus, loadScenario, type Scenario, SCENARIOS } from "./fed/scenarios.ts";
+export { runStreams, type Streams } from "./fed/streams.ts";
+export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";
+export { aggregate, type Weighting } from "./fed/aggregate.ts";
+export { FedAvgStrategy, type Instructions, type Strategy } from "./fed/strategy.ts";
+export { PclStrategy } from "./fed/pcl.ts";
+export {
+  Client,
+  type ClientData,
+  type ClientState,
+  type Schedule,
+  type StepReport,
+} from "./fed/client.ts";
+export { makeClient, makeStrategy } from "./fed/factories.ts";
+export {
+  type ClientEndpoint,
+  type EvaluateReply,
+  type FitReply,
+  LocalEndpoint,
+} from "./fed/endpoint.ts";
+export { type RoundHooks, runRounds } from "./fed/rounds.ts";
 export {
   type Checkpoint,
   federate,
   type FederationHooks,
+  type FederationResult,
+} from "./fed/simulation.ts";
+export {
   finalTestPpl,
+  type Measurement,
   type MetricRecord,
-  runStreams,
-  type Streams,
   summarise,
   type Summary,
-  type TrainOptions,
-} from "./fed/federation.ts";
-export {
-  type ClientEndpoint,
-  LocalEndpoint,
-  makeClient,
-  makeStrategy,
-  runRounds,
-} from "./fed/federation.ts";
-export { type RunResult, runTraining, serveRun } from "./fed/run.ts";
+} from "./fed/records.ts";
+export { type Join, type Reply, type ServerLink, type Task } from "./fed/server_link.ts";
+export { clientLoop, MemoryStates, type StateStore } from "./fed/client_loop.ts";
+export { HttpServerLink, runInfo } from "./fed/http_link.ts";
+export { type RunHooks, type RunResult, runTraining, serveRun } from "./fed/run.ts";
 export { type JoinOptions, joinRun } from "./fed/join.ts";
-export { clientLoop, MemoryStates, runInfo, type StateStore } from "./fed/client_loop.ts";

@@ -5,7 +5,7 @@
 // ratios. Before timing, both models must reproduce the frozen base's loss (lora_B = 0 makes
 // every adapter a no-op) and stay finite over a few steps.
 import type { Command, Engine } from "../engine/device.ts";
-import { AdamW } from "../engine/optim.ts";
+import { AdamW } from "../model/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { gelu } from "../kernels/gelu.ts";

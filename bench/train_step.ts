@@ -11,11 +11,12 @@
 // the groups by cost.
 import { parseArgs } from "node:util";
 import { type Command, Engine } from "../engine/device.ts";
-import { AdamW } from "../engine/optim.ts";
+import { AdamW } from "../model/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { initWeights } from "../model/init.ts";
+import { Mulberry32 } from "../model/rng.ts";
 
 interface StepSpec {
   config: string;
@@ -195,17 +196,11 @@ async function medianMs(
 
 /** `count` sequences of `length` token ids below `vocab`, from a mulberry32 stream. */
 function randomSequences(count: number, length: number, vocab: number, seed: number): number[][] {
-  let state = seed >>> 0;
-  const next = () => {
-    let t = (state = (state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Mulberry32(seed);
   const sequences: number[][] = [];
   for (let s = 0; s < count; s++) {
     const ids: number[] = [];
-    for (let i = 0; i < length; i++) ids.push(Math.floor(next() * vocab));
+    for (let i = 0; i < length; i++) ids.push(Math.floor(rng.next() * vocab));
     sequences.push(ids);
   }
   return sequences;

@@ -3,27 +3,25 @@
 // serve`), like `deno task join`. This process reads the base model and the scenario (files a
 // tab cannot read), bundles cli/browser_page.ts for browsers, serves both on 127.0.0.1, and
 // either drives headless Chromium itself (playwright-core) or, with --serve, waits for any
-// WebGPU browser to open the address. The tab runs fed/federation.ts (or fed/client_loop.ts) and
+// WebGPU browser to open the address. The tab runs fed/simulation.ts (or fed/client_loop.ts) and
 // posts its progress, records and tensors back: the run folder gets train's files (interfaces.md)
 // and the terminal train's table, or join's adapters. The tab holds the state, so a browser run
 // does not resume (train's --resume is not a flag here).
-import {
-  finalTestPpl,
-  type MetricRecord,
-  type Streams,
-  summarise,
-  type TrainOptions,
-} from "../fed/federation.ts";
-import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
-import { loadRunInputs, members, openRun, type RunResult, writeRunOutputs } from "../fed/run.ts";
-import type { ClientCorpus } from "../fed/scenarios.ts";
 import { type JoinOptions, openJoin } from "../fed/join.ts";
+import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
+import type { TrainOptions } from "../fed/options.ts";
+import { finalTestPpl, type Measurement, summarise, summaryTable } from "../fed/records.ts";
+import { loadRunInputs, type RunResult } from "../fed/run.ts";
+import { openRun, writeRunOutputs } from "../fed/run_folder.ts";
+import type { ClientCorpus } from "../fed/scenarios.ts";
+import { members, type Streams } from "../fed/streams.ts";
+import type { Progress } from "../model/progress.ts";
 import { parseSafetensors, writeFileAtomic } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
+import { joinFromFlags } from "./join_flags.ts";
 import { ProgressBar } from "./progress.ts";
-import { joinFromFlags } from "./join.ts";
-import { FLAGS as TRAIN_FLAGS, optionsFromFlags, summaryTable } from "./train.ts";
+import { TRAIN_FLAGS, trainOptionsFromFlags } from "./train_flags.ts";
 
 const DEFAULT_CHROMIUM = "/usr/bin/chromium";
 /** platform.md's headless Chromium with WebGPU (SwiftShader when the machine has no GPU). */
@@ -84,7 +82,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
   };
   if (join === undefined) {
     if (client !== undefined) throw new UsageError("--client is a client id of --join");
-    return { options: optionsFromFlags(run, now), browser };
+    return { options: trainOptionsFromFlags(run, now), browser };
   }
   const { out, model, ...others } = run;
   const extra = Object.keys(others).filter((f) => others[f] !== undefined);
@@ -100,7 +98,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
 export async function runInBrowser(
   options: TrainOptions,
   browser: BrowserOptions,
-  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+  hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<RunResult> {
   if (!browser.serve) await checkExecutable(browser.chromium);
   const run = await openRun({ options });
@@ -129,7 +127,7 @@ export async function runInBrowser(
 export async function joinInBrowser(
   join: JoinOptions,
   browser: BrowserOptions,
-  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+  hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<{ name: string }> {
   if (!browser.serve) await checkExecutable(browser.chromium);
   const { server, options, data } = await openJoin(join, hooks);
@@ -155,8 +153,8 @@ async function inTab(
   categories: readonly Streams[],
   adapterFiles: number,
   browser: BrowserOptions,
-  progress: ProgressBar,
-  record: (record: Omit<MetricRecord, "ppl" | "wall_s">) => Promise<void>,
+  progress: Progress,
+  record: (record: Measurement) => Promise<void>,
 ): Promise<{ pretrainedPpl: number[]; adapters: Uint8Array[]; global: Uint8Array | null }> {
   const model = input.options.model;
   const files: Record<string, Uint8Array> = {
@@ -351,8 +349,10 @@ async function main(): Promise<void> {
     console.log(`client ${join.client} (${name}): adapters in ${join.out}/adapters.safetensors`);
     return;
   }
-  const result = await runInBrowser(invocation.options, invocation.browser, { progress });
-  console.log(`\n${summaryTable(result)}`);
+  const { summary, pretrainedPpl } = await runInBrowser(invocation.options, invocation.browser, {
+    progress,
+  });
+  console.log(`\n${summaryTable(summary, pretrainedPpl)}`);
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(main, FLAGS);

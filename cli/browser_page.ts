@@ -1,19 +1,22 @@
 /// <reference lib="dom" />
 // The page of `deno task browser` (bundled for browsers by cli/browser.ts): one federated run in
-// this tab's WebGPU, with the same code as `deno task train` (fed/federation.ts), or one client
+// this tab's WebGPU, with the same code as `deno task train` (fed/simulation.ts), or one client
 // of a networked run, with the same code as `deno task join` (fed/client_loop.ts). It fetches the
 // run's options, the base model's two files and the categories' token streams from the server
 // that served it, and posts back every event (progress, metric records, the clients' adapters,
 // the shared tensors), in order, so the terminal shows the run and the run folder gets its files.
 import { Engine } from "../engine/device.ts";
 import { clientLoop, MemoryStates } from "../fed/client_loop.ts";
-import { federate, makeClient, type Streams } from "../fed/federation.ts";
+import { makeClient } from "../fed/factories.ts";
+import { HttpServerLink } from "../fed/http_link.ts";
+import { federate } from "../fed/simulation.ts";
+import type { Streams } from "../fed/streams.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { parseBaseCheckpoint } from "../model/checkpoint.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
-import type { ProgressUpdate } from "./progress.ts";
+import type { Progress, ProgressUpdate } from "../model/progress.ts";
 
 const status = document.getElementById("status")!;
 
@@ -64,7 +67,7 @@ async function main(): Promise<void> {
     }; kernels: ${engine.variant} (in ${navigator.userAgent})`,
   });
   let total = 0;
-  const progress = {
+  const progress: Progress = {
     get total() {
       return total;
     },
@@ -83,7 +86,7 @@ async function main(): Promise<void> {
     const model = new GPT2(engine, base.config, base.weights);
     const client = makeClient(engine, model, options, categories[0], input.client);
     await clientLoop({
-      server: input.server,
+      link: new HttpServerLink(input.server, input.client, progress),
       options,
       model,
       client,

@@ -1,6 +1,7 @@
 // What `deno task browser`'s server and its page (cli/browser_page.ts) exchange over HTTP.
-import type { MetricRecord, TrainOptions } from "../fed/federation.ts";
-import type { ProgressUpdate } from "./progress.ts";
+import type { TrainOptions } from "../fed/options.ts";
+import type { Measurement } from "../fed/records.ts";
+import type { ProgressUpdate } from "../model/progress.ts";
 
 /**
  * GET /run.json: what the tab does, the run's options and the names of the categories it holds
@@ -19,6 +20,6 @@ export type PageEvent =
   | { kind: "update"; update: ProgressUpdate }
   | { kind: "log"; line: string }
   | { kind: "done" }
-  | { kind: "record"; record: Omit<MetricRecord, "ppl" | "wall_s"> }
+  | { kind: "record"; record: Measurement }
   | { kind: "result"; pretrainedPpl: number[] }
   | { kind: "error"; message: string; stack: string };

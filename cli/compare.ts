@@ -19,8 +19,9 @@ import {
   type RunRef,
 } from "../fed/report.ts";
 import { METHODS } from "../fed/methods.ts";
+import { SCENARIOS } from "../fed/scenarios.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
-import { DEFAULTS, parseTrainTokens } from "./train.ts";
+import { TRAIN_FLAGS, trainOptionsFromFlags } from "./train_flags.ts";
 
 export const MAIN_METHODS = [
   "comigs-1g1s",
@@ -32,30 +33,20 @@ export const MAIN_METHODS = [
   "local",
   "centralized",
 ];
-export const SCENARIOS = ["topics", "languages", "domains", "iid"] as const;
 
-/** What each kind of forwarded flag accepts (train.ts checks the rest, e.g. --seq ≤ context). */
-const ALLOWED = {
-  count: "an integer ≥ 1",
-  count0: "an integer ≥ 0",
-  positive: "a number > 0",
-  path: "a non-empty path",
-  caps: 'integers ≥ 2 or "all", one for every client or one per client',
-};
-
-/** Training flags forwarded to every run when given, with what each accepts. */
-const PASS_THROUGH: Record<string, { kind: keyof typeof ALLOWED; help: string }> = {
-  rounds: { kind: "count", help: "federated rounds" },
-  "local-steps": { kind: "count", help: "expert steps per round" },
-  "eval-every": { kind: "count", help: "rounds between test evaluations" },
-  batch: { kind: "count", help: "sequences per step" },
-  seq: { kind: "count", help: "tokens per sequence" },
-  lr: { kind: "positive", help: "learning rate" },
-  model: { kind: "path", help: "base model folder" },
-  "router-every": { kind: "count", help: "expert steps between router updates" },
-  "router-steps": { kind: "count0", help: "router steps per update" },
-  "train-tokens": { kind: "caps", help: "training tokens kept per client" },
-};
+/** Training flags forwarded to every run when given (train's own checks apply to them). */
+const PASS_THROUGH = [
+  "rounds",
+  "local-steps",
+  "eval-every",
+  "batch",
+  "seq",
+  "lr",
+  "model",
+  "router-every",
+  "router-steps",
+  "train-tokens",
+];
 
 const USAGE = "deno task compare --scenario S [--seeds N] [--methods a,b,c] [--ood] [--out DIR] " +
   "[training options]";
@@ -70,11 +61,9 @@ const FLAGS: FlagSpec = {
   ood: { type: "boolean", help: "out-of-distribution validation and test sets" },
   out: { type: "string", help: "folder of the runs and the report (default runs/compare-S[-ood])" },
   ...Object.fromEntries(
-    Object.entries(PASS_THROUGH).map((
-      [name, { kind, help }],
-    ) => [name, {
-      type: "string" as const,
-      help: `${help}, ${ALLOWED[kind]} (forwarded to every run)`,
+    PASS_THROUGH.map((name) => [name, {
+      ...TRAIN_FLAGS[name],
+      help: `${TRAIN_FLAGS[name].help}, forwarded to every run`,
     }]),
   ),
   help: { type: "boolean", help: "show this help" },
@@ -88,14 +77,6 @@ export interface CompareOptions {
   out: string;
   /** The forwarded training flags, as `--name value` pairs in PASS_THROUGH's order. */
   training: string[];
-}
-
-/** Whether `text` is what a forwarded flag of `kind` accepts (caps: see parseTrainTokens). */
-function allowed(kind: Exclude<keyof typeof ALLOWED, "caps">, text: string): boolean {
-  const value = Number(text);
-  if (kind === "path") return text !== "";
-  if (kind === "positive") return value > 0 && Number.isFinite(value);
-  return /^\d+$/.test(text) && value >= (kind === "count" ? 1 : 0);
 }
 
 export function parseInvocation(args: string[]): { help: true } | { options: CompareOptions } {
@@ -129,17 +110,16 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
   }
   const ood = flags.ood === true;
   const training: string[] = [];
-  for (const [name, { kind }] of Object.entries(PASS_THROUGH)) {
+  for (const name of PASS_THROUGH) {
     const text = flags[name] as string | undefined;
-    if (text === undefined) continue;
-    if (kind === "caps") {
-      // Every run trains the default number of clients: train.ts's own check and message.
-      parseTrainTokens(text, DEFAULTS.clients);
-    } else if (!allowed(kind, text)) {
-      throw new UsageError(`--${name} must be ${ALLOWED[kind]}, got "${text}"`);
-    }
-    training.push(`--${name}`, text);
+    if (text !== undefined) training.push(`--${name}`, text);
   }
+  // The runs' options as train will check them (the default method and client count).
+  trainOptionsFromFlags({
+    scenario,
+    ood,
+    ...Object.fromEntries(PASS_THROUGH.map((n) => [n, flags[n]])),
+  });
   const out = (flags.out as string | undefined) ?? `runs/compare-${scenario}${ood ? "-ood" : ""}`;
   return { options: { scenario, seeds, methods, ood, out, training } };
 }
@@ -271,4 +251,4 @@ async function main(): Promise<void> {
   );
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(main, FLAGS);

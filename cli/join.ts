@@ -1,10 +1,11 @@
-// `deno task join`: one device of a federation served by `deno task serve` (fed/network.ts). It
+// `deno task join`: one device of a federation served by `deno task serve` (fed/http_server.ts). It
 // takes the run's options from the server, keeps only its own category of the scenario, trains
 // its experts and router where it runs, and sends only what its method shares. Its folder holds
 // its state after every round (a restarted client continues) and, at the end, its adapters.
 import { Engine } from "../engine/device.ts";
 import { type JoinOptions, joinRun } from "../fed/join.ts";
-import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+import { type FlagSpec, helpText, parseFlags, runMain } from "./args.ts";
+import { joinFromFlags } from "./join_flags.ts";
 import { ProgressBar } from "./progress.ts";
 
 const USAGE = "deno task join --server URL --client ID --out DIR [--model DIR]";
@@ -25,26 +26,6 @@ export function parseInvocation(args: string[]): { help: true } | { join: JoinOp
   return { join: joinFromFlags(flags, "server", `\n\n${helpText(FLAGS, USAGE)}`) };
 }
 
-/** A client's options from parsed flags, the server's address under `--<serverFlag>`
- * (`deno task browser --join` takes the same). */
-export function joinFromFlags(
-  flags: Record<string, string | boolean | undefined>,
-  serverFlag: string,
-  help = "",
-): JoinOptions {
-  const text = (flag: string) => flags[flag] as string | undefined;
-  const missing = [serverFlag, "client", "out"].filter((f) => text(f) === undefined);
-  if (missing.length) throw new UsageError(`missing --${missing.join(", --")}${help}`);
-  const server = text(serverFlag)!;
-  if (!/^https?:\/\/[^/]+/.test(server)) {
-    throw new UsageError(`--${serverFlag} must be an http(s):// address, got "${server}"`);
-  }
-  if (!/^\d+$/.test(text("client")!)) {
-    throw new UsageError(`--client must be an integer ≥ 0, got "${text("client")}"`);
-  }
-  return { server, client: Number(text("client")), out: text("out")!, model: text("model") };
-}
-
 async function main(): Promise<void> {
   const invocation = parseInvocation(Deno.args);
   if ("help" in invocation) {
@@ -60,4 +41,4 @@ async function main(): Promise<void> {
   );
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(main, FLAGS);

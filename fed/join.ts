@@ -1,4 +1,4 @@
-// A client of a networked run (fed/network.ts): it takes the run's options from the server, keeps
+// A client of a networked run served by our own server (fed/http_server.ts): it takes the run's options from the server, keeps
 // only its own category of the scenario, builds its model and Client exactly as the simulation
 // does, and answers the server's tasks until the run is done. Its folder holds config.json (the
 // run's options), state.safetensors (after its last fit) and state.prev.safetensors (after the one
@@ -7,13 +7,17 @@ import type { Engine } from "../engine/device.ts";
 import type { BaseCheckpoint } from "../model/checkpoint.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/safetensors.ts";
-import type { ProgressBar } from "../cli/progress.ts";
+import type { Progress } from "../model/progress.ts";
 import type { Client, ClientState } from "./client.ts";
-import { clientLoop, runInfo, type StateStore } from "./client_loop.ts";
+import { clientLoop, type StateStore } from "./client_loop.ts";
 import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
-import { makeClient, type Streams, type TrainOptions } from "./federation.ts";
-import { loadRunInputs, writeJson } from "./run.ts";
+import { makeClient } from "./factories.ts";
+import { HttpServerLink, runInfo } from "./http_link.ts";
+import type { TrainOptions } from "./options.ts";
+import { loadRunInputs } from "./run.ts";
+import { writeJson } from "./run_folder.ts";
 import type { ClientCorpus } from "./scenarios.ts";
+import type { Streams } from "./streams.ts";
 
 export interface JoinOptions {
   /** The server's address, e.g. http://127.0.0.1:8700 */
@@ -28,7 +32,7 @@ export interface JoinOptions {
 export async function joinRun(
   engine: Engine,
   join: JoinOptions,
-  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+  hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<{ name: string; rounds: number }> {
   const { progress } = hooks;
   const { server, options, config, weights, data } = await openJoin(join, hooks);
@@ -36,7 +40,7 @@ export async function joinRun(
   const client = makeClient(engine, model, options, data, join.client);
   try {
     const rounds = await clientLoop({
-      server,
+      link: new HttpServerLink(server, join.client, progress),
       options,
       model,
       client,
@@ -59,7 +63,7 @@ export async function joinRun(
  */
 export async function openJoin(
   join: JoinOptions,
-  hooks: { progress: ProgressBar; corpora?: ClientCorpus[] },
+  hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<BaseCheckpoint & { server: string; options: TrainOptions; data: Streams }> {
   const server = join.server.replace(/\/+$/, "");
   const id = join.client;

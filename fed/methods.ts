@@ -4,6 +4,7 @@
 // of the experts, and the adapters file keeps interfaces.md's layout.
 import { type AdapterConfig, initAdapters } from "../model/adapters.ts";
 import type { GPT2Config } from "../model/config.ts";
+import { OptionError } from "../model/option_error.ts";
 
 export const METHODS = [
   "comigs-1g1s",
@@ -113,8 +114,9 @@ export const FEDERATED_METHODS: readonly Method[] = METHODS.filter((m) =>
 /** Refuses a method that is not a federation (`deno task serve` serves only those). */
 export function checkFederated(method: Method): void {
   if (!FEDERATED_METHODS.includes(method)) {
-    throw new RangeError(
-      `--method ${method} is not a federation; serve one of: ${FEDERATED_METHODS.join(", ")}`,
+    throw new OptionError(
+      "method",
+      `${method} is not a federation; serve one of: ${FEDERATED_METHODS.join(", ")}`,
     );
   }
 }

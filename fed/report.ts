@@ -4,8 +4,9 @@
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
 import { markdownTable } from "../model/markdown_table.ts";
-import type { MetricRecord, Summary as RunSummary } from "./federation.ts";
-import { parseMetrics } from "./run.ts";
+import type { TrainOptions } from "./options.ts";
+import type { MetricRecord, Summary as RunSummary } from "./records.ts";
+import { readMetrics, readRunConfig } from "./run_folder.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
 export const PRETRAINED = "pretrained";
@@ -20,7 +21,7 @@ export interface RunRef {
 export interface RunData {
   ref: RunRef;
   summary: RunSummary;
-  config: Record<string, unknown>;
+  config: TrainOptions;
   metrics: MetricRecord[];
 }
 
@@ -105,8 +106,8 @@ export async function readRuns(
         );
       }
     }
-    const config = JSON.parse(await Deno.readTextFile(`${ref.dir}/config.json`));
-    const metrics = parseMetrics(await Deno.readTextFile(`${ref.dir}/metrics.jsonl`));
+    const config = await readRunConfig(ref.dir);
+    const metrics = await readMetrics(ref.dir);
     runs.push({ ref, summary, config, metrics });
   }
   if (missing.length) {
@@ -205,10 +206,10 @@ function methodResult(method: string, runs: readonly RunData[]): MethodResult {
 }
 
 /** The config entries every run agrees on, in the first run's key order. */
-function sharedSettings(configs: readonly Record<string, unknown>[]): [string, unknown][] {
+function sharedSettings(configs: readonly TrainOptions[]): [string, unknown][] {
   return Object.entries(configs[0]).filter(([key, value]) =>
     !PER_RUN_KEYS.has(key) &&
-    configs.every((c) => JSON.stringify(c[key]) === JSON.stringify(value))
+    configs.every((c) => JSON.stringify(c[key as keyof TrainOptions]) === JSON.stringify(value))
   );
 }
 

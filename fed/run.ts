@@ -1,58 +1,29 @@
-// One federated training run in its run folder (interfaces.md "Training runs"): config.json,
-// metrics.jsonl, summary.json, clients/<id>/adapters.safetensors, global.safetensors, plus
-// resume.safetensors (the state). The computation is fed/federation.ts; this file reads the
-// base model and the scenario, and writes the outputs. After each round the whole state goes
-// into one file written atomically, so a run killed at any moment resumes from its last
-// completed round and ends exactly as an uninterrupted one.
+// A training run in its folder (fed/run_folder.ts): runTraining simulates the federation in this
+// process (fed/simulation.ts); serveRun serves it to clients elsewhere (fed/http_server.ts). Both
+// read the base model and the scenario, write the outputs, and resume from the folder's state.
 import type { Engine } from "../engine/device.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { type BaseCheckpoint, loadBaseCheckpoint, readConfig } from "../model/checkpoint.ts";
-import {
-  type NamedTensor,
-  readSafetensors,
-  serializeSafetensors,
-  writeFileAtomic,
-  writeSafetensors,
-} from "../model/safetensors.ts";
+import type { Progress } from "../model/progress.ts";
+import { serializeSafetensors } from "../model/safetensors.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
-import type { ProgressBar } from "../cli/progress.ts";
-import type { ClientState } from "./client.ts";
-import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
-import {
-  type Checkpoint,
-  federate,
-  finalTestPpl,
-  makeStrategy,
-  type MetricRecord,
-  runRounds,
-  runStreams,
-  type Streams,
-  summarise,
-  type Summary,
-  type TrainOptions,
-} from "./federation.ts";
+import { makeStrategy } from "./factories.ts";
+import { RemoteEndpoint, serverHandler } from "./http_server.ts";
 import { checkFederated } from "./methods.ts";
-import { RemoteEndpoint, serverHandler } from "./network.ts";
+import type { TrainOptions } from "./options.ts";
+import { finalTestPpl, summarise, type Summary } from "./records.ts";
+import { runRounds } from "./rounds.ts";
+import { openRun, writeRunOutputs } from "./run_folder.ts";
 import { type ClientCorpus, loadScenario } from "./scenarios.ts";
+import { federate } from "./simulation.ts";
+import { members, runStreams, type Streams } from "./streams.ts";
 
 export interface RunHooks {
-  progress: ProgressBar;
+  progress: Progress;
   /** Documents to use instead of the scenario's (tests use small ones). */
   corpora?: ClientCorpus[];
   /** Stop (state saved) after this many completed rounds, as if the process were killed. */
   stopAfterRound?: number;
-}
-
-const RESUME_FILE = "resume.safetensors";
-const METRICS_FILE = "metrics.jsonl";
-
-/** What resume.safetensors' metadata holds besides the tensors. */
-interface SavedRun {
-  options: TrainOptions;
-  round: number;
-  elapsedS: number;
-  pretrainedPpl: number[];
-  clients: StateCounters[];
 }
 
 export interface RunResult {
@@ -103,47 +74,6 @@ export async function runTraining(
   return { summary, pretrainedPpl: result.pretrainedPpl };
 }
 
-/** A run folder opened to run in: its options, the state it continues from, and its writers. */
-export interface OpenRun {
-  options: TrainOptions;
-  saved?: Awaited<ReturnType<typeof readRunState>>;
-  /** Every metric record so far (a resumed run's up to its last completed round). */
-  metrics: MetricRecord[];
-  record(m: Omit<MetricRecord, "ppl" | "wall_s">): Promise<void>;
-  save(checkpoint: Checkpoint): Promise<void>;
-}
-
-/** Creates a run folder (config.json), or opens one to resume (its state and records). */
-export async function openRun(
-  start: { options: TrainOptions } | { resume: string },
-): Promise<OpenRun> {
-  const saved = "resume" in start ? await readRunState(start.resume) : undefined;
-  const options = "options" in start ? start.options : saved?.run.options ??
-    // Killed before its first round ended: start over with the run's own options.
-    await readJsonOptions(start.resume);
-  const out = options.out;
-  await Deno.mkdir(out, { recursive: true });
-  if (!("resume" in start)) await writeJson(`${out}/config.json`, options);
-  const runStart = performance.now();
-  const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
-  const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
-  return {
-    options,
-    saved,
-    metrics,
-    record: async (m) => {
-      metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });
-      await writeMetrics(out, metrics);
-    },
-    save: (checkpoint) => saveRunState(out, options, elapsed(), checkpoint),
-  };
-}
-
-/** What summary.json says of each client's data. */
-export function members(categories: readonly Streams[]): { name: string; trainTokens: number }[] {
-  return categories.map((c) => ({ name: c.name, trainTokens: c.train.length }));
-}
-
 /** A run's inputs: its base model and its categories' token streams (`corpora`: instead of the
  * scenario's documents). */
 export async function loadRunInputs(
@@ -161,14 +91,14 @@ export async function loadRunInputs(
 }
 
 /**
- * Serves a networked run (fed/network.ts) from its folder: waits for every client to join, then
+ * Serves a networked run (fed/http_server.ts) from its folder: waits for every client to join, then
  * runs the rounds with them and writes config.json, metrics.jsonl, summary.json and
  * global.safetensors. The clients' adapters stay on their devices (`deno task join --out`).
  */
 export async function serveRun(
   start: { options: TrainOptions } | { resume: string },
   hooks: {
-    progress: ProgressBar;
+    progress: Progress;
     hostname: string;
     port: number;
     /** Stop (state saved) after this many completed rounds, as if the process were killed. */
@@ -252,91 +182,4 @@ export class RunStopped extends Error {
   constructor(readonly round: number) {
     super(`stopped after round ${round}`);
   }
-}
-
-export async function writeJson(path: string, value: unknown): Promise<void> {
-  await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(value, null, 2) + "\n"));
-}
-
-/** metrics.jsonl with every record so far (rewritten atomically: a kill never leaves half). */
-async function writeMetrics(out: string, metrics: readonly MetricRecord[]): Promise<void> {
-  await writeFileAtomic(
-    `${out}/${METRICS_FILE}`,
-    new TextEncoder().encode(metrics.map((r) => JSON.stringify(r) + "\n").join("")),
-  );
-}
-
-/** A finished run's files: every client's adapters, the shared tensors, summary.json. */
-export async function writeRunOutputs(
-  out: string,
-  { adapters, global, summary }: {
-    adapters: readonly Uint8Array[];
-    global: Uint8Array | null;
-    summary: Summary;
-  },
-): Promise<void> {
-  for (const [id, bytes] of adapters.entries()) {
-    await Deno.mkdir(`${out}/clients/${id}`, { recursive: true });
-    await writeFileAtomic(`${out}/clients/${id}/adapters.safetensors`, bytes);
-  }
-  if (global) await writeFileAtomic(`${out}/global.safetensors`, global);
-  await writeJson(`${out}/summary.json`, summary);
-}
-
-/** The records of a metrics.jsonl text, one JSON object per non-empty line. */
-export function parseMetrics(text: string): MetricRecord[] {
-  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as MetricRecord);
-}
-
-async function readMetrics(out: string): Promise<MetricRecord[]> {
-  return parseMetrics(await Deno.readTextFile(`${out}/${METRICS_FILE}`).catch(() => ""));
-}
-
-async function saveRunState(
-  out: string,
-  options: TrainOptions,
-  elapsedS: number,
-  { round, pretrainedPpl, clients, global }: Checkpoint,
-): Promise<void> {
-  const tensors: [string, NamedTensor][] = [];
-  const counters = clients.map((state, i) => {
-    const saved = stateTensors(`client.${i}`, state);
-    tensors.push(...saved.tensors);
-    return saved.counters;
-  });
-  for (const [name, t] of global ?? []) tensors.push([`global.${name}`, t]);
-  const saved: SavedRun = { options, round, elapsedS, pretrainedPpl, clients: counters };
-  await writeSafetensors(`${out}/${RESUME_FILE}`, tensors, { run: JSON.stringify(saved) });
-}
-
-async function readJsonOptions(dir: string): Promise<TrainOptions> {
-  const path = `${dir}/config.json`;
-  try {
-    return JSON.parse(await Deno.readTextFile(path)) as TrainOptions;
-  } catch (e) {
-    throw new Error(`--resume ${dir}: cannot read ${path} (${(e as Error).message})`);
-  }
-}
-
-/** The state saved after the last completed round, or undefined before the first one. */
-async function readRunState(dir: string): Promise<
-  {
-    run: SavedRun;
-    clients: ClientState[];
-    global: Map<string, NamedTensor> | null;
-  } | undefined
-> {
-  const path = `${dir}/${RESUME_FILE}`;
-  try {
-    await Deno.stat(path);
-  } catch {
-    return undefined;
-  }
-  const { tensors, metadata } = await readSafetensors(path);
-  const run = JSON.parse(metadata.run ?? "null") as SavedRun | null;
-  if (!run) throw new Error(`${path}: not a training state (no "run" metadata)`);
-  const clients = run.clients.map((c, i) => stateFromTensors(tensors, `client.${i}`, c));
-  const global = [...tensors].filter(([name]) => name.startsWith("global."))
-    .map(([name, t]) => [name.slice("global.".length), t] as const);
-  return { run, clients, global: global.length ? new Map(global) : null };
 }

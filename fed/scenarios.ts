@@ -32,7 +32,7 @@ import {
 } from "./corpora.ts";
 import type { Document } from "./corpora.ts";
 import { type BrownGenre, readBrown } from "./brown.ts";
-import { mulberry32 } from "../model/sample.ts";
+import { Mulberry32 } from "../model/rng.ts";
 
 export const SCENARIOS = ["topics", "languages", "domains", "iid"] as const;
 export type Scenario = typeof SCENARIOS[number];
@@ -165,6 +165,11 @@ export async function loadScenarioDocuments(
   return splits.map(({ name, train }) => ({ name, train, val: [...val], test: [...test] }));
 }
 
+/** How many clients `scenario` can have: one per category, or IID_MAX_CLIENTS for iid. */
+export function maxClients(scenario: Scenario): number {
+  return scenario === "iid" ? IID_MAX_CLIENTS : CATEGORIES[scenario].length;
+}
+
 function checkScenario(scenario: string): asserts scenario is Scenario {
   if (!(SCENARIOS as readonly string[]).includes(scenario)) {
     throw new Error(`unknown scenario "${scenario}"; expected one of ${SCENARIOS.join(", ")}`);
@@ -200,11 +205,11 @@ async function categorySplits(
 async function iidSplits(clients: number, seed: number): Promise<ClientDocuments[]> {
   checkClients("iid", clients, IID_MAX_CLIENTS, "no categories (Brown is dealt evenly)");
   const { train, val, test } = splitByDocument(await readBrown());
-  const random = mulberry32(seed);
+  const random = new Mulberry32(seed);
   const deal = (docs: Document[]) => {
     const shuffled = [...docs];
     for (let i = shuffled.length - 1; i > 0; i--) {
-      const j = Math.floor(random() * (i + 1));
+      const j = Math.floor(random.next() * (i + 1));
       [shuffled[i], shuffled[j]] = [shuffled[j], shuffled[i]];
     }
     return (k: number) => shuffled.filter((_, i) => i % clients === k);

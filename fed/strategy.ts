@@ -33,6 +33,8 @@ export interface Strategy {
   parameters(): Map<string, NamedTensor> | null;
   /** The global model after the last round: global.safetensors (null when there is none). */
   globalModel(): Map<string, NamedTensor> | null;
+  /** Takes back `parameters()` of a resumed run. */
+  restore(parameters: Map<string, NamedTensor> | null): void;
 }
 
 /**
@@ -93,83 +95,12 @@ export class FedAvgStrategy implements Strategy {
     return this.shares ? this.#parameters : null;
   }
 
-  /** Restores the shared parameters of a resumed run. */
   restore(parameters: Map<string, NamedTensor> | null): void {
     this.#parameters = parameters;
   }
 }
 
-/** How the i-th sender's tensor `name` is called in PCL's bundle of every client's tensors. */
-export function bundleName(client: number, name: string): string {
-  return `client.${client}.${name}`;
-}
-
-/**
- * PCL (method.md §4's "nice to have"): personalised aggregation. The server keeps every
- * client's shared tensors and sends all of them, as one bundle, to every client; each client
- * weights them by the softmax of minus their perplexity on its own validation data and mixes
- * them (fed/client.ts). The server never sees a weight or a validation token. Before the first
- * results the bundle is the initial sync, like FedAvg's.
- */
-export class PclStrategy implements Strategy {
-  #bundle: Map<string, NamedTensor> | null = null;
-
-  constructor(readonly initial: Map<string, NamedTensor>) {}
-
-  initializeParameters(): Map<string, NamedTensor> {
-    return this.initial;
-  }
-
-  configureFit(round: number, clients: readonly number[]): Map<number, Instructions> {
-    return this.#instructions(round, clients);
-  }
-
-  configureEvaluate(round: number, clients: readonly number[]): Map<number, Instructions> {
-    return this.#instructions(round, clients);
-  }
-
-  #instructions(round: number, clients: readonly number[]) {
-    const tensors = this.#bundle ?? this.initial;
-    const parameters = encodeMessage({ round, sender: "server", trainTokens: 0, tensors });
-    return new Map(clients.map((id) => [id, { round, parameters }]));
-  }
-
-  aggregateFit(round: number, results: readonly Uint8Array[]): void {
-    const messages = results.map((bytes, i) => decodeMessage(bytes, `round ${round} result ${i}`));
-    const stale = messages.find((m) => m.round !== round);
-    if (stale) {
-      throw new Error(`client ${stale.sender} answered round ${stale.round}, not ${round}`);
-    }
-    // The average is computed only to check that every client sent the same names and shapes.
-    aggregate(messages, "uniform");
-    const bundle = new Map<string, NamedTensor>();
-    for (const m of messages) {
-      for (const [name, t] of m.tensors) bundle.set(bundleName(m.sender as number, name), t);
-    }
-    this.#bundle = bundle;
-  }
-
-  aggregateEvaluate(results: readonly EvaluateRes[]): number {
-    return meanPerplexity(results);
-  }
-
-  /** The bundle (or the initial sync before any result): what a resumed run restores. */
-  parameters(): Map<string, NamedTensor> {
-    return this.#bundle ?? this.initial;
-  }
-
-  /** None: the bundle holds every client's tensors, so it stays on the server. */
-  globalModel(): null {
-    return null;
-  }
-
-  restore(parameters: Map<string, NamedTensor> | null): void {
-    const isBundle = [...parameters?.keys() ?? []].some((n) => n.startsWith("client."));
-    this.#bundle = isBundle ? parameters : null;
-  }
-}
-
 /** The plain mean of the clients' perplexities (method.md §5's headline number). */
-function meanPerplexity(results: readonly EvaluateRes[]): number {
+export function meanPerplexity(results: readonly EvaluateRes[]): number {
   return results.reduce((sum, r) => sum + Math.exp(r.loss), 0) / results.length;
 }

@@ -10,7 +10,8 @@ import { NormalSource } from "./init.ts";
 import {
   CheckpointError,
   type NamedTensor,
-  readSafetensors,
+  parseSafetensors,
+  readCheckpointBytes,
   serializeSafetensors,
   writeFileAtomic,
 } from "./safetensors.ts";
@@ -171,7 +172,16 @@ export interface AdapterFile {
 
 /** Loads and validates an adapters file against the base model it adapts. */
 export async function loadAdapters(path: string, base: GPT2Config): Promise<AdapterFile> {
-  const { tensors, metadata } = await readSafetensors(path);
+  return decodeAdapters(await readCheckpointBytes(path), base, path);
+}
+
+/** An adapters file's bytes (encodeAdapters), validated against the base model it adapts. */
+export function decodeAdapters(
+  bytes: Uint8Array,
+  base: GPT2Config,
+  path = "adapters",
+): AdapterFile {
+  const { tensors, metadata } = parseSafetensors(bytes, path);
   const config = parseAdapterMetadata(metadata, base, path);
   const expected = adapterShapes(base, config);
   const problems: string[] = [];

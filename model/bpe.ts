@@ -6,7 +6,7 @@
 // Encoding splits text with GPT-2's pre-tokenizer regex, then within each piece repeatedly merges
 // the adjacent pair of lowest rank (leftmost first on ties), as GPT-2, tiktoken and Hugging Face
 // do. Pieces never merge across each other, so their encodings are cached.
-import type { TextStream, Tokenizer } from "./tokenizer.ts";
+import { type TextStream, type Tokenizer, TokenizerError } from "./tokenizer_contract.ts";
 
 export const EOT = "<|endoftext|>";
 
@@ -33,13 +33,6 @@ export const BYTE_CHARS: readonly string[] = (() => {
 export interface BpeTables {
   vocab: string[];
   merges: [string, string][];
-}
-
-export class TokenizerError extends Error {
-  constructor(source: string, message: string) {
-    super(`${source}: ${message}`);
-    this.name = "TokenizerError";
-  }
 }
 
 /** A binary heap; `before(a, b)` says a comes out first. */

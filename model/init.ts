@@ -3,6 +3,7 @@
 // (attn.c_proj, mlp.c_proj) N(0, 0.02/√(2·n_layer)) so the residual stream's variance does not
 // grow with depth, biases 0, LayerNorm weights 1 and biases 0. Deterministic from the seed.
 import { type GPT2Config, parameterShapes } from "./config.ts";
+import { Mulberry32 } from "./rng.ts";
 
 /** Standard deviation of every weight matrix. */
 export const INIT_STD = 0.02;
@@ -31,18 +32,15 @@ export function initWeights(config: GPT2Config, seed: number): Map<string, Float
 
 /** N(0, 1) samples from mulberry32 through Box-Muller, both outputs of each pair used. */
 export class NormalSource {
-  #state: number;
+  readonly #rng: Mulberry32;
 
   constructor(seed: number) {
-    this.#state = seed >>> 0;
+    this.#rng = new Mulberry32(seed);
   }
 
   /** Uniform in (0, 1]: never 0, so the logarithm below stays finite. */
   uniform(): number {
-    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 1) / 4294967296;
+    return (this.#rng.nextUint32() + 1) / 4294967296;
   }
 
   /** Fills `out` with N(0, std²) samples (plain loop: 124M values must take seconds at most). */

@@ -4,6 +4,7 @@
 // is one 32-bit integer (saved in checkpoints, so a resumed run draws the same batches).
 // Held-out evaluation covers every token of its stream: consecutive non-overlapping windows of
 // T targets; the last partial window is included, padded, with its padding positions ignored.
+import { Mulberry32 } from "./rng.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** The documents' token ids, each document followed by `eotId`. */
@@ -25,24 +26,9 @@ export function tokenStream(tokenizer: Tokenizer, texts: Iterable<string>): Uint
   return stream;
 }
 
-/** Mulberry32 with its state exposed, so a checkpoint can continue the same sequence. */
-export class Prng {
-  constructor(public state: number) {
-    this.state = state >>> 0;
-  }
-
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-}
-
 /** Random training windows of T+1 tokens from `stream`, reproducible from the PRNG state. */
 export class BatchSampler {
-  readonly rng: Prng;
+  readonly rng: Mulberry32;
 
   constructor(
     readonly stream: Uint32Array,
@@ -55,7 +41,7 @@ export class BatchSampler {
         `the training stream has ${stream.length} tokens, fewer than T+1=${T + 1}`,
       );
     }
-    this.rng = new Prng(rngState);
+    this.rng = new Mulberry32(rngState);
   }
 
   /** B sequences of T+1 ids, each starting at a uniformly drawn offset. */

@@ -174,13 +174,16 @@ export async function readSafetensors(
   path: string,
   opts: { allowNonFinite?: boolean } = {},
 ): Promise<Safetensors> {
-  let bytes: Uint8Array;
+  return parseSafetensors(await readCheckpointBytes(path), path, opts);
+}
+
+/** A checkpoint file's bytes; a file that cannot be read is a CheckpointError naming it. */
+export async function readCheckpointBytes(path: string): Promise<Uint8Array> {
   try {
-    bytes = await Deno.readFile(path);
+    return await Deno.readFile(path);
   } catch (e) {
     throw new CheckpointError(path, `cannot read (${(e as Error).message})`);
   }
-  return parseSafetensors(bytes, path, opts);
 }
 
 /** Writes a file so that readers see either the old or the new contents, never a partial one. */

@@ -9,22 +9,11 @@ export interface SampleOptions {
   topK: number;
 }
 
-/** Mulberry32: a tiny seeded PRNG giving uniform numbers in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    let t = (state = (state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** The id of the next token. `rng` (uniform in [0, 1)) is called once per non-greedy draw. */
+/** The id of the next token. `rng.next()` (uniform in [0, 1)) is called once per non-greedy draw. */
 export function sampleToken(
   logits: ArrayLike<number>,
   { temperature, topK }: SampleOptions,
-  rng: () => number,
+  rng: { next(): number },
 ): number {
   if (logits.length === 0) throw new RangeError("sampleToken: no logits");
   if (!(temperature >= 0) || !Number.isFinite(temperature)) {
@@ -54,7 +43,7 @@ export function sampleToken(
   });
   // Inverse CDF: the first candidate whose cumulative weight exceeds u·total. The last
   // candidate with nonzero weight catches rounding at the top end.
-  const target = rng() * total;
+  const target = rng.next() * total;
   let cumulative = 0, last = candidates[0];
   for (let j = 0; j < candidates.length; j++) {
     if (weights[j] === 0) continue;

@@ -4,27 +4,10 @@
 // the literal characters "<|endoftext|>" encode as ordinary tokens and never as `eotId`; callers
 // insert `eotId` themselves (between documents). This keeps user text from smuggling in control
 // tokens. Decoding `eotId` gives the text "<|endoftext|>".
-import { BpeTokenizer, EOT, TokenBytes, TokenizerError } from "./bpe.ts";
+import { BpeTokenizer, EOT, TokenBytes } from "./bpe.ts";
+import { type TextStream, type Tokenizer, TokenizerError } from "./tokenizer_contract.ts";
 
-export { TokenizerError };
-
-export interface Tokenizer {
-  readonly vocabSize: number;
-  readonly eotId: number;
-  encode(text: string): number[];
-  /** Invalid UTF-8 (e.g. a cut-off multi-byte character) decodes to U+FFFD. */
-  decode(ids: readonly number[]): string;
-  /** A decoder for generation, fed one id at a time. */
-  decoder(): TextStream;
-}
-
-/** Streaming decode: the text of everything pushed so far, in pieces. */
-export interface TextStream {
-  /** The newly completed text; bytes of a multi-byte character still incomplete are held back. */
-  push(id: number): string;
-  /** Whatever is held back (as U+FFFD), so that all pieces joined equal `decode(ids)`. */
-  end(): string;
-}
+export { type TextStream, type Tokenizer, TokenizerError };
 
 /** The vocabulary size that, without tokenizer files, means GPT-2's own encoding. */
 export const R50K_VOCAB_SIZE = 50257;

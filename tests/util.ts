@@ -3,6 +3,7 @@
 import { Engine } from "../engine/device.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { Mulberry32 } from "../model/rng.ts";
 
 let shared: Promise<Engine> | undefined;
 
@@ -22,19 +23,8 @@ export function gpuTest(name: string, fn: (engine: Engine) => Promise<void>): vo
   });
 }
 
-/** Mulberry32: a tiny deterministic PRNG. */
-export class Rng {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
+/** The project's PRNG with the samplers tests need. */
+export class Rng extends Mulberry32 {
   // Plain loops: Float64Array.from with a map function is ~100× slower in V8.
   uniform(n: number, lo = -1, hi = 1): Float64Array {
     const out = new Float64Array(n);

@@ -1,6 +1,6 @@
 // One fused AdamW step on a GPT-2 MLP weight (768×3072): reads p, g, m, v and writes p, m, v.
 import type { BenchCase } from "../case.ts";
-import { AdamW } from "../../engine/optim.ts";
+import { AdamW } from "../../model/optim.ts";
 import { adamwStepRef } from "../../tests/ref/adamw.ts";
 import { assertClose, f32, Rng } from "../../tests/util.ts";
 

@@ -26,7 +26,7 @@ import {
   testCurve,
 } from "../../fed/report.ts";
 import type { Method } from "../../fed/methods.ts";
-import type { MetricRecord, Summary as RunSummary } from "../../fed/federation.ts";
+import type { MetricRecord, Summary as RunSummary } from "../../fed/records.ts";
 import type { Scenario } from "../../fed/scenarios.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -93,9 +93,13 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
   assertThrows(
     () => parseInvocation(["--scenario", "iid", "--rounds", "0"]),
     UsageError,
-    "--rounds must be an integer ≥ 1",
+    "--rounds must be an integer in 1..100000, got 0",
   );
-  assertThrows(() => parseInvocation(["--scenario", "iid", "--lr", "-1"]), UsageError, "> 0");
+  assertThrows(
+    () => parseInvocation(["--scenario", "iid", "--lr", "-1"]),
+    UsageError,
+    "--lr must be a number in (0, 10), got -1",
+  );
   assertThrows(
     () => parseInvocation(["--scenario", "iid", "--train-tokens", "20000,some"]),
     UsageError,
@@ -165,7 +169,15 @@ Deno.test("runs: pretrained once, new runs get every option, interrupted ones on
 // ---- synthetic runs ----
 
 const CLIENTS = ["news", "sport"];
-const CONFIG = { rounds: 2, localSteps: 5, batch: 8, seq: 128, lr: 0.001 };
+const CONFIG = {
+  rounds: 2,
+  localSteps: 5,
+  batch: 8,
+  seq: 128,
+  lr: 0.001,
+  model: "models/base",
+  clients: 2,
+};
 
 /**
  * Writes a finished run: per client, test perplexity `start` at round 0 falling linearly to its
@@ -263,7 +275,12 @@ Deno.test("report: mean ± sample std over seeds, the best mean of each column i
   assert(text.includes("Scenario topics, in-distribution test sets; seeds 0, 1, 2"), text);
   assert(text.includes("base model models/base"), text);
   // `experts` differs between methods and `out` between runs: only shared settings are listed.
-  assert(text.includes("settings: rounds 2, localSteps 5, batch 8, seq 128, lr 0.001."), text);
+  assert(
+    text.includes(
+      "settings: rounds 2, localSteps 5, batch 8, seq 128, lr 0.001, model models/base, clients 2.",
+    ),
+    text,
+  );
   await Deno.remove(out, { recursive: true });
 });
 

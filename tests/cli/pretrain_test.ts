@@ -4,18 +4,17 @@
 // resuming gives bit-identical weights and the same log as the uninterrupted run.
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import { UsageError } from "../../cli/args.ts";
-import { ProgressBar } from "../../cli/progress.ts";
-import {
-  DEFAULTS,
-  learningRate,
-  parseInvocation,
-  pretrain,
-  type PretrainOptions,
-} from "../../cli/pretrain.ts";
+import { commandLine, parseInvocation } from "../../cli/pretrain.ts";
 import { readPretrainCorpora, splitDocuments } from "../../fed/corpora.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { parameterCount } from "../../model/config.ts";
-import { modelConfig } from "../../cli/pretrain.ts";
+import {
+  learningRate,
+  modelConfig,
+  pretrain,
+  PRETRAIN_DEFAULTS as DEFAULTS,
+  type PretrainOptions,
+} from "../../model/pretrain.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { gpuTest } from "../util.ts";
 
@@ -28,7 +27,7 @@ Deno.test("flags: defaults, bad values and --resume with other flags are usage e
   assertEquals(parseInvocation(["--resume", "x"]), { resume: "x" });
   assertThrows(() => parseInvocation(["--steps", "0"]), UsageError, "--steps must be an integer");
   assertThrows(() => parseInvocation(["--batch", "2.5"]), UsageError, "--batch");
-  assertThrows(() => parseInvocation(["--lr", "0"]), UsageError, "--lr must be a positive");
+  assertThrows(() => parseInvocation(["--lr", "0"]), UsageError, "--lr must be a number > 0");
   assertThrows(() => parseInvocation(["--vocab", "100"]), UsageError, "258..65536");
   assertThrows(() => parseInvocation(["--embd", "30", "--heads", "4"]), UsageError, "divisible");
   assertThrows(() => parseInvocation(["--steps", "5", "--warmup", "9"]), UsageError, "exceeds");
@@ -50,16 +49,14 @@ Deno.test("learning rate: linear warm-up to the peak, cosine down to 10% at the 
 });
 
 /** A small slice of the corpora, cut short, with a few held-out documents. */
-async function tinyDocuments() {
+async function tinyTexts() {
   const { train, heldOut } = splitDocuments(await readPretrainCorpora());
   const ham = (d: { id: string }) => d.id.startsWith("ham/");
-  const cut = (d: { id: string; text: string }) => ({ id: d.id, text: d.text.slice(0, 800) });
-  return [
-    ...train.slice(0, 10),
-    ...train.filter(ham).slice(0, 30),
-    ...heldOut.filter(ham).slice(0, 3),
-  ]
-    .map(cut);
+  const cut = (d: { text: string }) => d.text.slice(0, 800);
+  return {
+    train: [...train.slice(0, 10), ...train.filter(ham).slice(0, 30)].map(cut),
+    heldOut: heldOut.filter(ham).slice(0, 3).map(cut),
+  };
 }
 
 const TINY: Omit<PretrainOptions, "out"> = {
@@ -76,16 +73,14 @@ const TINY: Omit<PretrainOptions, "out"> = {
   heads: 2,
   embd: 32,
 };
-const silent = () => new ProgressBar(TINY.steps, 0, false, () => {});
 
 gpuTest("a tiny pretraining run learns, loads back and resumes bit for bit", async (engine) => {
-  const documents = await tinyDocuments();
+  const texts = await tinyTexts();
   const straight = await Deno.makeTempDir({ prefix: "pretrain-straight-" });
   const halves = await Deno.makeTempDir({ prefix: "pretrain-halves-" });
   try {
-    const log = await pretrain(engine, { options: { ...TINY, out: straight } }, {
-      documents,
-      progress: silent(),
+    const log = await pretrain(engine, { options: { ...TINY, out: straight } }, texts, {
+      commandLine,
     });
     assertEquals(log.map((r) => r.step), [0, 3, 6]);
     assert(log[2].val_loss < log[0].val_loss - 0.3, `held-out loss ${log.map((r) => r.val_loss)}`);
@@ -108,15 +103,8 @@ gpuTest("a tiny pretraining run learns, loads back and resumes bit for bit", asy
     const command = await Deno.readTextFile(`${straight}/train_command.txt`);
     assert(command.startsWith("deno task pretrain --out ") && command.includes("--steps 6"));
 
-    await pretrain(engine, { options: { ...TINY, out: halves } }, {
-      documents,
-      stopAfter: 4,
-      progress: silent(),
-    });
-    const resumedLog = await pretrain(engine, { resume: halves }, {
-      documents,
-      progress: silent(),
-    });
+    await pretrain(engine, { options: { ...TINY, out: halves } }, texts, { stopAfter: 4 });
+    const resumedLog = await pretrain(engine, { resume: halves }, texts);
     const resumed = await loadBaseCheckpoint(halves);
     for (const [name, data] of weights) {
       const got = new Uint32Array(resumed.weights.get(name)!.buffer);

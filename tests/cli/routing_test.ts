@@ -3,16 +3,15 @@
 // Markdown, the numbers are consistent with the test split and with a --layer run; every bad
 // input is one clear message (checked in-process, and once through a real process).
 import { join } from "node:path";
-import { planRouting } from "../../cli/routing.ts";
+import { parseInvocation } from "../../cli/routing.ts";
 import { UsageError } from "../../cli/args.ts";
-import { DEFAULTS } from "../../cli/train.ts";
 import {
   type Method,
   METHOD_SPECS,
   methodAdapterConfig,
   methodInitAdapters,
 } from "../../fed/methods.ts";
-import type { TrainOptions } from "../../fed/federation.ts";
+import { TRAIN_DEFAULTS as DEFAULTS, type TrainOptions } from "../../fed/options.ts";
 import { loadScenario } from "../../fed/scenarios.ts";
 import { saveAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";
@@ -224,9 +223,9 @@ Deno.test("routing: bad flags and run folders are clear errors naming the proble
     [["--run", finished, "--max-tokens", "many"], UsageError, "--max-tokens must be an integer"],
   ];
   for (const [args, type, message] of cases) {
-    await assertRejects(() => planRouting(args), type, message);
+    await assertRejects(() => parseInvocation(args), type, message);
   }
-  const { plan } = await planRouting(["--run", finished, "--layer", "3"]) as {
+  const { plan } = await parseInvocation(["--run", finished, "--layer", "3"]) as {
     plan: { layers: number[]; maxTokens: number };
   };
   assertEquals([plan.layers, plan.maxTokens], [[3], 20_000]);

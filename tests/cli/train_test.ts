@@ -1,7 +1,8 @@
 // `deno task train`'s command line: defaults are method.md §6's, every flag's bad value is a
 // UsageError naming what is allowed, --experts is tied to comigs-1gxs, and --resume stands alone.
 // One real process checks that a bad flag ends in one message and exit code 2.
-import { DEFAULTS, parseInvocation } from "../../cli/train.ts";
+import { parseInvocation } from "../../cli/train.ts";
+import { TRAIN_DEFAULTS as DEFAULTS } from "../../fed/options.ts";
 import { UsageError } from "../../cli/args.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 
@@ -95,10 +96,10 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--clients", "5"], "--clients must be an integer in 1..4"],
     [["--scenario", "iid", "--clients", "17"], "1..16"],
     [["--clients", "0"], "1..4"],
-    [["--experts", "2,4,2,2"], "use --method comigs-1gxs --experts 2,4,2,2"],
-    [["--method", "fedavg", "--experts", "3"], "--method fedavg holds 2 experts per client"],
+    [["--experts", "2,4,2,2"], "holds 2 experts per client; for other or per-client counts use"],
+    [["--method", "fedavg", "--experts", "3"], "--experts [3]: method fedavg holds 2 experts"],
     [["--method", "comigs-1gxs", "--experts", "2,2"], "lists 2 counts for 4 clients"],
-    [["--method", "comigs-1gxs", "--experts", "2,x,2,2"], "integer in 1..16"],
+    [["--method", "comigs-1gxs", "--experts", "2,x,2,2"], "each entry must be an integer"],
     [["--method", "comigs-1gxs", "--experts", "2,17,2,2"], "integer in 1..16"],
     [["--train-tokens", "1"], 'integer ≥ 2 or "all"'],
     [["--train-tokens", "5000,none,all,all"], 'integer ≥ 2 or "all"'],
@@ -110,6 +111,8 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--router-steps", "x"], "--router-steps must be an integer"],
     [["--lr", "0"], "--lr must be a number in (0, 10)"],
     [["--lr", "abc"], "--lr must be a number"],
+    [["--lr", "-1"], "--lr must be a number in (0, 10), got -1"],
+    [["--seed", "-3"], "--seed must be an integer in 0..4294967295, got -3"],
     [["--batch", "0"], "--batch must be an integer"],
     [["--seq", ""], "--seq must be an integer"],
     [["--seed=-3"], "--seed must be an integer"],
@@ -120,7 +123,7 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--lb-coef=-0.1"], "--lb-coef must be a number ≥ 0"],
     [["--lb-rho", "1"], "--lb-rho must be a number in (0, 1)"],
     [["--aggregation", "median"], "uniform, tokens"],
-    [["--method", "pcl", "--aggregation", "tokens"], "--method pcl has none"],
+    [["--method", "pcl", "--aggregation", "tokens"], "method pcl has none"],
     [["--bogus"], "Unknown option '--bogus'"],
     [["--resume", "runs/x", "--rounds", "3"], "remove --rounds"],
   ];
@@ -150,8 +153,8 @@ Deno.test("train: --resume of a folder without a run is a clear error", async ()
     stderr: "piped",
   }).output();
   const text = new TextDecoder().decode(stderr);
-  assertEquals(code, 1);
-  assert(text.includes(`--resume ${dir}: cannot read`), text);
+  assertEquals(code, 2);
+  assert(text.includes(`--resume ${dir} holds no run: ${dir}/config.json: cannot read`), text);
   assert(!text.includes("    at "), text);
   await Deno.remove(dir);
 });

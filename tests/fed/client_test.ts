@@ -15,7 +15,7 @@ import type { Engine } from "../../engine/device.ts";
 import { type AdapterConfig, adapterRole, initAdapters } from "../../model/adapters.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { StreamEvaluator } from "../../model/evaluate.ts";
-import { PclStrategy } from "../../fed/strategy.ts";
+import { PclStrategy } from "../../fed/pcl.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";

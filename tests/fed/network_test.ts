@@ -5,7 +5,7 @@
 // not a federation) are clear errors.
 import { ProgressBar } from "../../cli/progress.ts";
 import { joinRun } from "../../fed/join.ts";
-import { RemoteEndpoint, type RunInfo, serverHandler } from "../../fed/network.ts";
+import { RemoteEndpoint, type RunInfo, serverHandler } from "../../fed/http_server.ts";
 import { RunStopped, runTraining, serveRun } from "../../fed/run.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
@@ -166,7 +166,7 @@ Deno.test("network: unknown clients, a second process joining as one, non-federa
           port: 0,
         }),
       RangeError,
-      `--method ${method} is not a federation`,
+      `method ${method} is not a federation`,
     );
   }
   await Deno.remove(dir, { recursive: true });

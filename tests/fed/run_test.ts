@@ -187,7 +187,7 @@ gpuTest(
     await assertRejects(
       () => run("tiny", [16, null]),
       RangeError,
-      "client 0 keeps 16 training tokens, fewer than one window of --seq 16 + 1",
+      "trainTokens leaves client 0 16 training tokens, fewer than one window of 16 + 1",
     );
     await Deno.remove(dir, { recursive: true });
   },

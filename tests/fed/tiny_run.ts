@@ -1,7 +1,6 @@
 // A tiny federated run shared by the run and browser tests: the shipped base model, two clients
 // with different short text (numbers vs letters, 1–2k tokens each), 2×16-token batches.
-import { DEFAULTS } from "../../cli/train.ts";
-import type { TrainOptions } from "../../fed/federation.ts";
+import { resolveTrainOptions, type TrainOptions } from "../../fed/options.ts";
 import type { Method } from "../../fed/methods.ts";
 import type { ClientCorpus } from "../../fed/scenarios.ts";
 
@@ -35,8 +34,7 @@ export function corpora(): ClientCorpus[] {
 }
 
 export function options(out: string, method: Method, rounds = 2): TrainOptions {
-  return {
-    ...DEFAULTS,
+  return resolveTrainOptions({
     method,
     clients: 2,
     experts: method === "comigs-1gxs" ? [1, 3] : [2, 2],
@@ -51,5 +49,5 @@ export function options(out: string, method: Method, rounds = 2): TrainOptions {
     batch: 2,
     seq: 16,
     out,
-  };
+  });
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { Engine } from "../../engine/device.ts";
-import { AdamW } from "../../engine/optim.ts";
+import { AdamW } from "../../model/optim.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { adamwCommands, type AdamWHyper, adamwUniformValues } from "../../kernels/adamw.ts";
 import { bindingChunks } from "../../kernels/fill.ts";

@@ -7,8 +7,8 @@ import {
   BYTE_ORDER,
   EOT,
   GPT2_SPLIT,
-  TokenizerError,
 } from "../../model/bpe.ts";
+import { TokenizerError } from "../../model/tokenizer_contract.ts";
 import { saveBpe, trainBpe } from "../../model/bpe_train.ts";
 
 const BYTE_TOKENS = BYTE_ORDER.map((b) => BYTE_CHARS[b]);

@@ -1,7 +1,7 @@
 // The llm.c discipline: our GPT-2 forward, backward and AdamW training against a debug state
 // written by plain PyTorch in float64 (scripts/golden_gpt2.py), on an odd-sized config
 // (2 layers, 3 heads of 12, vocab 101, 3 sequences of 13 tokens).
-import { AdamW } from "../../engine/optim.ts";
+import { AdamW } from "../../model/optim.ts";
 import { Tape, zeroGrad } from "../../engine/tape.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { GPT2, GPT2Batch } from "../../model/gpt2.ts";

@@ -2,10 +2,13 @@
 // at the k-th value resolved by index), temperature behaves at its limits, a seed fixes the
 // draws, and the draws follow the float64 softmax of the kept logits.
 import { assert, assertEquals, assertThrows } from "../assert.ts";
-import { mulberry32, sampleToken } from "../../model/sample.ts";
+import { Mulberry32 } from "../../model/rng.ts";
+import { sampleToken } from "../../model/sample.ts";
 
-const never = () => {
-  throw new Error("greedy decoding must not draw random numbers");
+const never = {
+  next(): number {
+    throw new Error("greedy decoding must not draw random numbers");
+  },
 };
 
 /** How often each id comes out of `draws` samples. */
@@ -15,7 +18,7 @@ function histogram(
   draws: number,
   seed = 1,
 ): number[] {
-  const rng = mulberry32(seed);
+  const rng = new Mulberry32(seed);
   const counts = new Array<number>(logits.length).fill(0);
   for (let i = 0; i < draws; i++) counts[sampleToken(logits, options, rng)]++;
   return counts;
@@ -65,7 +68,7 @@ Deno.test("temperature limits: tiny T samples the argmax, huge T samples uniform
 Deno.test("the same seed gives the same draws; another seed gives other draws", () => {
   const logits = Array.from({ length: 50 }, (_, i) => Math.sin(i));
   const run = (seed: number) => {
-    const rng = mulberry32(seed);
+    const rng = new Mulberry32(seed);
     return Array.from({ length: 100 }, () => sampleToken(logits, { temperature: 1, topK: 0 }, rng));
   };
   assertEquals(run(42), run(42));
@@ -96,7 +99,7 @@ Deno.test("draws follow the softmax of the kept logits (within 5σ per id)", () 
 });
 
 Deno.test("sampleToken rejects what it cannot sample from", () => {
-  const rng = mulberry32(0);
+  const rng = new Mulberry32(0);
   assertThrows(() => sampleToken([], { temperature: 1, topK: 0 }, rng), RangeError, "no logits");
   assertThrows(
     () => sampleToken([1], { temperature: -1, topK: 0 }, rng),

@@ -1,12 +1,6 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
-import {
-  BpeTokenizer,
-  BYTE_CHARS,
-  BYTE_ORDER,
-  EOT,
-  GPT2_SPLIT,
-  TokenizerError,
-} from "../../model/bpe.ts";
+import { BpeTokenizer, BYTE_CHARS, BYTE_ORDER, EOT, GPT2_SPLIT } from "../../model/bpe.ts";
+import { TokenizerError } from "../../model/tokenizer_contract.ts";
 import { trainBpe } from "../../model/bpe_train.ts";
 import { loadTokenizer, r50kTokenizer, type Tokenizer } from "../../model/tokenizer.ts";
 

@@ -8,10 +8,10 @@
 // queue.writeBuffer is ordered before every later submit, so the uniform written by `step` is
 // what that run sees, and runs already submitted keep the values they were submitted with.
 import { ADAMW_UNIFORM_BYTES, adamwCommands, adamwUniformValues } from "../kernels/adamw.ts";
-import type { Command, Engine, Uniform } from "./device.ts";
-import { ShapeError } from "./errors.ts";
-import { zeroGrad } from "./tape.ts";
-import type { Tensor } from "./tensor.ts";
+import type { Command, Engine, Uniform } from "../engine/device.ts";
+import { ShapeError } from "../engine/errors.ts";
+import { zeroGrad } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
 
 export interface AdamWOptions {
   /** Learning rate until `step(lr)` gives another (default 1e-3). */

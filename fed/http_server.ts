@@ -1,4 +1,4 @@
-// A federation across processes or machines (devices). The server (`deno task serve`) holds the
+// Our own server of a federation across processes or machines (devices). The server (`deno task serve`) holds the
 // strategy and the run folder, never a model weight or a token; each client (`deno task join`)
 // holds its own data, model, experts, router and optimiser states, and its own state file. They
 // exchange exactly what the simulation passes between Client and Strategy (encoded Messages)
@@ -16,11 +16,13 @@
 //   GET  /run                  RunInfo (JSON)
 //   POST /join?client=i        Join (JSON) → {session}
 //   GET  /task?client=i&session=s    204 (nothing yet, poll again) or 200: header x-comigs-task
-//                              (Task JSON), body the server's message (empty: none)
+//                              (WireTask JSON), body the server's message (empty: none)
 //   POST /progress?client=i&session=s   a StepReport (JSON), for the server's progress bar
 //   POST /reply?client=i&session=s      header x-comigs-reply (Reply JSON), body a fit's message
 import type { StepReport } from "./client.ts";
-import type { ClientEndpoint, EvaluateReply, FitReply, TrainOptions } from "./federation.ts";
+import type { ClientEndpoint, EvaluateReply, FitReply } from "./endpoint.ts";
+import type { TrainOptions } from "./options.ts";
+import type { Join, Reply } from "./server_link.ts";
 import type { GPT2Config } from "../model/config.ts";
 
 /** What a client learns from GET /run. */
@@ -32,23 +34,11 @@ export interface RunInfo {
   needPretrained: boolean;
 }
 
-export type Task =
+/** The task as it travels: its body carries the parameters, when it has any. */
+export type WireTask =
   | { kind: "fit"; round: number; steps: number; hasParameters: boolean }
   | { kind: "evaluate"; round: number; hasParameters: boolean }
   | { kind: "done" };
-
-export type Reply =
-  | { kind: "fit"; round: number; step: number; meanLoss: number }
-  | { kind: "evaluate"; round: number; step: number; losses: number[] }
-  | { kind: "error"; message: string };
-
-/** POST /join's body. */
-export interface Join {
-  name: string;
-  trainTokens: number;
-  /** The frozen base model's test perplexity on this client's test split (null: not asked). */
-  pretrainedPpl: number | null;
-}
 
 /** How long a task poll is held open before it answers 204. */
 const POLL_MS = 20_000;
@@ -60,7 +50,7 @@ interface Answer {
 }
 
 interface Pending {
-  task: Task;
+  task: WireTask;
   body: Uint8Array<ArrayBuffer>;
   /** With the answer, or null for "done" once it is handed out (it needs none). */
   resolve(answer: Answer | null): void;
@@ -166,7 +156,7 @@ export class RemoteEndpoint implements ClientEndpoint {
     this.#poll?.();
   }
 
-  #ask(task: Task, parameters: Uint8Array | null) {
+  #ask(task: WireTask, parameters: Uint8Array | null) {
     if (this.#pending) throw new Error(`client ${this.id} already has a task`);
     return new Promise<Answer | null>((resolve, reject) => {
       const body = new Uint8Array(parameters ?? new Uint8Array());

@@ -1,0 +1,151 @@
+// How a finished training run's clients route function words and content words (method.md §5:
+// "in the first layer, function words route to the generalist"). Each client's adapted model
+// (the run's frozen base + that client's adapters) reads the client's test split as the trainer
+// evaluates it (the same scenario load, tokenizer, windows of seq in batches of batch); every
+// block's gate is captured and averaged over whole-word tokens by class (model/routing.ts).
+//
+// Methods without a learned router (fedavg, local, centralized) are refused: their router is
+// frozen at zero, so every gate is the constant 1/E and there is nothing to analyse.
+import type { Engine } from "../engine/device.ts";
+import { type AdapterFile, AdapterTensors, loadAdapters } from "../model/adapters.ts";
+import { type BaseCheckpoint, loadBaseCheckpoint } from "../model/checkpoint.ts";
+import { forwardAdapted } from "../model/comigs.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import { checkInteger, OptionError } from "../model/option_error.ts";
+import { tokenStream } from "../model/pretrain_data.ts";
+import { type ClientRouting, streamWords, tallyGates } from "../model/routing.ts";
+import { StreamCapture } from "../model/stream_capture.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { METHOD_SPECS, METHODS } from "./methods.ts";
+import type { TrainOptions } from "./options.ts";
+import { readRunConfig } from "./run_folder.ts";
+import { loadScenario } from "./scenarios.ts";
+
+/** Test tokens read per client by default, from the start of its split. */
+export const DEFAULT_MAX_TOKENS = 20_000;
+
+/** Everything the analysis needs, read and checked before any GPU work. */
+export interface RoutingPlan {
+  dir: string;
+  options: TrainOptions;
+  /** Blocks to report, in order. */
+  layers: number[];
+  maxTokens: number;
+  base: BaseCheckpoint;
+  /** Per client, by id. */
+  adapters: AdapterFile[];
+}
+
+/**
+ * Reads and checks everything the analysis of the finished run in `dir` needs (before any GPU
+ * work): its options, base model and every client's adapters. `layer`: report that block only.
+ */
+export async function planRouting(
+  dir: string,
+  { layer, maxTokens = DEFAULT_MAX_TOKENS }: { layer?: number; maxTokens?: number } = {},
+): Promise<RoutingPlan> {
+  if (layer !== undefined) checkInteger("layer", layer, 0);
+  checkInteger("maxTokens", maxTokens, 1);
+  const info = await Deno.stat(dir).catch(() => null);
+  if (!info?.isDirectory) throw new OptionError("run", `${dir}: no such folder`);
+  const options = await readRunConfig(dir);
+  const spec = METHOD_SPECS[options.method];
+  if (spec.frozen) {
+    throw new Error(
+      `${dir}: method "${options.method}" trains no adapters, so it has no routing to analyse`,
+    );
+  }
+  if (spec.router === "uniform") {
+    throw new Error(
+      `${dir}: method "${options.method}" has no learned router (its router is frozen at zero, ` +
+        `so every gate is the constant 1/E); routing needs one of ` +
+        METHODS.filter((m) => !METHOD_SPECS[m].frozen && METHOD_SPECS[m].router !== "uniform")
+          .join(", "),
+    );
+  }
+  const base = await loadBaseCheckpoint(options.model);
+  const n = base.config.n_layer;
+  if (layer !== undefined && layer >= n) {
+    throw new OptionError(
+      "layer",
+      `must be an integer in 0..${n - 1} (the model's blocks), got ${layer}`,
+    );
+  }
+  const adapters: AdapterFile[] = [];
+  for (let id = 0; id < options.clients; id++) {
+    const path = `${dir}/clients/${id}/adapters.safetensors`;
+    if (!(await Deno.stat(path).catch(() => null))?.isFile) {
+      throw new Error(
+        `${path} is missing: the run has not finished (adapters are written after its last round)`,
+      );
+    }
+    adapters.push(await loadAdapters(path, base.config));
+  }
+  const layers = layer === undefined ? [...Array(n).keys()] : [layer];
+  return { dir, options, layers, maxTokens, base, adapters };
+}
+
+/** Runs every client's adapted model over its test split and gathers its gates by word class. */
+export async function analyseRouting(
+  engine: Engine,
+  plan: RoutingPlan,
+  log: (line: string) => void = () => {},
+): Promise<ClientRouting[]> {
+  const { options, base, layers, maxTokens } = plan;
+  const { config, weights } = base;
+  const tokenizer = await loadTokenizer(options.model, config.vocab_size);
+  const corpora = await loadScenario(options.scenario, {
+    clients: options.clients,
+    ood: options.ood,
+    seed: options.seed,
+  });
+  const pieces = new Map<number, string>();
+  const piece = (id: number) => {
+    let text = pieces.get(id);
+    if (text === undefined) pieces.set(id, text = tokenizer.decode([id]));
+    return text;
+  };
+  const model = new GPT2(engine, config, weights);
+  const results: ClientRouting[] = [];
+  try {
+    for (const [id, file] of plan.adapters.entries()) {
+      const started = performance.now();
+      // maxTokens inputs (the last token of a stream is only a target).
+      const stream = tokenStream(tokenizer, corpora[id].test).subarray(0, maxTokens + 1);
+      const adapters = new AdapterTensors(engine, config, file.config, file.values);
+      let gates: Float32Array[];
+      let capture: StreamCapture | undefined;
+      try {
+        capture = new StreamCapture(
+          engine,
+          config,
+          stream,
+          options.batch,
+          options.seq,
+          (tape, batch) => {
+            const all = forwardAdapted(tape, model, adapters, batch).gates;
+            return layers.map((l) => all[l]);
+          },
+        );
+        gates = await capture.capture();
+      } finally {
+        capture?.dispose();
+        adapters.dispose();
+      }
+      const words = streamWords(Array.from(stream, piece), options.seq);
+      results.push({
+        client: id,
+        name: corpora[id].name,
+        tokens: words.length,
+        layers: layers.map((l, k) => tallyGates(words, gates[k], file.config.experts[l], l)),
+      });
+      log(
+        `client ${id} (${corpora[id].name}): ${words.length} tokens in ` +
+          `${((performance.now() - started) / 1000).toFixed(1)} s`,
+      );
+    }
+  } finally {
+    model.dispose();
+  }
+  return results;
+}

@@ -1,0 +1,173 @@
+// A run's folder (interfaces.md "Training runs"): config.json (its options), metrics.jsonl,
+// summary.json, clients/<id>/adapters.safetensors, global.safetensors, plus resume.safetensors
+// (the state). After each round the whole state goes into one file written atomically, so a run
+// killed at any moment resumes from its last completed round and ends exactly as an
+// uninterrupted one. Every file is written atomically.
+import { OptionError } from "../model/option_error.ts";
+import type { NamedTensor } from "../model/safetensors.ts";
+import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/safetensors.ts";
+import type { ClientState } from "./client.ts";
+import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
+import { METHODS } from "./methods.ts";
+import type { TrainOptions } from "./options.ts";
+import { type Measurement, type MetricRecord, parseMetrics, type Summary } from "./records.ts";
+import type { Checkpoint } from "./simulation.ts";
+
+const CONFIG_FILE = "config.json";
+const RESUME_FILE = "resume.safetensors";
+const METRICS_FILE = "metrics.jsonl";
+
+/** What resume.safetensors' metadata holds besides the tensors. */
+interface SavedRun {
+  options: TrainOptions;
+  round: number;
+  elapsedS: number;
+  pretrainedPpl: number[];
+  clients: StateCounters[];
+}
+
+/**
+ * The options in a run folder's config.json, with the fields every reader relies on checked
+ * (written by this version or an older one: fields added since may be absent).
+ */
+export async function readRunConfig(dir: string): Promise<TrainOptions> {
+  const path = `${dir}/${CONFIG_FILE}`;
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(`${path}: cannot read a run's config (${(e as Error).message})`);
+  }
+  if (typeof json !== "object" || json === null) {
+    throw new Error(`${path}: not a training run's config (not a JSON object)`);
+  }
+  const bad = [
+    ...["method", "scenario", "model"].filter((key) => typeof json[key] !== "string"),
+    ...["clients", "batch", "seq", "seed"].filter((key) => !Number.isInteger(json[key])),
+    ...(typeof json.ood === "boolean" ? [] : ["ood"]),
+  ];
+  if (bad.length) {
+    throw new Error(`${path}: not a training run's config (bad or missing: ${bad.join(", ")})`);
+  }
+  if (!(METHODS as readonly string[]).includes(json.method as string)) {
+    throw new Error(`${path}: unknown method "${json.method}"`);
+  }
+  return json as unknown as TrainOptions;
+}
+
+/** Writes the run's config.json. */
+export async function writeRunConfig(options: TrainOptions): Promise<void> {
+  await writeJson(`${options.out}/${CONFIG_FILE}`, options);
+}
+
+/** A run folder opened to run in: its options, the state it continues from, and its writers. */
+export interface OpenRun {
+  options: TrainOptions;
+  saved?: Awaited<ReturnType<typeof readRunState>>;
+  /** Every metric record so far (a resumed run's up to its last completed round). */
+  metrics: MetricRecord[];
+  record(m: Measurement): Promise<void>;
+  save(checkpoint: Checkpoint): Promise<void>;
+}
+
+/** Creates a run folder (config.json), or opens one to resume (its state and records). */
+export async function openRun(
+  start: { options: TrainOptions } | { resume: string },
+): Promise<OpenRun> {
+  const saved = "resume" in start ? await readRunState(start.resume) : undefined;
+  const options = "options" in start ? start.options : saved?.run.options ??
+    // Killed before its first round ended: start over with the run's own options.
+    await readRunConfig(start.resume).catch((e: Error) => {
+      throw new OptionError("resume", `${start.resume} holds no run: ${e.message}`);
+    });
+  const out = options.out;
+  await Deno.mkdir(out, { recursive: true });
+  if (!("resume" in start)) await writeRunConfig(options);
+  const runStart = performance.now();
+  const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
+  const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
+  return {
+    options,
+    saved,
+    metrics,
+    record: async (m) => {
+      metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });
+      await writeMetrics(out, metrics);
+    },
+    save: (checkpoint) => saveRunState(out, options, elapsed(), checkpoint),
+  };
+}
+
+export async function writeJson(path: string, value: unknown): Promise<void> {
+  await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(value, null, 2) + "\n"));
+}
+
+/** metrics.jsonl with every record so far (rewritten atomically: a kill never leaves half). */
+async function writeMetrics(out: string, metrics: readonly MetricRecord[]): Promise<void> {
+  await writeFileAtomic(
+    `${out}/${METRICS_FILE}`,
+    new TextEncoder().encode(metrics.map((r) => JSON.stringify(r) + "\n").join("")),
+  );
+}
+
+/** A finished run's files: every client's adapters, the shared tensors, summary.json. */
+export async function writeRunOutputs(
+  out: string,
+  { adapters, global, summary }: {
+    adapters: readonly Uint8Array[];
+    global: Uint8Array | null;
+    summary: Summary;
+  },
+): Promise<void> {
+  for (const [id, bytes] of adapters.entries()) {
+    await Deno.mkdir(`${out}/clients/${id}`, { recursive: true });
+    await writeFileAtomic(`${out}/clients/${id}/adapters.safetensors`, bytes);
+  }
+  if (global) await writeFileAtomic(`${out}/global.safetensors`, global);
+  await writeJson(`${out}/summary.json`, summary);
+}
+
+/** The records of a run folder's metrics.jsonl (none when it has none yet). */
+export async function readMetrics(out: string): Promise<MetricRecord[]> {
+  return parseMetrics(await Deno.readTextFile(`${out}/${METRICS_FILE}`).catch(() => ""));
+}
+
+async function saveRunState(
+  out: string,
+  options: TrainOptions,
+  elapsedS: number,
+  { round, pretrainedPpl, clients, global }: Checkpoint,
+): Promise<void> {
+  const tensors: [string, NamedTensor][] = [];
+  const counters = clients.map((state, i) => {
+    const saved = stateTensors(`client.${i}`, state);
+    tensors.push(...saved.tensors);
+    return saved.counters;
+  });
+  for (const [name, t] of global ?? []) tensors.push([`global.${name}`, t]);
+  const saved: SavedRun = { options, round, elapsedS, pretrainedPpl, clients: counters };
+  await writeSafetensors(`${out}/${RESUME_FILE}`, tensors, { run: JSON.stringify(saved) });
+}
+
+/** The state saved after the last completed round, or undefined before the first one. */
+async function readRunState(dir: string): Promise<
+  {
+    run: SavedRun;
+    clients: ClientState[];
+    global: Map<string, NamedTensor> | null;
+  } | undefined
+> {
+  const path = `${dir}/${RESUME_FILE}`;
+  try {
+    await Deno.stat(path);
+  } catch {
+    return undefined;
+  }
+  const { tensors, metadata } = await readSafetensors(path);
+  const run = JSON.parse(metadata.run ?? "null") as SavedRun | null;
+  if (!run) throw new Error(`${path}: not a training state (no "run" metadata)`);
+  const clients = run.clients.map((c, i) => stateFromTensors(tensors, `client.${i}`, c));
+  const global = [...tensors].filter(([name]) => name.startsWith("global."))
+    .map(([name, t]) => [name.slice("global.".length), t] as const);
+  return { run, clients, global: global.length ? new Map(global) : null };
+}
