@@ -1,7 +1,8 @@
 // The public API of comigs. Everything exported here is promised; nothing else is.
 
 // Engine: device, tensors, autograd, optimiser.
-export { type Command, Engine, type EngineOptions, type KernelVariant } from "./engine/device.ts";
+export { type Command, Engine, type EngineOptions } from "./engine/device.ts";
+export { chooseKernelVariant, type KernelVariant, kernelVariant } from "./kernels/variant.ts";
 export {
   DeviceLostError,
   GpuError,

@@ -10,6 +10,7 @@ import { clientLoop, MemoryStates } from "../fed/client_loop.ts";
 import { federate, makeClient, type Streams } from "../fed/federation.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { parseBaseCheckpoint } from "../model/checkpoint.ts";
+import { kernelVariant } from "../kernels/variant.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
@@ -61,7 +62,7 @@ async function main(): Promise<void> {
     kind: "log",
     line: `WebGPU adapter: ${engine.adapterName}${
       engine.isFallbackAdapter ? " (CPU fallback)" : ""
-    }; kernels: ${engine.variant} (in ${navigator.userAgent})`,
+    }; kernels: ${kernelVariant(engine)} (in ${navigator.userAgent})`,
   });
   let total = 0;
   const progress = {
