@@ -1,7 +1,8 @@
 // The public API of comigs. Everything exported here is promised; nothing else is.
 
-// Engine: device, tensors, autograd.
-export { Engine, type EngineOptions } from "./engine/device.ts";
+// Engine: device, tensors, autograd; the kernel family.
+export { type Command, Engine, type EngineOptions } from "./engine/device.ts";
+export { chooseKernelVariant, type KernelVariant, kernelVariant } from "./kernels/variant.ts";
 export {
   DeviceLostError,
   GpuError,

@@ -3,6 +3,7 @@
 // interfaces.md specifies. --filter NAME keeps cases whose kernel contains NAME.
 import { parseArgs } from "node:util";
 import { type Command, Engine } from "../engine/device.ts";
+import { chooseKernelVariant, kernelVariant, parseKernelVariant } from "../kernels/variant.ts";
 import type { BenchCase } from "./case.ts";
 import { allCases } from "./cases/index.ts";
 import { matmulVsReference } from "./ratio.ts";
@@ -30,10 +31,9 @@ if (flags.help) {
 const runs = Number(flags.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
 
-const engine = await Engine.create({
-  variant: flags.variant as "texture" | "storage" | undefined,
-  verbose: !flags.json,
-});
+const engine = await Engine.create({ verbose: !flags.json });
+if (flags.variant) chooseKernelVariant(engine, parseKernelVariant(flags.variant, "--variant"));
+if (!flags.json) console.error(`kernels: ${kernelVariant(engine)}`);
 const selected = allCases.filter((c) => !flags.filter || c.kernel.includes(flags.filter));
 
 async function measure(benchCase: BenchCase): Promise<Record<string, unknown>> {

@@ -16,6 +16,7 @@ import { Tape, zeroGrad } from "../engine/tape.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { initWeights } from "../model/init.ts";
+import { kernelVariant } from "../kernels/variant.ts";
 import { Mulberry32 } from "../model/rng.ts";
 
 interface StepSpec {
@@ -114,7 +115,7 @@ async function measureStep(
     return {
       kernel: "train_step",
       config: spec.config,
-      variant: engine.variant,
+      variant: kernelVariant(engine),
       B,
       T,
       params: parameterCount(config),

@@ -13,6 +13,7 @@ import { federate } from "../fed/simulation.ts";
 import type { Streams } from "../fed/streams.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { parseBaseCheckpoint } from "../model/checkpoint.ts";
+import { kernelVariant } from "../kernels/variant.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
     kind: "log",
     line: `WebGPU adapter: ${engine.adapterName}${
       engine.isFallbackAdapter ? " (CPU fallback)" : ""
-    }; kernels: ${engine.variant} (in ${navigator.userAgent})`,
+    }; kernels: ${kernelVariant(engine)} (in ${navigator.userAgent})`,
   });
   let total = 0;
   const progress: Progress = {

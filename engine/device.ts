@@ -6,13 +6,7 @@ import { DeviceLostError, GpuError, LimitError, NoAdapterError, ShapeError } fro
 import { type Kernel, PipelineCache } from "./pipelines.ts";
 import { checkShape, type DType, sizeOf, Tensor } from "./tensor.ts";
 
-/** Kernel families: `texture` reads matmul operands through storage textures (fast on
- * lavapipe, whose storage-buffer loads are slow); `storage` reads storage buffers (real GPUs). */
-export type KernelVariant = "texture" | "storage";
-
 export interface EngineOptions {
-  /** Which kernel family to use; `auto` picks `texture` on CPU fallback adapters. */
-  variant?: KernelVariant | "auto";
   /** Print the adapter in use to stderr. */
   verbose?: boolean;
 }
@@ -79,7 +73,6 @@ export class Engine {
     readonly device: GPUDevice,
     readonly adapterName: string,
     readonly isFallbackAdapter: boolean,
-    readonly variant: KernelVariant,
   ) {
     this.pool = new BufferPool(device);
     this.pipelines = new PipelineCache(device);
@@ -98,12 +91,6 @@ export class Engine {
     const deno = (globalThis as { Deno?: typeof Deno }).Deno;
     if (deno && !deno.env.get("XDG_RUNTIME_DIR")) {
       deno.env.set("XDG_RUNTIME_DIR", deno.makeTempDirSync());
-    }
-    // Checked before any device exists, so a bad value does not leak one.
-    const forced = deno?.env.get("COMIGS_VARIANT") as KernelVariant | undefined;
-    const requested = options.variant && options.variant !== "auto" ? options.variant : forced;
-    if (requested && requested !== "texture" && requested !== "storage") {
-      throw new Error(`unknown kernel variant "${requested}"; use texture, storage or auto`);
     }
     const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
     const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
@@ -124,13 +111,10 @@ export class Engine {
       "unknown adapter";
     const fallback = (info as GPUAdapterInfo & { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       false;
-    const variant: KernelVariant = requested ?? (fallback ? "texture" : "storage");
     if (options.verbose) {
-      console.error(
-        `WebGPU adapter: ${name}${fallback ? " (CPU fallback)" : ""}; kernels: ${variant}`,
-      );
+      console.error(`WebGPU adapter: ${name}${fallback ? " (CPU fallback)" : ""}`);
     }
-    return new Engine(device, name, fallback, variant);
+    return new Engine(device, name, fallback);
   }
 
   get limits(): GPUSupportedLimits {

@@ -8,8 +8,9 @@
 import type { Command, Engine, Uniform } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { bindingChunks, chunkView } from "./fill.ts";
+import { bindingChunks, chunkView } from "./chunks.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
 
@@ -40,8 +41,7 @@ export function adamwUniformValues(h: AdamWHyper, t: number): Float32Array<Array
   );
 }
 
-function adamwWgsl(units: number, vec4: boolean, index: string): string {
-  const type = vec4 ? "vec4f" : "f32";
+function adamwWgsl(units: number, index: string): string {
   return `
 struct Hyper {
   decay: f32,           // 1 − lr·wd
@@ -53,11 +53,6 @@ struct Hyper {
   sqrt_bc2: f32,        // √(1 − β2^t)
   eps: f32,
 }
-@group(0) @binding(0) var<storage, read_write> p: array<${type}>;
-@group(0) @binding(1) var<storage, read> g: array<${type}>;
-@group(0) @binding(2) var<storage, read_write> m: array<${type}>;
-@group(0) @binding(3) var<storage, read_write> v: array<${type}>;
-@group(0) @binding(4) var<uniform> h: Hyper;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
@@ -93,13 +88,14 @@ export function adamwCommands(
     const vec4 = chunk.count % 4 === 0;
     const units = vec4 ? chunk.count / 4 : chunk.count;
     const grid = grid1d(units, WORKGROUP);
-    const kernel = engine.kernel("adamw", adamwWgsl(units, vec4, grid.index), [
-      "rw",
-      "read",
-      "rw",
-      "rw",
-      "uniform",
-    ]);
+    const array = `array<${vec4 ? "vec4f" : "f32"}>`;
+    const kernel = declareKernel(engine, "adamw", [
+      ["p", "rw", array],
+      ["g", "read", array],
+      ["m", "rw", array],
+      ["v", "rw", array],
+      ["h", "uniform", "Hyper"],
+    ], adamwWgsl(units, grid.index));
     const views = [p, g, m, v].map((t) => chunkView(engine, t, chunk));
     return engine.dispatch(`adamw ${p.label}`, kernel, [...views, hyper.buffer], grid.workgroups);
   });

@@ -19,11 +19,12 @@
 // storage buffers (variant `storage`). Memory saved for backward: the packed qkv (the size of
 // qkv) and lse [B, T, H]; backward adds a packed dO with (lse, D) per row and head.
 import type { BindingKind } from "../engine/bindings.ts";
-import type { Command, KernelVariant } from "../engine/device.ts";
+import type { Command } from "../engine/device.ts";
 import { LimitError, ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
+import { type KernelVariant, kernelVariant } from "./variant.ts";
 
 /** A masked score: exp(MASKED − m) underflows to 0 for every real running max m. */
 const MASKED = "-3.0e38";
@@ -544,7 +545,7 @@ export function attention(
   }
   const hs = C / nHead;
   const s: Shape = { B, T, C, H: nHead, hs, hs4: Math.ceil(hs / 4) };
-  const variant = opts.variant ?? engine.variant;
+  const variant = opts.variant ?? kernelVariant(engine);
   const label = `attention(${qkv.label})`;
 
   const packed = new PackedRows(tape, B * T, 3 * s.H * s.hs4, variant, `${label} packed qkv`);

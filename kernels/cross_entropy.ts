@@ -14,11 +14,15 @@
 // are copied (a buffer copy, no kernel). The copy could vanish only if the tape let an op hand
 // its saved tensor over as the input's gradient buffer; the current Tape API has no such hook.
 // Otherwise a kernel scales them by the upstream value and overwrites or accumulates.
+import type { Binding } from "../engine/bindings.ts";
 import type { Command, Engine } from "../engine/device.ts";
 import { LimitError, ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { alignedChunks, roundDown, vec4Granule } from "./chunks.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
+import { floatLiteral } from "./literals.ts";
 
 const WORKGROUP = 64;
 /** Bit pattern of a quiet NaN: the loss of a row whose target is out of range. */
@@ -66,7 +70,7 @@ export function checkTargets(targets: ArrayLike<number>, vocabSize: number): voi
  * per-row tensors (4 bytes a row) start at an aligned byte offset that is also vec4-aligned.
  */
 export function rowQuantum(engine: Engine): number {
-  return Math.max(engine.limits.minStorageBufferOffsetAlignment, 16) / 4;
+  return vec4Granule(engine.limits.minStorageBufferOffsetAlignment);
 }
 
 /** Cross-entropy that also returns the per-row losses. */
@@ -109,15 +113,19 @@ export function crossEntropyWithRowLosses(
     };
     const bindings = rowBindings(vocab, gradChunk !== null);
     const grid = rowGrid(engine, count);
-    const kernel = engine.kernel(
+    const kernel = declareKernel(
+      engine,
       "cross_entropy_rows",
+      bindings,
       rowKernelWgsl(vocab, count, rows, grid[0], bindings),
-      bindings.map((b) => b.access === "read" ? "read" : "rw"),
     );
-    const resources = bindings.map((b) => tensors[b.name]!);
+    const resources = bindings.map(([name]) => tensors[name]!);
     return engine.dispatch(`cross_entropy rows chunk ${c}`, kernel, resources, grid);
   });
-  const mean = engine.kernel("cross_entropy_mean", meanWgsl(rows), ["read", "rw"]);
+  const mean = declareKernel(engine, "cross_entropy_mean", [
+    ["row_loss", "read", "array<f32>"],
+    ["loss", "rw", "array<f32>"],
+  ], meanWgsl(rows));
   forward.push(engine.dispatch("cross_entropy mean", mean, [rowLosses, loss], 1));
 
   tape.record({
@@ -141,11 +149,12 @@ export function crossEntropyWithRowLosses(
         const n = count * vocab;
         const vec4 = n % 4 === 0;
         const grid = grid1d(vec4 ? n / 4 : n, WORKGROUP);
-        const kernel = engine.kernel(
-          "cross_entropy_backward",
-          scaleWgsl(vec4 ? n / 4 : n, vec4, grid.index, target.accumulate),
-          ["read", "read", "rw"],
-        );
+        const array = `array<${vec4 ? "vec4f" : "f32"}>`;
+        const kernel = declareKernel(engine, "cross_entropy_backward", [
+          ["dlogits", "read", array],
+          ["upstream", "read", "array<f32>"],
+          ["grad", "rw", array],
+        ], scaleWgsl(vec4 ? n / 4 : n, grid.index, target.accumulate));
         const view = (t: Tensor) => engine.view(t, start * vocab, [n], `${t.label} chunk ${c}`);
         return engine.dispatch(
           `cross_entropy backward chunk ${c}`,
@@ -159,16 +168,16 @@ export function crossEntropyWithRowLosses(
   return { loss, rowLosses };
 }
 
-interface RowChunk {
-  start: number;
-  count: number;
-}
-
 /** Row chunks of `chunkRows` (default: as many as fit in one storage binding). */
-function rowChunks(engine: Engine, rows: number, vocab: number, requested?: number): RowChunk[] {
+function rowChunks(
+  engine: Engine,
+  rows: number,
+  vocab: number,
+  requested?: number,
+): { start: number; count: number }[] {
   const quantum = rowQuantum(engine);
   const fit = Math.floor(engine.limits.maxStorageBufferBindingSize / (vocab * 4));
-  const chunkRows = requested ?? Math.floor(fit / quantum) * quantum;
+  const chunkRows = requested ?? roundDown(fit, quantum);
   if (requested === undefined && chunkRows < quantum) {
     throw new LimitError(
       `crossEntropy: ${quantum} rows of ${vocab} logits exceed one storage binding`,
@@ -177,11 +186,8 @@ function rowChunks(engine: Engine, rows: number, vocab: number, requested?: numb
   if (!Number.isInteger(chunkRows) || chunkRows < quantum || chunkRows % quantum !== 0) {
     throw new ShapeError(`crossEntropy: chunkRows ${requested} must be a multiple of ${quantum}`);
   }
-  const chunks: RowChunk[] = [];
-  for (let start = 0; start < rows; start += chunkRows) {
-    chunks.push({ start, count: Math.min(chunkRows, rows - start) });
-  }
-  return chunks;
+  return alignedChunks(rows, chunkRows, quantum, "crossEntropy")
+    .map(([start, end]) => ({ start, count: end - start }));
 }
 
 /** One workgroup per row, over a 2-D grid when rows exceed the per-dimension limit. */
@@ -197,28 +203,22 @@ fn merged_sum(m_a: f32, s_a: f32, m_b: f32, s_b: f32, m: f32) -> f32 {
   return s_a * exp(m_a - m) + s_b * exp(m_b - m);
 }`;
 
-interface RowBinding {
-  name: string;
-  access: "read" | "read_write";
-  type: "vec4f" | "f32" | "u32";
-}
-
 /**
  * The row kernel's buffers. When V is not a multiple of 4, a row starts mid-vec4: up to 3 head
  * and 3 tail elements go through scalar aliases of the same buffers, the aligned body through
  * vec4 loads and stores (absent when V < 4: a binding must hold one whole vec4).
  */
-function rowBindings(vocab: number, withGrad: boolean): RowBinding[] {
+function rowBindings(vocab: number, withGrad: boolean): Binding[] {
   const body = vocab >= 4, edges = vocab % 4 !== 0;
-  const all: (RowBinding | false)[] = [
-    body && { name: "logits4", access: "read", type: "vec4f" },
-    edges && { name: "logits1", access: "read", type: "f32" },
-    { name: "targets", access: "read", type: "u32" },
-    { name: "row_loss", access: "read_write", type: "f32" },
-    withGrad && body && { name: "dlogits4", access: "read_write", type: "vec4f" },
-    withGrad && edges && { name: "dlogits1", access: "read_write", type: "f32" },
+  const all: (Binding | false)[] = [
+    body && ["logits4", "read", "array<vec4f>"],
+    edges && ["logits1", "read", "array<f32>"],
+    ["targets", "read", "array<u32>"],
+    ["row_loss", "rw", "array<f32>"],
+    withGrad && body && ["dlogits4", "rw", "array<vec4f>"],
+    withGrad && edges && ["dlogits1", "rw", "array<f32>"],
   ];
-  return all.filter((b): b is RowBinding => b !== false);
+  return all.filter((b) => b !== false);
 }
 
 /** Per-row loss (and dlogits) for the `chunkRows` rows of a chunk; `totalRows` is the mean's N. */
@@ -227,12 +227,9 @@ function rowKernelWgsl(
   chunkRows: number,
   totalRows: number,
   gridX: number,
-  bindings: readonly RowBinding[],
+  bindings: readonly Binding[],
 ): string {
-  const has = (name: string) => bindings.some((b) => b.name === name);
-  const declarations = bindings.map((b, i) =>
-    `@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;`
-  ).join("\n");
+  const has = (name: string) => bindings.some(([bound]) => bound === name);
   const edges = has("logits1");
   // Scalar elements of the row: the head (before the first aligned vec4) and the tail.
   const scalarEdges = (body: string) =>
@@ -251,7 +248,6 @@ function rowKernelWgsl(
 const V = ${vocab}u;
 const ROWS = ${chunkRows}u;
 const INV_N = ${floatLiteral(1 / totalRows)};
-${declarations}
 var<workgroup> part_max: array<f32, ${WORKGROUP}>;
 var<workgroup> part_sum: array<f32, ${WORKGROUP}>;
 
@@ -329,17 +325,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
 }`;
 }
 
-/** A WGSL float literal for x (always with a point or exponent, so never an integer). */
-function floatLiteral(x: number): string {
-  const text = String(x);
-  return /[.e]/.test(text) ? text : `${text}.0`;
-}
-
 /** loss = (1/N)·Σ row_loss, summed in a fixed order by one workgroup. */
 function meanWgsl(rows: number): string {
   return `
-@group(0) @binding(0) var<storage, read> row_loss: array<f32>;
-@group(0) @binding(1) var<storage, read_write> loss: array<f32>;
 var<workgroup> partial: array<f32, ${WORKGROUP}>;
 
 @compute @workgroup_size(${WORKGROUP})
@@ -356,13 +344,8 @@ fn main(@builtin(local_invocation_index) t: u32) {
 }
 
 /** grad (+)= upstream[0] · dlogits, elementwise over n vec4s (or n scalars). */
-function scaleWgsl(n: number, vec4: boolean, index: string, accumulate: boolean): string {
-  const type = vec4 ? "vec4f" : "f32";
+function scaleWgsl(n: number, index: string, accumulate: boolean): string {
   return `
-@group(0) @binding(0) var<storage, read> dlogits: array<${type}>;
-@group(0) @binding(1) var<storage, read> upstream: array<f32>;
-@group(0) @binding(2) var<storage, read_write> grad: array<${type}>;
-
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};

@@ -8,11 +8,14 @@
 //
 // Tables over one storage binding (GPT-2's wte: 50257×768 f32 = 154 MB > 128 MiB) are given as
 // a list of row blocks (see `splitRows`); each id is routed to the block holding its row.
+import type { Binding } from "../engine/bindings.ts";
 import type { Engine } from "../engine/device.ts";
-import { LimitError, ShapeError } from "../engine/errors.ts";
+import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { rowChunks } from "./chunks.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
 
@@ -123,34 +126,21 @@ export function splitRows(engine: Engine, table: Tensor, maxBytes?: number): Ten
   const [rows, cols] = table.shape;
   if (table.shape.length !== 2) throw new ShapeError(`splitRows: ${table} must be [rows, cols]`);
   const limit = maxBytes ?? engine.limits.maxStorageBufferBindingSize;
-  if (table.byteLength <= limit) return [table];
-  const align = engine.limits.minStorageBufferOffsetAlignment;
-  const rowBytes = cols * 4;
-  // Block starts are multiples of `step` rows, the fewest rows spanning a multiple of `align`.
-  const step = align / gcd(rowBytes, align);
-  const blockRows = Math.floor(limit / rowBytes / step) * step;
-  if (blockRows < 1) {
-    throw new LimitError(`splitRows: ${step} rows of ${table} exceed the ${limit}-byte limit`);
-  }
+  const chunks = rowChunks(engine, rows, cols, limit, `splitRows ${table}`);
+  if (chunks.length === 1) return [table];
   const grad = table.requiresGrad
     ? table.grad ??= engine.tensor(table.shape, { label: `grad ${table.label}` })
     : undefined;
-  const blocks: Tensor[] = [];
-  for (let start = 0; start < rows; start += blockRows) {
-    const shape = [Math.min(blockRows, rows - start), cols];
+  return chunks.map(([start, end]) => {
+    const shape = [end - start, cols];
     const label = `${table.label}[${start}:${start + shape[0]}]`;
     const block = engine.view(table, start * cols, shape, label);
     if (grad) {
       block.requiresGrad = true;
       block.grad = engine.view(grad, start * cols, shape, `grad ${label}`);
     }
-    blocks.push(block);
-  }
-  return blocks;
-}
-
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
+    return block;
+  });
 }
 
 /** A row block bound to a kernel: rows [start, start + rows of tensor) of the table. */
@@ -183,11 +173,14 @@ function unrolled(layout: RowLayout, line: (k: number) => string, indent: string
   return Array.from({ length: layout.group }, (_, k) => line(k)).join(`\n${indent}`);
 }
 
-/** Bindings `first`, `first + 1`, ... named `${name}0`, `${name}1`, ... for the blocks. */
-function blockBindings(blocks: Block[], first: number, name: string, access: string, type: string) {
-  return blocks.map((_, b) =>
-    `@group(0) @binding(${first + b}) var<storage, ${access}> ${name}${b}: array<${type}>;`
-  ).join("\n");
+/** Bindings named `${name}0`, `${name}1`, ... for the blocks. */
+function blockBindings(
+  blocks: Block[],
+  name: string,
+  kind: "read" | "rw",
+  type: string,
+): Binding[] {
+  return blocks.map((_, b) => [`${name}${b}`, kind, `array<${type}>`]);
 }
 
 /** Runs `body(b)` for the block holding row `id`, with `row` set to the row inside the block. */
@@ -200,19 +193,24 @@ function route(blocks: Block[], body: (b: number) => string): string {
   ).join(" else ");
 }
 
-/** Gathers the rows of the ids held by `blocks`; ids in other blocks are left to other dispatches. */
-function forwardWgsl(blocks: Block[], count: number, layout: RowLayout, index: string): string {
+/**
+ * The start of a kernel with one invocation per (item, column group) of `count` items: `item`
+ * names the item's index, `first` is the group's first vector.
+ */
+function groupedMain(layout: RowLayout, count: number, index: string, item: string): string {
   return `
 const VECS = ${layout.vecs}u;
-@group(0) @binding(0) var<storage, read> ids: array<u32>;
-${blockBindings(blocks, 1, "table", "read", layout.type)}
-@group(0) @binding(${blocks.length + 1}) var<storage, read_write> out: array<${layout.type}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
   if (i >= ${count * layout.groups}u) { return; }
-  let n = i / ${layout.groups}u;
-  let first = (i % ${layout.groups}u) * ${layout.group}u;
+  let ${item} = i / ${layout.groups}u;
+  let first = (i % ${layout.groups}u) * ${layout.group}u;`;
+}
+
+/** Gathers the rows of the ids held by `blocks`; ids in other blocks are left to other dispatches. */
+function forwardWgsl(blocks: Block[], count: number, layout: RowLayout, index: string): string {
+  return `${groupedMain(layout, count, index, "n")}
   let at = n * VECS + first;
   let id = ids[n];
   ${
@@ -232,20 +230,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 function backwardWgsl(grads: Block[], count: number, layout: RowLayout, index: string): string {
   const { type } = layout;
   const each = (line: (k: number) => string, indent = "  ") => unrolled(layout, line, indent);
-  return `
-const VECS = ${layout.vecs}u;
-@group(0) @binding(0) var<storage, read> dout: array<${type}>;
-@group(0) @binding(1) var<storage, read> bucket_count: array<u32>;
-@group(0) @binding(2) var<storage, read> bucket_ids: array<u32>;
-@group(0) @binding(3) var<storage, read> bucket_starts: array<u32>;
-@group(0) @binding(4) var<storage, read> bucket_positions: array<u32>;
-${blockBindings(grads, 5, "grad", "read_write", type)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${index};
-  if (i >= ${count * layout.groups}u) { return; }
-  let bucket = i / ${layout.groups}u;
-  let first = (i % ${layout.groups}u) * ${layout.group}u;
+  return `${groupedMain(layout, count, index, "bucket")}
   if (bucket >= bucket_count[0]) { return; }
   let id = bucket_ids[bucket];
   ${each((k) => `var sum${k} = ${type}(0.0);`)}
@@ -301,11 +286,11 @@ export function embedding(tape: Tape, table: Tensor | readonly Tensor[], ids: In
   // All blocks go in one dispatch when the adapter allows that many storage bindings.
   const maxBindings = engine.limits.maxStorageBuffersPerShaderStage;
   const forward = runs(blocks, maxBindings - 2).map((bound) => {
-    const kernel = engine.kernel(
-      "embedding",
-      forwardWgsl(bound, count, layout, grid.index),
-      ["read", ...bound.map(() => "read" as const), "rw"],
-    );
+    const kernel = declareKernel(engine, "embedding", [
+      ["ids", "read", "array<u32>"],
+      ...blockBindings(bound, "table", "read", layout.type),
+      ["out", "rw", `array<${layout.type}>`],
+    ], forwardWgsl(bound, count, layout, grid.index));
     const tables = bound.map((b) => b.tensor);
     return engine.dispatch("embedding", kernel, [ids.ids, ...tables, out], grid.workgroups);
   });
@@ -330,11 +315,14 @@ export function embedding(tape: Tape, table: Tensor | readonly Tensor[], ids: In
           tensor: target!.tensor,
           start: block.start,
         }));
-        const kernel = engine.kernel(
-          "embedding_backward",
-          backwardWgsl(grads, count, layout, grid.index),
-          ["read", "read", "read", "read", "read", ...grads.map(() => "rw" as const)],
-        );
+        const kernel = declareKernel(engine, "embedding_backward", [
+          ["dout", "read", `array<${layout.type}>`],
+          ["bucket_count", "read", "array<u32>"],
+          ["bucket_ids", "read", "array<u32>"],
+          ["bucket_starts", "read", "array<u32>"],
+          ["bucket_positions", "read", "array<u32>"],
+          ...blockBindings(grads, "grad", "rw", layout.type),
+        ], backwardWgsl(grads, count, layout, grid.index));
         return engine.dispatch("embedding backward", kernel, [
           dout,
           ids.bucketCount,

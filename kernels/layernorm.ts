@@ -8,11 +8,14 @@
 // One invocation normalises one row: on lavapipe every storage load is a loop over the SIMD
 // lanes, so the cost is the number of load instructions, and a row per invocation needs no
 // workgroup barriers (coroutine switches there). Rows are read as vec4 when C allows.
+import type { Binding } from "../engine/bindings.ts";
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
+import { floatLiteral } from "./literals.ts";
 
 const WORKGROUP = 64;
 /** Rows summed by one invocation in the first phase of the dw/db column sums. */
@@ -34,7 +37,7 @@ function prelude({ rows, cols, vecs }: Dims): string {
 alias V = ${vec4 ? "vec4f" : "f32"};
 fn total(v: V) -> f32 { return ${vec4 ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
 const ROWS = ${rows}u;
-const C: f32 = ${cols}.0;
+const C: f32 = ${floatLiteral(cols)};
 const VECS = ${vecs}u;
 `;
 }
@@ -42,13 +45,7 @@ const VECS = ${vecs}u;
 /** Two passes over the row for the statistics (mean, then squared deviations: no cancellation). */
 function forwardWgsl(dims: Dims, eps: number, index: string): string {
   return `${prelude(dims)}
-const EPS: f32 = ${eps};
-@group(0) @binding(0) var<storage, read> x: array<V>;
-@group(0) @binding(1) var<storage, read> weight: array<V>;
-@group(0) @binding(2) var<storage, read> bias: array<V>;
-@group(0) @binding(3) var<storage, read_write> y: array<V>;
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
+const EPS: f32 = ${floatLiteral(eps)};
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = ${index};
@@ -73,12 +70,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 function inputGradWgsl(dims: Dims, accumulate: boolean, index: string): string {
   return `${prelude(dims)}
-@group(0) @binding(0) var<storage, read> x: array<V>;
-@group(0) @binding(1) var<storage, read> weight: array<V>;
-@group(0) @binding(2) var<storage, read> mean: array<f32>;
-@group(0) @binding(3) var<storage, read> rstd: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<V>;
-@group(0) @binding(5) var<storage, read_write> dx: array<V>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = ${index};
@@ -115,6 +106,12 @@ interface ColumnSums {
   dbias: ColumnOutput | null;
 }
 
+/** The column sums wanted, by name, in binding order (dweight before dbias). */
+function columnsWanted(sums: ColumnSums): [string, ColumnOutput][] {
+  return [["dweight", sums.dweight], ["dbias", sums.dbias]]
+    .filter((entry): entry is [string, ColumnOutput] => entry[1] !== null);
+}
+
 function store(name: string, out: ColumnOutput, at: string, value: string): string {
   return `${name}[${at}] = ${out.accumulate ? `${name}[${at}] + ` : ""}${value};`;
 }
@@ -137,12 +134,6 @@ function columnPartialsWgsl(
   const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
   const groups = dims.vecs / group;
   return `${prelude(dims)}
-@group(0) @binding(0) var<storage, read> x: array<V>;
-@group(0) @binding(1) var<storage, read> mean: array<f32>;
-@group(0) @binding(2) var<storage, read> rstd: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<V>;
-${dweight ? "@group(0) @binding(4) var<storage, read_write> dweight: array<V>;" : ""}
-${dbias ? `@group(0) @binding(${dweight ? 5 : 4}) var<storage, read_write> dbias: array<V>;` : ""}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
@@ -167,16 +158,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /** Phase 2: each vector column adds up its partials over the row blocks, in block order. */
 function columnTotalsWgsl(dims: Dims, blocks: number, sums: ColumnSums, index: string): string {
-  const wanted = [["dweight", sums.dweight], ["dbias", sums.dbias]]
-    .filter((entry): entry is [string, ColumnOutput] => entry[1] !== null);
-  const bindings = wanted.flatMap(([name], n) => [
-    `@group(0) @binding(${2 * n}) var<storage, read> ${name}_partials: array<V>;`,
-    `@group(0) @binding(${2 * n + 1}) var<storage, read_write> ${name}: array<V>;`,
-  ]);
+  const wanted = columnsWanted(sums);
   const lines = (line: (name: string, out: ColumnOutput) => string, indent = "\n  ") =>
     wanted.map(([name, out]) => line(name, out)).join(indent);
   return `${prelude(dims)}
-${bindings.join("\n")}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j = ${index};
@@ -215,11 +200,14 @@ export function layerNorm(
   const mean = tape.tensor([dims.rows], `ln mean(${x.label})`);
   const rstd = tape.tensor([dims.rows], `ln rstd(${x.label})`);
   const rowGrid = grid1d(dims.rows, WORKGROUP);
-  const forward = engine.kernel(
-    "layernorm",
-    forwardWgsl(dims, eps, rowGrid.index),
-    ["read", "read", "read", "rw", "rw", "rw"],
-  );
+  const forward = declareKernel(engine, "layernorm", [
+    ["x", "read", "array<V>"],
+    ["weight", "read", "array<V>"],
+    ["bias", "read", "array<V>"],
+    ["y", "rw", "array<V>"],
+    ["mean", "rw", "array<f32>"],
+    ["rstd", "rw", "array<f32>"],
+  ], forwardWgsl(dims, eps, rowGrid.index));
   tape.record({
     name: "layerNorm",
     inputs: [x, weight, bias],
@@ -232,11 +220,14 @@ export function layerNorm(
       const [dx, dweight, dbias] = [0, 1, 2].map((i) => ctx.gradInput(i));
       const commands: Command[] = [];
       if (dx) {
-        const kernel = engine.kernel(
-          "layernorm_backward_x",
-          inputGradWgsl(dims, dx.accumulate, rowGrid.index),
-          ["read", "read", "read", "read", "read", "rw"],
-        );
+        const kernel = declareKernel(engine, "layernorm_backward_x", [
+          ["x", "read", "array<V>"],
+          ["weight", "read", "array<V>"],
+          ["mean", "read", "array<f32>"],
+          ["rstd", "read", "array<f32>"],
+          ["dy", "read", "array<V>"],
+          ["dx", "rw", "array<V>"],
+        ], inputGradWgsl(dims, dx.accumulate, rowGrid.index));
         commands.push(engine.dispatch(
           "layernorm backward dx",
           kernel,
@@ -276,18 +267,20 @@ function columnSums(
   };
   const group = [4, 2, 1].find((k) => dims.vecs % k === 0)!;
   const grid = grid1d(blocks * dims.vecs / group, WORKGROUP);
-  const outputs = [partials.dweight, partials.dbias].filter((o) => o !== null).map((o) => o.tensor);
-  const kernel = engine.kernel(
-    "layernorm_backward_columns",
-    columnPartialsWgsl(dims, blocks, group, partials, grid.index),
-    ["read", "read", "read", "read", ...outputs.map(() => "rw" as const)],
-  );
+  const outputs = columnsWanted(partials);
+  const kernel = declareKernel(engine, "layernorm_backward_columns", [
+    ["x", "read", "array<V>"],
+    ["mean", "read", "array<f32>"],
+    ["rstd", "read", "array<f32>"],
+    ["dy", "read", "array<V>"],
+    ...outputs.map(([name]): Binding => [name, "rw", "array<V>"]),
+  ], columnPartialsWgsl(dims, blocks, group, partials, grid.index));
   const { x, mean, rstd, dy } = saved;
   const commands: Command[] = [
     engine.dispatch(
       "layernorm backward dweight/dbias",
       kernel,
-      [x, mean, rstd, dy, ...outputs],
+      [x, mean, rstd, dy, ...outputs.map(([, output]) => output.tensor)],
       grid.workgroups,
     ),
   ];
@@ -296,10 +289,14 @@ function columnSums(
   const pairs = [[partials.dweight, targets.dweight], [partials.dbias, targets.dbias]]
     .filter(([partial]) => partial !== null)
     .flatMap(([partial, target]) => [partial!.tensor, target!.tensor]);
-  const total = engine.kernel(
+  const total = declareKernel(
+    engine,
     "layernorm_backward_column_totals",
+    columnsWanted(targets).flatMap(([name]): Binding[] => [
+      [`${name}_partials`, "read", "array<V>"],
+      [name, "rw", "array<V>"],
+    ]),
     columnTotalsWgsl(dims, blocks, targets, totalGrid.index),
-    pairs.map((_, n) => n % 2 === 0 ? "read" as const : "rw" as const),
   );
   commands.push(
     engine.dispatch("layernorm backward column totals", total, pairs, totalGrid.workgroups),

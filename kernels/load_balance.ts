@@ -21,11 +21,14 @@
 // Lavapipe stops loops after 65,535 iterations per invocation: a first-pass row costs about
 // E² + 4E iterations (the rank test, loads, max, exp, sums), 320 at E = 16, so 64 rows stay near
 // 20k; a partial row costs E, so 256 of them stay near 4k.
+import type { Binding } from "../engine/bindings.ts";
 import type { Command, Engine } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
+import { floatLiteral } from "./literals.ts";
 import { MAX_EXPERTS } from "./topk_gate.ts";
 
 const WORKGROUP = 64;
@@ -34,17 +37,17 @@ const ROWS_PER_INVOCATION = 64;
 /** Partial rows one invocation of a later pass adds. */
 const PARTIALS_PER_INVOCATION = 256;
 
-/** A WGSL f32 literal. */
-function f32Literal(x: number): string {
-  return `${Math.fround(x)}f`;
-}
-
 /** Elements of w: E rounded up to whole vec4s, zero-padded, so backward loads vec4s. */
 function paddedExperts(experts: number): number {
   return Math.ceil(experts / 4) * 4;
 }
 
-/** Loading a row of logits (whole vec4s when E allows: loads cost per instruction here). */
+/** The logits' binding: whole vec4s when E allows (loads cost per instruction here). */
+function logitsBinding(experts: number): Binding {
+  return ["logits", "read", `array<${experts % 4 === 0 ? "vec4f" : "f32"}>`];
+}
+
+/** Loading a row of logits, as `logitsBinding` declares them, and its softmax. */
 function rowWgsl(experts: number): string {
   const vec = experts % 4 === 0;
   const load = vec
@@ -55,7 +58,6 @@ function rowWgsl(experts: number): string {
     : `for (var j = 0u; j < E; j++) { l[j] = logits[row * E + j]; }`;
   return `
 const E = ${experts}u;
-@group(0) @binding(0) var<storage, read> logits: array<${vec ? "vec4f" : "f32"}>;
 fn load_logits(row: u32) -> array<f32, ${experts}> {
   var l: array<f32, ${experts}>;
   ${load}
@@ -93,8 +95,6 @@ function partialsWgsl(rows: number, experts: number, kept: number, index: string
   const partials = Math.ceil(rows / ROWS_PER_INVOCATION);
   return `${rowWgsl(experts)}
 ${routedWgsl(experts, kept)}
-@group(0) @binding(1) var<storage, read_write> counts: array<u32>;
-@group(0) @binding(2) var<storage, read_write> prob_sums: array<f32>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let p = ${index};
@@ -117,12 +117,16 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
 }
 
+/** The partials a shrinking or the final pass reads. */
+const PARTIALS_IN: Binding[] = [
+  ["counts_in", "read", "array<u32>"],
+  ["prob_sums_in", "read", "array<f32>"],
+];
+
 /** Adds partial rows [first, end) in order; shared by the shrinking and the final pass. */
 function sumPartialsWgsl(experts: number): string {
   return `
 const E = ${experts}u;
-@group(0) @binding(0) var<storage, read> counts_in: array<u32>;
-@group(0) @binding(1) var<storage, read> prob_sums_in: array<f32>;
 struct Totals { count: array<u32, ${experts}>, prob_sum: array<f32, ${experts}> }
 fn sum_partials(first: u32, end: u32) -> Totals {
   var t: Totals;
@@ -140,8 +144,6 @@ fn sum_partials(first: u32, end: u32) -> Totals {
 function shrinkWgsl(partials: number, experts: number, index: string): string {
   const out = Math.ceil(partials / PARTIALS_PER_INVOCATION);
   return `${sumPartialsWgsl(experts)}
-@group(0) @binding(2) var<storage, read_write> counts_out: array<u32>;
-@group(0) @binding(3) var<storage, read_write> prob_sums_out: array<f32>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let q = ${index};
@@ -164,12 +166,10 @@ function finishWgsl(
   factors: number[],
 ): string {
   return `${sumPartialsWgsl(experts)}
-@group(0) @binding(2) var<storage, read_write> lb: array<f32>;
-@group(0) @binding(3) var<storage, read_write> weights: array<f32>;
 // E·f_e: 1/ρ for the generalist, (E−1)/(1−ρ) for the specialists.
-const FACTORS = array<f32, ${experts}>(${factors.map(f32Literal).join(", ")});
-const ROWS = ${f32Literal(rows)};
-const ROUTED_PAIRS = ${f32Literal(rows * kept)};
+const FACTORS = array<f32, ${experts}>(${factors.map(floatLiteral).join(", ")});
+const ROWS: f32 = ${floatLiteral(rows)};
+const ROUTED_PAIRS: f32 = ${floatLiteral(rows * kept)};
 @compute @workgroup_size(1)
 fn main() {
   let t = sum_partials(0u, ${partials}u);
@@ -202,9 +202,6 @@ function backwardWgsl(
   }`
     : `for (var j = 0u; j < E; j++) { dlogits[row * E + j] = ${add("dlogits[row * E + j]")}d[j]; }`;
   return `${rowWgsl(experts)}
-@group(0) @binding(1) var<storage, read> weights: array<vec4f>;
-@group(0) @binding(2) var<storage, read_write> dlogits: array<${vec ? "vec4f" : "f32"}>;
-${unitUpstream ? "" : "@group(0) @binding(3) var<storage, read> dlb: array<f32>;"}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = ${index};
@@ -244,11 +241,11 @@ function forwardCommands(
     ] as const;
   let [counts, probSums] = partialTensors(partials);
   const grid = grid1d(partials, WORKGROUP);
-  const first = engine.kernel(
-    "load_balance_partials",
-    partialsWgsl(rows, experts, kept, grid.index),
-    ["read", "rw", "rw"],
-  );
+  const first = declareKernel(engine, "load_balance_partials", [
+    logitsBinding(experts),
+    ["counts", "rw", "array<u32>"],
+    ["prob_sums", "rw", "array<f32>"],
+  ], partialsWgsl(rows, experts, kept, grid.index));
   const commands: Command[] = [
     engine.dispatch("load_balance partials", first, [logits, counts, probSums], grid.workgroups),
   ];
@@ -256,11 +253,11 @@ function forwardCommands(
     const shrunk = Math.ceil(partials / PARTIALS_PER_INVOCATION);
     const [nextCounts, nextProbSums] = partialTensors(shrunk);
     const shrinkGrid = grid1d(shrunk, WORKGROUP);
-    const kernel = engine.kernel(
-      "load_balance_shrink",
-      shrinkWgsl(partials, experts, shrinkGrid.index),
-      ["read", "read", "rw", "rw"],
-    );
+    const kernel = declareKernel(engine, "load_balance_shrink", [
+      ...PARTIALS_IN,
+      ["counts_out", "rw", "array<u32>"],
+      ["prob_sums_out", "rw", "array<f32>"],
+    ], shrinkWgsl(partials, experts, shrinkGrid.index));
     commands.push(engine.dispatch(
       "load_balance shrink",
       kernel,
@@ -269,11 +266,11 @@ function forwardCommands(
     ));
     [counts, probSums, partials] = [nextCounts, nextProbSums, shrunk];
   }
-  const finish = engine.kernel(
-    "load_balance_finish",
-    finishWgsl(partials, rows, experts, kept, factors),
-    ["read", "read", "rw", "rw"],
-  );
+  const finish = declareKernel(engine, "load_balance_finish", [
+    ...PARTIALS_IN,
+    ["lb", "rw", "array<f32>"],
+    ["weights", "rw", "array<f32>"],
+  ], finishWgsl(partials, rows, experts, kept, factors));
   commands.push(engine.dispatch("load_balance finish", finish, [counts, probSums, lb, weights], 1));
   return commands;
 }
@@ -327,11 +324,12 @@ export function loadBalance(tape: Tape, routerLogits: Tensor, k: number, rho: nu
       if (!dlogits) return [];
       const unit = ctx.gradOutputIsUnit(0);
       const grid = grid1d(rows, WORKGROUP);
-      const kernel = engine.kernel(
-        "load_balance_backward",
-        backwardWgsl(rows, experts, grid.index, unit, dlogits.accumulate),
-        unit ? ["read", "read", "rw"] : ["read", "read", "rw", "read"],
-      );
+      const kernel = declareKernel(engine, "load_balance_backward", [
+        logitsBinding(experts),
+        ["weights", "read", "array<vec4f>"],
+        ["dlogits", "rw", `array<${experts % 4 === 0 ? "vec4f" : "f32"}>`],
+        ...(unit ? [] : [["dlb", "read", "array<f32>"] as const]),
+      ], backwardWgsl(rows, experts, grid.index, unit, dlogits.accumulate));
       const resources = [routerLogits, weights, dlogits.tensor];
       if (!unit) resources.push(ctx.gradOutput(0));
       return [engine.dispatch("load_balance backward", kernel, resources, grid.workgroups)];

@@ -1,10 +1,12 @@
-// The storage-buffer matmul (for real GPUs) and the epilogue both matmul variants share.
-// A block is one dispatch's share of a product (see kernels/matmul.ts): per batch z,
+// The storage-buffer matmul (for real GPUs). A block is one dispatch's share of a product (see
+// kernels/matmul_plan.ts): per batch z,
 //   C_z (+)= op(A_z)·op(B_z) (+ bias)        or, reducing over the batch, C (+)= Σ_z op(A_z)·op(B_z).
 // Each invocation accumulates a TM×TN register tile, reading 4×4 blocks of A and B as vec4 runs
 // along their storage rows where the layout allows. Loads outside the block read zero.
 import type { Command, Engine } from "../engine/device.ts";
-import type { Block, BlockOperand, VariantLimits } from "./matmul.ts";
+import { declareKernel } from "./kernel.ts";
+import { epilogueBindings, epilogueFunctions, epilogueWgsl } from "./matmul_epilogue.ts";
+import { type Block, type BlockOperand, isVec4Layout, type VariantLimits } from "./matmul_plan.ts";
 
 /** Register tile per invocation (rows × cols) and invocations per workgroup (x × y). */
 const TM = 8, TN = 8, LX = 8, LY = 8;
@@ -15,17 +17,13 @@ export function storageLimits(): VariantLimits {
   return { maxM: 65535 * BM, maxN: 65535 * BN, maxK: Infinity, maxGroup: () => 65535 };
 }
 
-export function isVec4Operand(op: BlockOperand): boolean {
-  return op.ld % 4 === 0 && op.batchStride % 4 === 0;
-}
-
 /**
  * WGSL for `fn load_<name>(z, r, c) -> vec4f`: storage row r, columns c..c+3 of the operand's
  * matrix z within the block (zero outside its `rows` × `cols` storage extent).
  */
 function operandLoader(name: string, op: BlockOperand, rows: number, cols: number): string {
   const base = `z * ${op.batchStride}u + r * ${op.ld}u + c`;
-  if (isVec4Operand(op)) {
+  if (isVec4Layout(op)) {
     // Aligned: the four columns are all inside or all outside (cols is a multiple of 4).
     return `fn load_${name}(z: u32, r: u32, c: u32) -> vec4f {
   return select(vec4f(0.0), ${name}[(${base}) / 4u], r < ${rows}u && c < ${cols}u);
@@ -36,62 +34,6 @@ function operandLoader(name: string, op: BlockOperand, rows: number, cols: numbe
   return `fn load_${name}(z: u32, r: u32, c: u32) -> vec4f {
   return vec4f(${[0, 1, 2, 3].map(lane).join(", ")});
 }`;
-}
-
-/**
- * Stores the tile held in `acc_<i>_<j>` (rows row0 + i, columns col0 + 4j .. +3) into the
- * block's output for batch z, adding the bias and what is there as the block says.
- */
-export function epilogueWgsl(block: Block, tm: number, tn4: number): string {
-  const out = block.out;
-  const vec = out.ld % 4 === 0 && out.batchStride % 4 === 0;
-  const lines = [`  let out_base = z * ${out.batchStride}u;`];
-  for (let j = 0; j < tn4; j++) {
-    lines.push(
-      block.bias
-        ? `  let bias_${j} = vec4f(load_bias(col0 + ${4 * j}u), load_bias(col0 + ${
-          4 * j + 1
-        }u), load_bias(col0 + ${4 * j + 2}u), load_bias(col0 + ${4 * j + 3}u));`
-        : `  let bias_${j} = vec4f(0.0);`,
-    );
-  }
-  for (let i = 0; i < tm; i++) {
-    lines.push(`  if (row0 + ${i}u < ${block.M}u) {`);
-    lines.push(`    let out_row = out_base + (row0 + ${i}u) * ${out.ld}u;`);
-    for (let j = 0; j < tn4; j++) {
-      const col = `col0 + ${4 * j}u`;
-      const value = `acc_${i}_${j} + bias_${j}`;
-      if (vec) {
-        const index = `(out_row + ${col}) / 4u`;
-        const stored = block.accumulate ? `out[${index}] + ${value}` : value;
-        lines.push(`    if (${col} < ${block.N}u) { out[${index}] = ${stored}; }`);
-      } else {
-        for (let e = 0; e < 4; e++) {
-          const index = `out_row + ${col} + ${e}u`;
-          const v = `(${value})[${e}]`;
-          const stored = block.accumulate ? `out[${index}] + ${v}` : v;
-          lines.push(`    if (${col} + ${e}u < ${block.N}u) { out[${index}] = ${stored}; }`);
-        }
-      }
-    }
-    lines.push(`  }`);
-  }
-  return lines.join("\n");
-}
-
-/** Output and bias declarations from binding `first` on, matching `epilogueWgsl`. */
-export function epilogueBindings(block: Block, first: number): string {
-  const out = block.out;
-  const vec = out.ld % 4 === 0 && out.batchStride % 4 === 0;
-  let code = `@group(0) @binding(${first}) var<storage, read_write> out: array<${
-    vec ? "vec4f" : "f32"
-  }>;`;
-  if (block.bias) {
-    code += `
-@group(0) @binding(${first + 1}) var<storage, read> bias: array<f32>;
-fn load_bias(n: u32) -> f32 { return select(0.0, bias[n], n < ${block.N}u); }`;
-  }
-  return code;
 }
 
 function storageWgsl(block: Block): string {
@@ -151,10 +93,7 @@ ${step.map((s) => "      " + s).join("\n")}
   {
     ${kLoop}
   }`;
-  return `
-@group(0) @binding(0) var<storage, read> a: array<${isVec4Operand(a) ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var<storage, read> b: array<${isVec4Operand(b) ? "vec4f" : "f32"}>;
-${epilogueBindings(block, 2)}
+  return `${epilogueFunctions(block)}
 ${operandLoader("a", a, aRows, aCols)}
 ${operandLoader("b", b, bRows, bCols)}
 @compute @workgroup_size(${LX * LY})
@@ -169,11 +108,13 @@ ${epilogueWgsl(block, TM, TN4)}
 
 /** The single dispatch computing one block on storage buffers. */
 export function storageBlockCommands(engine: Engine, block: Block): Command[] {
-  const kernel = engine.kernel(
-    "matmul storage",
-    storageWgsl(block),
-    block.bias ? ["read", "read", "rw", "read"] : ["read", "read", "rw"],
-  );
+  const operand = (name: string, op: BlockOperand) =>
+    [name, "read", `array<${isVec4Layout(op) ? "vec4f" : "f32"}>`] as const;
+  const kernel = declareKernel(engine, "matmul storage", [
+    operand("a", block.a),
+    operand("b", block.b),
+    ...epilogueBindings(block),
+  ], storageWgsl(block));
   const resources = [block.a.view, block.b.view, block.out.view];
   if (block.bias) resources.push(block.bias);
   return [

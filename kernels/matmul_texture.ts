@@ -5,17 +5,15 @@
 // texel (4 k's) of each of its TM rows of A and the 4×(TN/4) texels of B they meet, then runs
 // the 4 fma's of every accumulator back to back (measured faster than sweeping the tile 4 times).
 import type { Command, Engine } from "../engine/device.ts";
-import type { Block, VariantLimits } from "./matmul.ts";
-import { epilogueBindings, epilogueWgsl } from "./matmul_storage.ts";
+import { roundUp } from "./chunks.ts";
+import { declareKernel } from "./kernel.ts";
+import { epilogueBindings, epilogueFunctions, epilogueWgsl } from "./matmul_epilogue.ts";
+import type { Block, VariantLimits } from "./matmul_plan.ts";
 import { packCommand } from "./pack.ts";
 
 /** Register tile per invocation (rows × cols) and invocations per workgroup (x × y). */
 const TM = 8, TN = 8, LX = 8, LY = 8;
 const TN4 = TN / 4, BM = TM * LY, BN = TN * LX;
-
-function roundUp(n: number, multiple: number): number {
-  return Math.ceil(n / multiple) * multiple;
-}
 
 /** The padded block as packed: rows of A and columns of B to whole tiles, K to whole texels. */
 interface Padded {
@@ -81,10 +79,7 @@ function textureWgsl(block: Block, { Mp, Kp }: Padded): string {
   for (let i = 0; i < TM; i++) {
     for (let j = 0; j < TN4; j++) accs.push(`  var acc_${i}_${j} = vec4f(0.0);`);
   }
-  return `
-@group(0) @binding(0) var a: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(1) var b: texture_storage_2d<rgba32float, read>;
-${epilogueBindings(block, 2)}
+  return `${epilogueFunctions(block)}
 @compute @workgroup_size(${LX * LY})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let row0 = wg.y * ${BM}u + (li / ${LX}u) * ${TM}u;
@@ -165,11 +160,11 @@ export function textureBlocksCommands(engine: Engine, blocks: readonly Block[]):
       }));
       holds.set(bTexture, block.bKey);
     }
-    const kernel = engine.kernel(
-      "matmul texture",
-      textureWgsl(block, pad),
-      block.bias ? ["tex-read", "tex-read", "rw", "read"] : ["tex-read", "tex-read", "rw"],
-    );
+    const kernel = declareKernel(engine, "matmul texture", [
+      ["a", "tex-read"],
+      ["b", "tex-read"],
+      ...epilogueBindings(block),
+    ], textureWgsl(block, pad));
     const resources = [aTexture.createView(), bTexture.createView(), block.out.view];
     if (block.bias) resources.push(block.bias);
     commands.push(

@@ -10,41 +10,43 @@
 //   v_fj = s·dpre_j·B_fj,   dx = (Σ_j dpre_j)·W_fᵀ (once) + Σ_j v_fj·A_fj,
 //   dgate_j = dm·h_j + dy·b_p + s·u_pj·v_pj (row-wise dots: dy·y_j without forming y_j),
 //   dA_fj = v_fjᵀ·x,  dB_fj = s·dpre_jᵀ·u_fj,  dA_pj = s·(g_j·v_pj)ᵀ·h_j,  dB_pj = s·dyᵀ·(g_j·u_pj).
-// The big products go through kernels/matmul.ts; the per-expert work runs in the kernels below,
-// built like kernels/lora.ts's from the fragments of kernels/tile_codegen.ts (vec4 column groups,
-// register tiles, deterministic two-phase sums), each reading expert e's matrices of the stacks:
+// The big products go through kernels/matmul.ts; the per-expert low-rank products run in the
+// stacked kernels of kernels/lowrank.ts (those of plain LoRA, over E experts), the elementwise
+// work in the fused kernels below, built from the same fragments (kernels/tile_codegen.ts):
 // forward saves pre_j for every expert ([E, N, H]) and each consumer recomputes h_j = gelu(pre_j)
 // on load, which costs compute (cheap here) instead of another [E, N, H] tensor to write and read.
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { sumBlocks } from "./lora.ts";
-import { type Operand, product, productCommands } from "./matmul.ts";
+import { geluWgsl } from "./gelu.ts";
+import { floatLiteral } from "./literals.ts";
 import {
-  BLOCK_ROWS,
-  CONTRACT_ROWS,
-  contractInvocations,
-  contractLoop,
-  contractStores,
+  contract,
+  type ContractSpec,
+  expand,
+  type ExpandSpec,
+  outer,
+  type OuterSpec,
+} from "./lowrank.ts";
+import { productCommands } from "./matmul.ts";
+import { type Operand, product } from "./matmul_plan.ts";
+import {
   expandLoop,
-  floatLiteral,
+  GATE,
+  gateLoads,
+  type KernelSource,
   launch,
   Matrix,
-  outerInvocations,
-  outerStep,
-  outerStores,
-  outerZeros,
   range,
-  rankTile,
   RowTile,
   stackRow,
   TILE_GROUPS,
   TILE_ROWS,
-  WIDE_TILE,
   WORKGROUP,
   zeroRegisters,
 } from "./tile_codegen.ts";
+import { MAX_EXPERTS } from "./topk_gate.ts";
 
 export interface MoeMlpWeights {
   fcWeight: Tensor; // [C, H] frozen (c_fc Conv1D weight)
@@ -57,8 +59,6 @@ export interface MoeMlpWeights {
   projB: Tensor; // [E, C, r]   c_proj lora_B
 }
 
-const MAX_EXPERTS = 16;
-
 interface Dims {
   rows: number;
   embd: number;
@@ -67,196 +67,17 @@ interface Dims {
   experts: number;
 }
 
-/** GELU-tanh and its slope on vec4s, in the sigmoid form of kernels/gelu.ts (keeps the tails). */
-const GELU = `
-const SQRT_2_OVER_PI = 0.7978845608028654;
-fn two_u(x: vec4f) -> vec4f { return 2.0 * SQRT_2_OVER_PI * (x + 0.044715 * x * x * x); }
-fn sigmoid(z: vec4f) -> vec4f { return 1.0 / (1.0 + exp(-z)); }
-fn gelu(x: vec4f) -> vec4f { return x * sigmoid(two_u(x)); }
-// (gelu(x), gelu'(x)) from one exp: with a = e^(−|z|) ≤ 1 (never overflows), σ(|z|) = 1/(1 + a)
-// and σ(−|z|) = a·σ(|z|) exactly, where 1 − σ would cancel in the tails.
-fn gelu_and_slope(x: vec4f) -> array<vec4f, 2> {
-  let z = two_u(x);
-  let a = exp(-abs(z));
-  let big = 1.0 / (1.0 + a);
-  let small = a * big;
-  let half_one_plus_t = select(small, big, z >= vec4f(0.0));
-  let one_minus_t2 = 4.0 * big * small;
-  let slope = half_one_plus_t + 0.5 * x * one_minus_t2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-  return array<vec4f, 2>(x * half_one_plus_t, slope);
-}`;
-
-/** The gate of row `row` (a WGSL expression) and expert `e`, from a [N, E] array<f32>. */
-const gateOf = (row: string, experts: number) => `gate[(${row}) * ${experts}u + e]`;
-
-/** `let g<t> = ` the gate of the tile's row t and expert e, for each row of the tile. */
-const gateLoads = (tile: RowTile, experts: number) =>
-  range(TILE_ROWS).map((t) => `let g${t} = ${gateOf(tile.row(t), experts)};`).join(" ");
-
-interface ContractSpec {
-  rows: number;
-  k: number;
-  rank: number;
-  experts: number;
-  /** act is [E, N, K] (expert e reads its own rows) rather than one [N, K] shared by all. */
-  actPerExpert: boolean;
-  /** Contract gelu(act) instead of act (act holds pre_j). */
-  actGelu: boolean;
-  /** W_e(k, j) = weight[e, j, k] ("rank-major", A [E, r, K]) or weight[e, k, j] (B [E, K, r]). */
-  weight: "rank-major" | "k-major";
-  scale: number;
-}
-
-/**
- * out [E, N, r]: out[e, n, j] = scale · Σ_k act_e[n, k] · W_e(k, j). An invocation holds
- * CONTRACT_ROWS rows × one rank tile of one expert (acc_t_q: row t, rank group q).
- */
-function contractWgsl(s: ContractSpec, index: string): string {
-  const { rows, k, rank, experts } = s;
-  const tile = rankTile(rank);
-  const act = new Matrix("act", 0, k, "read");
-  const w = new Matrix("weight", 1, s.weight === "rank-major" ? k : rank, "read");
-  const result = new Matrix("result", 2, rank, "read_write");
-  const actLoad = (t: number) => {
-    const load = act.load(stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert), "k4");
-    return s.actGelu ? `gelu(${load})` : load;
-  };
-  return `${s.actGelu ? GELU : ""}
-${act.declaration()}
-${w.declaration()}
-${result.declaration()}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let id = ${index};
-  if (id >= ${contractInvocations(rows, rank, experts)}u) { return; }
-  let j0 = (id % ${tile.tiles}u) * ${4 * tile.groups}u;
-  let e = (id / ${tile.tiles}u) % ${experts}u;
-  let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;
-  // acc_t_q[c] = Σ_k act_e[row0 + t, k] · W_e(k, j0 + 4q + c)
-  ${zeroRegisters("acc", CONTRACT_ROWS, tile.groups, "  ")}
-  ${contractLoop(k, rank, actLoad, w, s.weight, true)}
-  ${contractStores(result, rows, s.scale, true)}
-}`;
-}
-
-interface OuterSpec {
-  rows: number;
-  wide: number;
-  rank: number;
-  experts: number;
-  /** big is [E, N, W] (per expert) rather than one [N, W] shared by all. */
-  bigPerExpert: boolean;
-  bigGelu: boolean;
-  /** small rows are scaled by the gate of their row and expert. */
-  gated: boolean;
-  /** Each expert's partial is [r, W] (an A's gradient) or [W, r] (a B's). */
-  layout: "rank-major" | "wide-major";
-}
-
-/**
- * partial[b, e] = Σ_{n in block b} big_e[n, :] ⊗ (g[n, e]·)small[e, n, :], blocks of BLOCK_ROWS
- * rows. An invocation holds WIDE_TILE column groups × one rank tile of one expert of one block
- * (acc_g_c_q: wide column 4·(w0 + g) + c, rank group q).
- */
-function outerWgsl(s: OuterSpec, index: string): string {
-  const { rows, wide, rank, experts } = s;
-  const tile = rankTile(rank);
-  const big = new Matrix("big", 0, wide, "read");
-  const small = new Matrix("small", 1, rank, "read");
-  const partial = new Matrix("partial", 2, s.layout === "wide-major" ? rank : wide, "read_write");
-  const wideTiles = Math.ceil(big.groups / WIDE_TILE);
-  const bigLoad = (c4: string) => {
-    const load = big.load(stackRow("n", rows, s.bigPerExpert), c4);
-    return s.bigGelu ? `gelu(${load})` : load;
-  };
-  return `${s.bigGelu ? GELU : ""}
-${big.declaration()}
-${small.declaration()}
-${partial.declaration()}
-${s.gated ? "@group(0) @binding(3) var<storage, read> gate: array<f32>;" : ""}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let id = ${index};
-  if (id >= ${outerInvocations(rows, wide, rank, experts)}u) { return; }
-  let w0 = (id % ${wideTiles}u) * ${WIDE_TILE}u;
-  let j0 = ((id / ${wideTiles}u) % ${tile.tiles}u) * ${4 * tile.groups}u;
-  let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;
-  let b = id / ${wideTiles * tile.tiles * experts}u;
-  // acc_g_c_q = Σ_n big_e[n, 4·(w0 + g) + c] · small_e[n, j0 + 4q .. +3]
-  ${outerZeros(rank)}
-  for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${rows}u); n++) {
-    ${s.gated ? `let g = ${gateOf("n", experts)};` : ""}
-    ${outerStep(small, stackRow("n", rows, true), s.gated, big.groups, bigLoad)}
-  }
-  ${outerStores(partial, s.layout, wide, rank, `(b * ${experts}u + e)`)}
-}`;
-}
-
-interface ExpandSpec {
-  rows: number;
-  wide: number;
-  rank: number;
-  experts: number;
-  /** M_e(j, w) = weight[e, w, j] ("wide-major", B [E, W, r]) or weight[e, j, w] (A [E, r, W]). */
-  weight: "wide-major" | "rank-major";
-  scale: number;
-  gated: boolean;
-  /** Also add (Σ_e g[n, e])·bias[w] (the gated mixture's share of the frozen bias). */
-  bias: boolean;
-  accumulate: boolean;
-}
-
-/**
- * result[n, w] (+)= scale·Σ_e Σ_j (g[n, e]·)small[e, n, j]·M_e(j, w) (+ (Σ_e g[n, e])·bias[w]).
- * An invocation holds TILE_ROWS rows × TILE_GROUPS adjacent column groups (acc_t_g).
- */
-function expandWgsl(s: ExpandSpec, index: string): string {
-  const { rows, wide, rank, experts } = s;
-  const small = new Matrix("small", 0, rank, "read");
-  const w = new Matrix("weight", 1, s.weight === "rank-major" ? wide : rank, "read");
-  const result = new Matrix("result", 2, wide, "read_write");
-  const bias = new Matrix("bias", s.gated ? 4 : 3, wide, "read");
-  const tile = new RowTile(rows, wide);
-  const T = range(TILE_ROWS);
-  const write = (t: number, g: number) => {
-    const [r, c] = [`row0 + ${t}u`, `c0 + ${g}u`];
-    const value = `${floatLiteral(s.scale)} * acc${t}${g}` +
-      (s.bias ? ` + gsum${t} * ${bias.load("0u", c)}` : "");
-    return result.store(r, c, value, s.accumulate);
-  };
-  return `
-${small.declaration()}
-${w.declaration()}
-${result.declaration()}
-${s.gated ? "@group(0) @binding(3) var<storage, read> gate: array<f32>;" : ""}
-${s.bias ? bias.declaration() : ""}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let id = ${index};
-  ${tile.start()}
-  // acc_t_g[c] = Σ_e Σ_j (g[row0 + t, e]·)small[e, row0 + t, j] · M_e(j, 4·(c0 + g) + c)
-  ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "  ")}
-  ${s.bias ? T.map((t) => `var gsum${t} = 0.0;`).join(" ") : ""}
-  for (var e = 0u; e < ${experts}u; e++) {
-    ${s.gated ? gateLoads(tile, experts) : ""}
-    ${s.bias ? T.map((t) => `gsum${t} += g${t};`).join(" ") : ""}
-    ${expandLoop(tile, small, w, s.weight, { stacked: true, gated: s.gated }, "    ")}
-  }
-  ${tile.guardEach(write)}
-}`;
-}
-
 /**
  * Forward, per tile of [N, H]: for each expert, pre_j = base + s·u_fj·B_fjᵀ (saved), and the
  * mixture m = Σ_j g_j·gelu(pre_j).
  */
-function mixForwardWgsl(d: Dims, scale: number, index: string): string {
+function mixForwardWgsl(d: Dims, scale: number, index: string): KernelSource {
   const { rows, hidden, rank, experts } = d;
-  const base = new Matrix("base", 0, hidden, "read");
-  const uf = new Matrix("uf", 1, rank, "read");
-  const fcB = new Matrix("fcB", 2, rank, "read");
-  const pre = new Matrix("pre", 4, hidden, "read_write");
-  const mix = new Matrix("mix", 5, hidden, "read_write");
+  const base = new Matrix("base", hidden, "read");
+  const uf = new Matrix("uf", rank, "read");
+  const fcB = new Matrix("fcB", rank, "read");
+  const pre = new Matrix("pre", hidden, "rw");
+  const mix = new Matrix("mix", hidden, "rw");
   const tile = new RowTile(rows, hidden);
   // pre_j of expert e (saved for backward) and its share g_j·gelu(pre_j) of the mixture.
   const perElement = (t: number, g: number) =>
@@ -269,13 +90,9 @@ function mixForwardWgsl(d: Dims, scale: number, index: string): string {
       ),
       `mix${t}${g} += g${t} * gelu(pre${t}${g});`,
     ].join("\n    ");
-  return `${GELU}
-${base.declaration()}
-${uf.declaration()}
-${fcB.declaration()}
-@group(0) @binding(3) var<storage, read> gate: array<f32>;
-${pre.declaration()}
-${mix.declaration()}
+  const matrices = [base, uf, fcB, pre, mix];
+  const code = `${geluWgsl("vec4f", true)}
+${matrices.map((m) => m.functions()).join("\n")}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -291,6 +108,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   ${tile.guardEach((t, g) => mix.store(`row0 + ${t}u`, `c0 + ${g}u`, `mix${t}${g}`))}
 }`;
+  return {
+    bindings: [base.binding, uf.binding, fcB.binding, GATE, pre.binding, mix.binding],
+    code,
+  };
 }
 
 /** Which outputs the backward elementwise kernel writes. */
@@ -307,16 +128,20 @@ interface MixBackwardOutputs {
  * Backward, per tile of [N, H]: dh_j = g_j·(dm + s·v_pj·A_pj), dpre_j = dh_j ⊙ gelu'(pre_j),
  * their sum over experts, and the tile's share of the row dots dm·h_j.
  */
-function mixBackwardWgsl(d: Dims, scale: number, out: MixBackwardOutputs, index: string): string {
+function mixBackwardWgsl(
+  d: Dims,
+  scale: number,
+  out: MixBackwardOutputs,
+  index: string,
+): KernelSource {
   const { rows, hidden, rank, experts } = d;
-  const dm = new Matrix("dm", 0, hidden, "read");
-  const pre = new Matrix("pre", 1, hidden, "read");
-  const vp = new Matrix("vp", 2, rank, "read");
-  const projA = new Matrix("projA", 3, hidden, "read");
-  let binding = 5;
-  const dpre = new Matrix("dpre", out.dpre ? binding++ : -1, hidden, "read_write");
-  const dpreSum = new Matrix("dpre_sum", out.dpreSum ? binding++ : -1, hidden, "read_write");
-  const dgateBinding = binding;
+  const dm = new Matrix("dm", hidden, "read");
+  const pre = new Matrix("pre", hidden, "read");
+  const vp = new Matrix("vp", rank, "read");
+  const projA = new Matrix("projA", hidden, "read");
+  const dpre = new Matrix("dpre", hidden, "rw");
+  const dpreSum = new Matrix("dpre_sum", hidden, "rw");
+  const written = [...(out.dpre ? [dpre] : []), ...(out.dpreSum ? [dpreSum] : [])];
   const tile = new RowTile(rows, hidden);
   const T = range(TILE_ROWS);
   // A clamped (duplicate) column group must not count twice in the row dots.
@@ -340,19 +165,8 @@ function mixBackwardWgsl(d: Dims, scale: number, out: MixBackwardOutputs, index:
       out.dpreSum ? `dsum${t}${g} += dpre${t}${g};` : "",
       out.dgate ? `dg${t} += ${dotTerm(t, g)};` : "",
     ].filter(Boolean).join("\n    ");
-  return `${GELU}
-${dm.declaration()}
-${pre.declaration()}
-${vp.declaration()}
-${projA.declaration()}
-@group(0) @binding(4) var<storage, read> gate: array<f32>;
-${out.dpre ? dpre.declaration() : ""}
-${out.dpreSum ? dpreSum.declaration() : ""}
-${
-    out.dgate
-      ? `@group(0) @binding(${dgateBinding}) var<storage, read_write> dgate_partial: array<f32>;`
-      : ""
-  }
+  const code = `${geluWgsl("vec4f", true)}
+${[dm, pre, vp, projA, ...written].map((m) => m.functions()).join("\n")}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -384,25 +198,28 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       : ""
   }
 }`;
+  const bindings = [
+    ...[dm, pre, vp, projA].map((m) => m.binding),
+    GATE,
+    ...written.map((m) => m.binding),
+    ...(out.dgate ? [["dgate_partial", "rw", "array<f32>"] as const] : []),
+  ];
+  return { bindings, code };
 }
 
 /**
  * dgate[n, e] (+)= Σ_tiles partial[tile, n, e] + dy[n]·b_p + s·u_pe[n]·v_pe[n]: dy·y_e, the
  * three terms of expert e's output (frozen product, bias, low-rank delta), in a fixed order.
  */
-function dgateWgsl(d: Dims, scale: number, accumulate: boolean, index: string): string {
+function dgateWgsl(d: Dims, scale: number, accumulate: boolean, index: string): KernelSource {
   const { rows, embd, rank, experts } = d;
-  const dy = new Matrix("dy", 1, embd, "read");
-  const bias = new Matrix("bias", 2, embd, "read");
-  const up = new Matrix("up", 3, rank, "read");
-  const vp = new Matrix("vp", 4, rank, "read");
-  return `
-@group(0) @binding(0) var<storage, read> partial: array<f32>;
-${dy.declaration()}
-${bias.declaration()}
-${up.declaration()}
-${vp.declaration()}
-@group(0) @binding(5) var<storage, read_write> dgate: array<f32>;
+  const dy = new Matrix("dy", embd, "read");
+  const bias = new Matrix("bias", embd, "read");
+  const up = new Matrix("up", rank, "read");
+  const vp = new Matrix("vp", rank, "read");
+  const matrices = [dy, bias, up, vp];
+  const code = `
+${matrices.map((m) => m.functions()).join("\n")}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -423,6 +240,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }); }
   dgate[id] = ${accumulate ? "dgate[id] + " : ""}frozen + biased + ${floatLiteral(scale)} * low;
 }`;
+  const bindings = [
+    ["partial", "read", "array<f32>"] as const,
+    ...matrices.map((m) => m.binding),
+    ["dgate", "rw", "array<f32>"] as const,
+  ];
+  return { bindings, code };
 }
 
 /** A stored [rows, cols] tensor as a matmul operand (used as stored, or transposed). */
@@ -492,7 +315,7 @@ export function moeMlp(
     b: Operand,
     target: GradTarget,
     bias: Tensor | null = null,
-  ) => productCommands(engine, product(label, a, b, 1, false, target, bias), engine.variant);
+  ) => productCommands(engine, product(label, a, b, 1, false, target, bias));
   const overwrite = (tensor: Tensor) => ({ tensor, accumulate: false });
   const base = tape.tensor([rows, hidden], `moe base(${x.label})`);
   const uf = tape.tensor([experts, rows, rank], `moe u_f(${x.label})`);
@@ -500,32 +323,12 @@ export function moeMlp(
   const mix = tape.tensor([rows, hidden], `moe mix(${x.label})`);
   const up = tape.tensor([experts, rows, rank], `moe u_p(${x.label})`);
   const y = tape.tensor([rows, embd], `moe mlp(${x.label})`);
-  const contract = (
-    label: string,
-    spec: Omit<ContractSpec, "rows" | "rank" | "experts">,
-    resources: Tensor[],
-  ) =>
-    launch(
-      engine,
-      label,
-      (index) => contractWgsl({ ...spec, rows, rank, experts }, index),
-      contractInvocations(rows, rank, experts),
-      resources,
-      [2],
-    );
-  const expand = (
-    label: string,
-    spec: Omit<ExpandSpec, "rows" | "rank" | "experts">,
-    resources: Tensor[],
-  ) =>
-    launch(
-      engine,
-      label,
-      (index) => expandWgsl({ ...spec, rows, rank, experts }, index),
-      new RowTile(rows, spec.wide).invocations,
-      resources,
-      [2],
-    );
+  // Every low-rank tensor is a stack of the experts' matrices.
+  const stack = { rows, rank, experts, stacked: true };
+  const contractE = (label: string, spec: Omit<ContractSpec, keyof typeof stack>, on: Tensor[]) =>
+    contract(engine, label, { ...stack, ...spec }, on);
+  const expandE = (label: string, spec: Omit<ExpandSpec, keyof typeof stack>, on: Tensor[]) =>
+    expand(engine, label, { ...stack, ...spec }, on);
   const forward = [
     ...matmul(
       "moe base = x·W_f + b_f",
@@ -534,7 +337,7 @@ export function moeMlp(
       overwrite(base),
       fcBias,
     ),
-    contract(
+    contractE(
       "moe u_f = x·A_fᵀ",
       { k: embd, actPerExpert: false, actGelu: false, weight: "rank-major", scale: 1 },
       [x, fcA, uf],
@@ -545,9 +348,8 @@ export function moeMlp(
       (index) => mixForwardWgsl(d, scale, index),
       new RowTile(rows, hidden).invocations,
       [base, uf, fcB, gate, pre, mix],
-      [4, 5],
     ),
-    contract(
+    contractE(
       "moe u_p = gelu(pre)·A_pᵀ",
       { k: hidden, actPerExpert: true, actGelu: true, weight: "rank-major", scale: 1 },
       [pre, projA, up],
@@ -558,40 +360,23 @@ export function moeMlp(
       operand(projWeight, hidden, embd, false),
       overwrite(y),
     ),
-    expand(
+    expandE(
       "moe y += Σg·b_p + s·Σ g·u_p·B_pᵀ",
-      { wide: embd, weight: "wide-major", scale, gated: true, bias: true, accumulate: true },
+      { wide: embd, weight: "wide-major", scale, gated: true, bias: true, epilogue: "add" },
       [up, projB, y, gate, projBias],
     ),
   ];
 
-  /** partial sums of an outer product, then their fixed-order sum into the target. */
-  const outer = (
+  /** target (+)= sumScale·Σ_n big_e[n]ᵀ ⊗ (g[n, e]·)small_e[n], for each expert e. */
+  const outerE = (
     label: string,
     layout: OuterSpec["layout"],
-    spec: Omit<OuterSpec, "rows" | "rank" | "experts" | "layout">,
-    big: Tensor,
-    small: Tensor,
+    spec: Omit<OuterSpec, keyof typeof stack | "layout">,
+    [big, small]: [Tensor, Tensor],
     sumScale: number,
     target: GradTarget,
-  ): Command[] => {
-    const shape = layout === "wide-major" ? [spec.wide, rank] : [rank, spec.wide];
-    const partial = tape.tensor(
-      [Math.ceil(rows / BLOCK_ROWS), experts, ...shape],
-      `${label} partials`,
-    );
-    return [
-      launch(
-        engine,
-        `${label} partials`,
-        (index) => outerWgsl({ ...spec, rows, rank, experts, layout }, index),
-        outerInvocations(rows, spec.wide, rank, experts),
-        spec.gated ? [big, small, partial, gate] : [big, small, partial],
-        [2],
-      ),
-      sumBlocks(engine, label, partial, sumScale, target.tensor, target.accumulate),
-    ];
-  };
+  ): Command[] =>
+    outer(tape, label, { ...stack, ...spec, layout }, { big, small, gate }, sumScale, target);
 
   tape.record({
     name: "moe_mlp",
@@ -604,19 +389,19 @@ export function moeMlp(
       const commands: Command[] = [];
       if (dprojB) {
         const spec = { wide: embd, bigPerExpert: false, bigGelu: false, gated: true };
-        commands.push(...outer("moe dB_p", "wide-major", spec, dy, up, scale, dprojB));
+        commands.push(...outerE("moe dB_p", "wide-major", spec, [dy, up], scale, dprojB));
       }
       const needDpre = dx || dfcA || dfcB;
       if (!needDpre && !dgate && !dprojA) return commands;
       const vp = tape.tensor([experts, rows, rank], `moe v_p(${x.label})`);
-      commands.push(contract(
+      commands.push(contractE(
         "moe v_p = dy·B_p",
         { k: embd, actPerExpert: false, actGelu: false, weight: "k-major", scale: 1 },
         [dy, projB, vp],
       ));
       if (dprojA) {
         const spec = { wide: hidden, bigPerExpert: true, bigGelu: true, gated: true };
-        commands.push(...outer("moe dA_p", "rank-major", spec, pre, vp, scale, dprojA));
+        commands.push(...outerE("moe dA_p", "rank-major", spec, [pre, vp], scale, dprojA));
       }
       if (!needDpre && !dgate) return commands;
       const dm = tape.tensor([rows, hidden], `moe dm(${x.label})`);
@@ -639,7 +424,6 @@ export function moeMlp(
         (index) => mixBackwardWgsl(d, scale, outputs, index),
         new RowTile(rows, hidden).invocations,
         [dm, pre, vp, projA, gate, ...written],
-        written.map((_, i) => 5 + i),
       ));
       if (dgate && dgatePartial) {
         commands.push(launch(
@@ -648,24 +432,23 @@ export function moeMlp(
           (index) => dgateWgsl(d, scale, dgate.accumulate, index),
           rows * experts,
           [dgatePartial, dy, projBias, up, vp, dgate.tensor],
-          [5],
         ));
       }
       if (!dpre) return commands;
       if (dfcB) {
         const spec = { wide: hidden, bigPerExpert: true, bigGelu: false, gated: false };
-        commands.push(...outer("moe dB_f", "wide-major", spec, dpre, uf, scale, dfcB));
+        commands.push(...outerE("moe dB_f", "wide-major", spec, [dpre, uf], scale, dfcB));
       }
       if (!dx && !dfcA) return commands;
       const vf = tape.tensor([experts, rows, rank], `moe v_f(${x.label})`);
-      commands.push(contract(
+      commands.push(contractE(
         "moe v_f = s·dpre·B_f",
         { k: hidden, actPerExpert: true, actGelu: false, weight: "k-major", scale },
         [dpre, fcB, vf],
       ));
       if (dfcA) {
         const spec = { wide: embd, bigPerExpert: false, bigGelu: false, gated: false };
-        commands.push(...outer("moe dA_f", "rank-major", spec, x, vf, 1, dfcA));
+        commands.push(...outerE("moe dA_f", "rank-major", spec, [x, vf], 1, dfcA));
       }
       if (dx && dpreSum) {
         commands.push(
@@ -675,7 +458,7 @@ export function moeMlp(
             operand(fcWeight, embd, hidden, true),
             dx,
           ),
-          expand(
+          expandE(
             "moe dx += Σ v_f·A_f",
             {
               wide: embd,
@@ -683,7 +466,7 @@ export function moeMlp(
               scale: 1,
               gated: false,
               bias: false,
-              accumulate: true,
+              epilogue: "add",
             },
             [vf, fcA, dx.tensor],
           ),

@@ -5,6 +5,7 @@
 // is written, padding included, so scratch textures can be shared between matmuls.
 import type { Command, Engine } from "../engine/device.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
 
@@ -58,9 +59,7 @@ function packKernel(spec: PackSpec, body: string[]): string {
 fn element(base: u32, r: u32, c: u32) -> f32 {
   return select(0.0, src[base + ${index}], r < ${spec.rows}u && c < ${spec.cols}u);
 }`;
-  return `
-@group(0) @binding(0) var<storage, read> src: array<${vec ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var tex: texture_storage_2d<rgba32float, write>;${element}
+  return `${element}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let x = gid.x;
@@ -111,7 +110,10 @@ function transposedWgsl(spec: PackSpec): string {
 /** One dispatch that fills every texel of `spec.texture`. */
 export function packCommand(engine: Engine, spec: PackSpec): Command {
   const code = spec.trans ? transposedWgsl(spec) : directWgsl(spec);
-  const kernel = engine.kernel(`pack ${spec.label}`, code, ["read", "tex-write"]);
+  const kernel = declareKernel(engine, `pack ${spec.label}`, [
+    ["src", "read", `array<${vectorisable(spec) ? "vec4f" : "f32"}>`],
+    ["tex", "tex-write"],
+  ], code);
   const view = spec.texture.createView();
   const groupsY = blocked(spec) ? spec.slabHeight / 4 : spec.slabHeight;
   return engine.dispatch(`pack ${spec.label}`, kernel, [spec.src, view], [

@@ -7,11 +7,13 @@
 // a few long rows one 64-invocation workgroup each, whose lanes combine their partial
 // (max, sum) in a fixed tree. Rows are read as vec4 when the row length allows. Tensors over the
 // binding limit are processed in row chunks (logits [B·T, 50257] are ~200 MB per 1024 tokens).
-import type { Command, Engine } from "../engine/device.ts";
+import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { type Range, rowChunks } from "./chunks.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
 /** Smaller than any f32 a softmax meets; exp(LOWEST − m) is 0 for every real max m. */
@@ -120,7 +122,6 @@ const BACKWARD_COMBINE = `
 function kernelWgsl(
   rows: number,
   cols: number,
-  bindings: string,
   body: (reduce: string) => string,
   slots: string[],
   combine: string,
@@ -129,7 +130,7 @@ function kernelWgsl(
 ): string {
   const l = layout(cols);
   if (rowPerInvocation(rows, cols)) {
-    return `${bindings}
+    return `
 ${helpers(l)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -139,7 +140,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let step = 1u;${body("")}
 }`;
   }
-  return `${bindings}
+  return `
 ${helpers(l)}
 ${slots.map((v) => `var<workgroup> ${v}Part: array<f32, ${WORKGROUP}>;`).join("\n")}
 @compute @workgroup_size(${WORKGROUP})
@@ -158,29 +159,6 @@ function rowGrid(rows: number, cols: number): { workgroups: [number, number]; in
   return { workgroups: [x, Math.ceil(rows / x)], index: "" };
 }
 
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
-}
-
-/**
- * Row ranges [start, count] whose tensors fit one binding and start at an aligned byte offset;
- * one range covering everything when the whole tensor fits.
- */
-function rowChunks(engine: Engine, rows: number, cols: number): [number, number][] {
-  const rowBytes = cols * 4;
-  const maxRows = Math.floor(engine.limits.maxStorageBufferBindingSize / rowBytes);
-  if (rows <= maxRows) return [[0, rows]];
-  const align = engine.limits.minStorageBufferOffsetAlignment;
-  const period = align / gcd(rowBytes, align);
-  const chunk = Math.floor(maxRows / period) * period;
-  if (chunk < 1) throw new ShapeError(`softmax: a row of ${cols} elements exceeds one binding`);
-  const chunks: [number, number][] = [];
-  for (let start = 0; start < rows; start += chunk) {
-    chunks.push([start, Math.min(chunk, rows - start)]);
-  }
-  return chunks;
-}
-
 /** y = softmax(x) over the last dimension. Saves y for backward. */
 export function softmax(tape: Tape, x: Tensor): Tensor {
   if (x.dtype !== "f32") throw new ShapeError(`softmax: ${x} must be f32`);
@@ -193,26 +171,35 @@ export function softmax(tape: Tape, x: Tensor): Tensor {
     );
   }
   const y = tape.tensor(x.shape, `softmax(${x.label})`);
-  const type = layout(cols).type;
-  const chunks = rowChunks(engine, rows, cols);
-  const view = (t: Tensor, [start, count]: [number, number]) =>
-    chunks.length === 1 ? t : engine.view(t, start * cols, [count, cols]);
+  const array = `array<${layout(cols).type}>`;
+  const chunks = rowChunks(
+    engine,
+    rows,
+    cols,
+    engine.limits.maxStorageBufferBindingSize,
+    "softmax",
+  );
+  const view = (t: Tensor, [start, end]: Range) =>
+    chunks.length === 1 ? t : engine.view(t, start * cols, [end - start, cols]);
 
   const forward = chunks.map((chunk) => {
-    const grid = rowGrid(chunk[1], cols);
-    const bindings = `@group(0) @binding(0) var<storage, read> x: array<${type}>;
-@group(0) @binding(1) var<storage, read_write> y: array<${type}>;`;
+    const count = chunk[1] - chunk[0];
+    const grid = rowGrid(count, cols);
     const code = kernelWgsl(
-      chunk[1],
+      count,
       cols,
-      bindings,
       (reduce) => forwardBody(layout(cols), reduce),
       ["m", "sum"],
       FORWARD_COMBINE,
       grid.index,
       grid.workgroups[0],
     );
-    const kernel = engine.kernel("softmax", code, ["read", "rw"]);
+    const kernel = declareKernel(
+      engine,
+      "softmax",
+      [["x", "read", array], ["y", "rw", array]],
+      code,
+    );
     return engine.dispatch("softmax", kernel, [view(x, chunk), view(y, chunk)], grid.workgroups);
   });
 
@@ -226,21 +213,22 @@ export function softmax(tape: Tape, x: Tensor): Tensor {
       if (!dx) return [];
       const dy = ctx.gradOutput(0);
       return chunks.map((chunk) => {
-        const grid = rowGrid(chunk[1], cols);
-        const bindings = `@group(0) @binding(0) var<storage, read> y: array<${type}>;
-@group(0) @binding(1) var<storage, read> dy: array<${type}>;
-@group(0) @binding(2) var<storage, read_write> dx: array<${type}>;`;
+        const count = chunk[1] - chunk[0];
+        const grid = rowGrid(count, cols);
         const code = kernelWgsl(
-          chunk[1],
+          count,
           cols,
-          bindings,
           (reduce) => backwardBody(layout(cols), reduce, dx.accumulate),
           ["sum"],
           BACKWARD_COMBINE,
           grid.index,
           grid.workgroups[0],
         );
-        const kernel = engine.kernel("softmax_backward", code, ["read", "read", "rw"]);
+        const kernel = declareKernel(engine, "softmax_backward", [
+          ["y", "read", array],
+          ["dy", "read", array],
+          ["dx", "rw", array],
+        ], code);
         return engine.dispatch(
           "softmax backward",
           kernel,

@@ -4,10 +4,13 @@
 // fixed run of consecutive rows (or elements) in order, repeated on the partial sums until one
 // is left. The last pass scales (for the mean) and writes or adds into the target.
 import type { Command, Engine } from "../engine/device.ts";
-import { LimitError, ShapeError } from "../engine/errors.ts";
+import { ShapeError } from "../engine/errors.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { type Range, rowChunks } from "./chunks.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
+import { floatLiteral } from "./literals.ts";
 
 const WORKGROUP = 64;
 /** Rows one invocation adds per pass of a column sum. */
@@ -21,33 +24,7 @@ export interface ReduceOptions {
   maxBindingBytes?: number;
 }
 
-function gcd(x: number, y: number): number {
-  return y === 0 ? x : gcd(y, x % y);
-}
-
-/** Row ranges of a [rows, cols] tensor whose views fit a binding and start aligned. */
-function rowChunks(
-  engine: Engine,
-  rows: number,
-  cols: number,
-  maxBindingBytes: number,
-): [number, number][] {
-  const maxRows = Math.floor(maxBindingBytes / (4 * cols));
-  if (rows <= maxRows) return [[0, rows]];
-  const align = engine.limits.minStorageBufferOffsetAlignment;
-  const granule = align / gcd(align, 4 * cols);
-  const size = Math.floor(maxRows / granule) * granule;
-  if (size === 0) {
-    throw new LimitError(`rows of ${cols} elements cannot be split into aligned chunks`);
-  }
-  const chunks: [number, number][] = [];
-  for (let start = 0; start < rows; start += size) {
-    chunks.push([start, Math.min(rows, start + size)]);
-  }
-  return chunks;
-}
-
-function viewRows(engine: Engine, x: Tensor, cols: number, [r0, r1]: [number, number]): Tensor {
+function viewRows(engine: Engine, x: Tensor, cols: number, [r0, r1]: Range): Tensor {
   if (r0 === 0 && (r1 - r0) * cols === x.size) return x;
   return engine.view(x, r0 * cols, [(r1 - r0) * cols], `${x.label}[rows ${r0}:${r1}]`);
 }
@@ -70,8 +47,6 @@ function columnPassWgsl(
   const type = vec ? "vec4f" : "f32";
   const target = `(${outRow0}u + p) * ${lanes}u + c`;
   return `
-@group(0) @binding(0) var<storage, read> x: array<${type}>;
-@group(0) @binding(1) var<storage, read_write> out: array<${type}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${grid.index};
@@ -98,7 +73,13 @@ function columnPass(
   const lanes = cols % 4 === 0 ? cols / 4 : cols;
   const grid = grid1d(lanes * Math.ceil(rows / ROWS_PER_INVOCATION), WORKGROUP);
   const code = columnPassWgsl(rows, cols, ROWS_PER_INVOCATION, outRow0, accumulate);
-  const kernel = engine.kernel("sum rows", code, ["read", "rw"]);
+  const array = `array<${cols % 4 === 0 ? "vec4f" : "f32"}>`;
+  const kernel = declareKernel(
+    engine,
+    "sum rows",
+    [["x", "read", array], ["out", "rw", array]],
+    code,
+  );
   return engine.dispatch(label, kernel, [x, out], grid.workgroups);
 }
 
@@ -126,7 +107,7 @@ export function sumRowsCommands(
   const commands: Command[] = [];
   let current = x, currentRows = rows;
   for (;;) {
-    const chunks = rowChunks(engine, currentRows, cols, maxBindingBytes);
+    const chunks = rowChunks(engine, currentRows, cols, maxBindingBytes, label);
     if (chunks.length === 1 && currentRows <= ROWS_PER_INVOCATION) {
       commands.push(
         columnPass(engine, label, current, currentRows, cols, target.tensor, 0, target.accumulate),
@@ -172,14 +153,12 @@ function broadcastWgsl(
     : `dy[c]`;
   const column = cols === 1 ? "" : `let c = ${vec ? `(i * 4u) % ${cols}u` : `i % ${cols}u`};`;
   return `
-@group(0) @binding(0) var<storage, read> dy: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dx: array<${type}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
   if (i >= ${count}u) { return; }
   ${column}
-  let g = ${scale === 1 ? "" : `${scale} * `}${source};
+  let g = ${scale === 1 ? "" : `${floatLiteral(scale)} * `}${source};
   dx[i] = ${accumulate ? "dx[i] + " : ""}g;
 }`;
 }
@@ -196,7 +175,13 @@ function broadcastCommands(
   const dx = target.tensor;
   // Chunks of whole rows (of 4 elements for a total, so vec4 stays aligned).
   const rowWidth = cols === 1 ? 4 : cols;
-  const chunkRows = rowChunks(engine, Math.ceil(dx.size / rowWidth), rowWidth, maxBindingBytes);
+  const chunkRows = rowChunks(
+    engine,
+    Math.ceil(dx.size / rowWidth),
+    rowWidth,
+    maxBindingBytes,
+    `${label} backward`,
+  );
   return chunkRows.map(([r0, r1]) => {
     const start = r0 * rowWidth, end = Math.min(dx.size, r1 * rowWidth);
     const view = start === 0 && end === dx.size
@@ -206,7 +191,10 @@ function broadcastCommands(
     const vec = vectorBroadcast(n, cols);
     const grid = grid1d(vec ? n / 4 : n, WORKGROUP);
     const code = broadcastWgsl(n, cols, scale, target.accumulate, grid.index);
-    const kernel = engine.kernel(`${label} backward`, code, ["read", "rw"]);
+    const kernel = declareKernel(engine, `${label} backward`, [
+      ["dy", "read", "array<f32>"],
+      ["dx", "rw", `array<${vec ? "vec4f" : "f32"}>`],
+    ], code);
     return engine.dispatch(`${label} backward`, kernel, [dy, view], grid.workgroups);
   });
 }
@@ -252,10 +240,8 @@ function totalPassWgsl(
   const count = vec ? n / 4 : n;
   const sum = vec ? "dot(total, vec4f(1.0))" : "total";
   const target = `${outStart}u + p`;
-  const value = scale === 1 ? sum : `(${sum}) * ${scale}`;
+  const value = scale === 1 ? sum : `(${sum}) * ${floatLiteral(scale)}`;
   return `
-@group(0) @binding(0) var<storage, read> x: array<${vec ? "vec4f" : "f32"}>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let p = ${grid.index};
@@ -281,7 +267,10 @@ function totalCommands(
   const pass = (input: Tensor, n: number, out: Tensor, outStart: number, last: boolean) => {
     const run = ELEMENTS_PER_INVOCATION;
     const code = totalPassWgsl(n, run, outStart, last ? scale : 1, last && target.accumulate);
-    const kernel = engine.kernel("sum", code, ["read", "rw"]);
+    const kernel = declareKernel(engine, "sum", [
+      ["x", "read", `array<${n % 4 === 0 ? "vec4f" : "f32"}>`],
+      ["out", "rw", "array<f32>"],
+    ], code);
     commands.push(
       engine.dispatch(
         label,
@@ -294,7 +283,7 @@ function totalCommands(
   let current = x, n = x.size;
   for (;;) {
     // Binding-sized chunks of whole vec4s, each filling its own run of partial sums.
-    const chunks = rowChunks(engine, Math.ceil(n / 4), 4, maxBindingBytes)
+    const chunks = rowChunks(engine, Math.ceil(n / 4), 4, maxBindingBytes, label)
       .map(([r0, r1]) => [4 * r0, Math.min(n, 4 * r1)]);
     if (chunks.length === 1 && n <= ELEMENTS_PER_INVOCATION) break;
     const counts = chunks.map(([start, end]) => Math.ceil((end - start) / ELEMENTS_PER_INVOCATION));

@@ -1,16 +1,19 @@
-// WGSL generation shared by the low-rank kernels of kernels/lora.ts and kernels/moe_mlp.ts:
-// matrices read 4 columns at a time (Matrix), the register tiles' sizes, and the fragments of
-// generated code the kernels have in common (accumulator declarations, the inner loops of the
-// contract, expand and outer shapes, their guarded stores), plus the dispatch of a generated
-// kernel. A fragment reads expert e's matrix of a stack along a leading E when `stacked` (the
-// mixture's kernels) and the one matrix otherwise (plain LoRA), so both files generate the same
-// code for the same math. What made these fast on lavapipe (measured, about 3× over a first
-// version): hot loops free of bounds checks, accumulators as named registers written out by the
-// generator rather than private arrays, and tiles that reuse each loaded vec4 several times (the
-// sizes below won side-by-side runs at GPT-2's MLP shapes).
+// WGSL fragments of the low-rank kernels (kernels/lowrank.ts) and the mixture's fused kernels
+// (kernels/moe_mlp.ts): matrices read 4 columns at a time (Matrix), the register tiles' sizes,
+// and the pieces of generated code they have in common (accumulator declarations, the inner
+// loops of the contract, expand and outer shapes, their guarded stores, the gates), plus the
+// dispatch of a generated kernel. A fragment reads expert e's matrix of a stack along a leading
+// E when `stacked` (the mixture) and the one matrix otherwise (plain LoRA). What made these fast
+// on lavapipe (measured, about 3× over a first version): hot loops free of bounds checks,
+// accumulators as named registers written out by the generator rather than private arrays, and
+// tiles that reuse each loaded vec4 several times (the sizes below won side-by-side runs at
+// GPT-2's MLP shapes).
+import type { Binding } from "../engine/bindings.ts";
 import type { Command, Engine } from "../engine/device.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
+import { floatLiteral } from "./literals.ts";
 
 export const WORKGROUP = 64;
 /** Rows of the big operand each invocation of a contraction handles. */
@@ -34,12 +37,7 @@ export const XYZW = "xyzw";
  */
 export class Matrix {
   readonly groups: number;
-  constructor(
-    readonly name: string,
-    readonly binding: number,
-    readonly cols: number,
-    readonly access: "read" | "read_write",
-  ) {
+  constructor(readonly name: string, readonly cols: number, readonly access: "read" | "rw") {
     this.groups = Math.ceil(cols / 4);
   }
 
@@ -47,11 +45,15 @@ export class Matrix {
     return this.cols % 4 === 0;
   }
 
-  declaration(): string {
+  /** Its binding: vec4s when aligned, else f32s. */
+  get binding(): Binding {
+    return [this.name, this.access, `array<${this.aligned ? "vec4f" : "f32"}>`];
+  }
+
+  /** The masked load (and store/add) functions of an unaligned matrix; none when aligned. */
+  functions(): string {
     const { name, cols } = this;
-    const decl = `@group(0) @binding(${this.binding}) var<storage, ${this.access}> ${name}: ` +
-      `array<${this.aligned ? "vec4f" : "f32"}>;`;
-    if (this.aligned) return decl;
+    if (this.aligned) return "";
     const each = (body: string) =>
       `for (var i = 0u; i < 4u; i++) { let col = 4u * c4 + i; if (col < ${cols}u) { ${body} } }`;
     const load = `
@@ -63,7 +65,7 @@ fn ${name}_load(row: u32, c4: u32) -> vec4f {
     const write = `
 fn ${name}_store(row: u32, c4: u32, v: vec4f) { ${each(`${name}[row * ${cols}u + col] = v[i];`)} }
 fn ${name}_add(row: u32, c4: u32, v: vec4f) { ${each(`${name}[row * ${cols}u + col] += v[i];`)} }`;
-    return decl + load + (this.access === "read" ? "" : write);
+    return load + (this.access === "read" ? "" : write);
   }
 
   /** WGSL expression: the vec4 at (row, c4). */
@@ -79,12 +81,6 @@ fn ${name}_add(row: u32, c4: u32, v: vec4f) { ${each(`${name}[row * ${cols}u + c
     const at = `${this.name}[(${row}) * ${this.groups}u + ${c4}]`;
     return `${at} = ${add ? `${at} + ` : ""}${value};`;
   }
-}
-
-/** A WGSL float literal for x (always with a point or exponent, so never an integer). */
-export function floatLiteral(x: number): string {
-  const text = String(x);
-  return /[.e]/.test(text) ? text : `${text}.0`;
 }
 
 /** `index` clamped to `last` when it can pass it (written out only then). */
@@ -369,17 +365,35 @@ export function outerInvocations(
     Math.ceil(Math.ceil(wide / 4) / WIDE_TILE);
 }
 
-/** One dispatch of a generated kernel; `writable` lists the read_write bindings. */
+/** A generated kernel: its bindings (in the order of its resources) and the WGSL after them. */
+export interface KernelSource {
+  bindings: readonly Binding[];
+  code: string;
+}
+
+/** One dispatch of a generated kernel, made for the grid's flat invocation index. */
 export function launch(
   engine: Engine,
   label: string,
-  wgsl: (index: string) => string,
+  source: (index: string) => KernelSource,
   invocations: number,
   resources: readonly Tensor[],
-  writable: readonly number[],
 ): Command {
   const grid = grid1d(invocations, WORKGROUP);
-  const bindings = resources.map((_, i) => writable.includes(i) ? "rw" as const : "read" as const);
-  const kernel = engine.kernel(label, wgsl(grid.index), bindings);
+  const { bindings, code } = source(grid.index);
+  const kernel = declareKernel(engine, label, bindings, code);
   return engine.dispatch(label, kernel, resources, grid.workgroups);
+}
+
+/** The binding of the gates [N, E] of a gated kernel. */
+export const GATE: Binding = ["gate", "read", "array<f32>"];
+
+/** The gate of row `row` (a WGSL expression) and expert `e`, from a [N, E] array<f32>. */
+export function gateOf(row: string, experts: number): string {
+  return `gate[(${row}) * ${experts}u + e]`;
+}
+
+/** `let g<t> = ` the gate of the tile's row t and expert e, for each row of the tile. */
+export function gateLoads(tile: RowTile, experts: number): string {
+  return range(TILE_ROWS).map((t) => `let g${t} = ${gateOf(tile.row(t), experts)};`).join(" ");
 }

@@ -11,13 +11,20 @@
 //          topk of the probabilities), so a PyTorch-made debug state agrees.
 // One invocation per row holds the row's E ≤ 16 logits in registers; backward recomputes the
 // gates from the logits, so nothing is saved.
+import type { Binding } from "../engine/bindings.ts";
+import type { Engine } from "../engine/device.ts";
+import type { Kernel } from "../engine/pipelines.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
+import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
-/** Largest number of experts the register arrays are sized for. */
+/**
+ * The most experts a layer may hold: the gate and load-balance kernels keep a row's logits in
+ * registers. The one definition of the limit (the mixture MLP and the adapters use it too).
+ */
 export const MAX_EXPERTS = 16;
 
 /** Loads the row's logits and computes its gates w (and, for k = 1, all probabilities p). */
@@ -72,20 +79,24 @@ fn gates(l: array<f32, ${experts}>) -> array<f32, ${experts}> {
 }
 
 /**
- * A kernel of one invocation per row, forward or backward: `bindings` after the logits', the
- * gate functions, then `fn main` loading the row's logits l before `body`.
+ * A kernel of one invocation per row, forward or backward: the logits and `bindings` after
+ * them, the gate functions, then `fn main` loading the row's logits l before `body`.
  */
 function rowKernel(
+  engine: Engine,
+  label: string,
   rows: number,
   experts: number,
   k: number,
   index: string,
-  bindings: string[],
+  bindings: readonly Binding[],
   body: string,
-): string {
-  return `
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-${bindings.join("\n")}
+): Kernel {
+  return declareKernel(
+    engine,
+    label,
+    [["logits", "read", "array<f32>"], ...bindings],
+    `
 ${gateWgsl(experts, k)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -93,28 +104,36 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   if (row >= ${rows}u) { return; }
   let l = load_logits(row);
   ${body}
-}`;
+}`,
+  );
 }
 
-function forwardWgsl(rows: number, experts: number, k: number, index: string): string {
+function forwardKernel(
+  engine: Engine,
+  rows: number,
+  experts: number,
+  k: number,
+  index: string,
+): Kernel {
   const body = k === 1
     ? `let p = probabilities(l);
   let best = argmax(l);
   for (var j = 0u; j < E; j++) { gate[row * E + j] = select(0.0, p[j], j == best); }`
     : `let w = gates(l);
   for (var j = 0u; j < E; j++) { gate[row * E + j] = w[j]; }`;
-  return rowKernel(rows, experts, k, index, [
-    "@group(0) @binding(1) var<storage, read_write> gate: array<f32>;",
+  return rowKernel(engine, "topk_gate", rows, experts, k, index, [
+    ["gate", "rw", "array<f32>"],
   ], body);
 }
 
-function backwardWgsl(
+function backwardKernel(
+  engine: Engine,
   rows: number,
   experts: number,
   k: number,
   index: string,
   accumulate: boolean,
-): string {
+): Kernel {
   const write = (value: string) =>
     `dlogits[row * E + j] = ${accumulate ? "dlogits[row * E + j] + " : ""}${value};`;
   const body = k === 1
@@ -127,9 +146,9 @@ function backwardWgsl(
   var wg = 0.0;
   for (var j = 0u; j < E; j++) { g[j] = dgate[row * E + j]; wg += w[j] * g[j]; }
   for (var j = 0u; j < E; j++) { ${write("w[j] * (g[j] - wg)")} }`;
-  return rowKernel(rows, experts, k, index, [
-    "@group(0) @binding(1) var<storage, read> dgate: array<f32>;",
-    "@group(0) @binding(2) var<storage, read_write> dlogits: array<f32>;",
+  return rowKernel(engine, "topk_gate_backward", rows, experts, k, index, [
+    ["dgate", "read", "array<f32>"],
+    ["dlogits", "rw", "array<f32>"],
   ], body);
 }
 
@@ -147,11 +166,7 @@ export function topkGate(tape: Tape, routerLogits: Tensor, k: number): Tensor {
   const rows = routerLogits.size / experts;
   const gate = tape.tensor(routerLogits.shape, `topk_gate(${routerLogits.label})`);
   const grid = grid1d(rows, WORKGROUP);
-  const forward = engine.kernel(
-    "topk_gate",
-    forwardWgsl(rows, experts, kept, grid.index),
-    ["read", "rw"],
-  );
+  const forward = forwardKernel(engine, rows, experts, kept, grid.index);
   tape.record({
     name: "topk_gate",
     inputs: [routerLogits],
@@ -160,11 +175,7 @@ export function topkGate(tape: Tape, routerLogits: Tensor, k: number): Tensor {
     backward: (ctx) => {
       const dlogits = ctx.gradInput(0);
       if (!dlogits) return [];
-      const kernel = engine.kernel(
-        "topk_gate_backward",
-        backwardWgsl(rows, experts, kept, grid.index, dlogits.accumulate),
-        ["read", "read", "rw"],
-      );
+      const kernel = backwardKernel(engine, rows, experts, kept, grid.index, dlogits.accumulate);
       return [engine.dispatch(
         "topk_gate backward",
         kernel,

@@ -33,8 +33,9 @@ export interface AdapterConfig {
   lbRho: number;
 }
 
-/** The most experts a block may hold (the gate kernel keeps a row's logits in registers). */
-export const MAX_EXPERTS = 16;
+import { MAX_EXPERTS } from "../kernels/topk_gate.ts";
+/** The most experts a block may hold: the kernels' limit. */
+export { MAX_EXPERTS };
 /** Router init N(0, 0.02²), as the authors' code. */
 const ROUTER_STD = 0.02;
 

@@ -5,7 +5,7 @@
 // = 4·B·H·T²·hs/2; backward = dv, dP, dq, dk = twice that; forward+backward = 3× forward. The
 // kernels do more (backward recomputes q·kᵀ twice and dO·vᵀ once more), which is not counted.
 import { type BenchCase, passes } from "../case.ts";
-import type { KernelVariant } from "../../engine/device.ts";
+import type { KernelVariant } from "../../kernels/variant.ts";
 import { Tape } from "../../engine/tape.ts";
 import { attention } from "../../kernels/attention.ts";
 import { attentionBackwardRef, attentionRef } from "../../tests/ref/attention.ts";

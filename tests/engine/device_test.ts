@@ -1,24 +1,7 @@
-// The device, its limits, the pipeline cache, the buffer pool, views and kernel variants.
+// The device, its limits, the pipeline cache, the buffer pool and views.
 import assert from "node:assert/strict";
-import { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { gpuTest } from "../util.ts";
-
-/** Engine.create with COMIGS_VARIANT set to `value` (or unset) for the duration of the call. */
-async function createWithEnv(
-  value: string | undefined,
-  options: Parameters<typeof Engine.create>[0] = {},
-): Promise<Engine> {
-  const saved = Deno.env.get("COMIGS_VARIANT");
-  if (value === undefined) Deno.env.delete("COMIGS_VARIANT");
-  else Deno.env.set("COMIGS_VARIANT", value);
-  try {
-    return await Engine.create(options);
-  } finally {
-    if (saved === undefined) Deno.env.delete("COMIGS_VARIANT");
-    else Deno.env.set("COMIGS_VARIANT", saved);
-  }
-}
 
 gpuTest(
   "the engine names its adapter and requests the adapter's maximum limits",
@@ -122,32 +105,4 @@ gpuTest("views must start at an aligned byte offset and stay inside their base",
   assert.equal(engine.pool.bytesInUse, inUse);
   assert.equal((await engine.readF32(base))[0], 0);
   base.dispose();
-});
-
-Deno.test({
-  name: "the kernel variant follows the option, then COMIGS_VARIANT, then the adapter",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const automatic = await createWithEnv(undefined);
-    assert.equal(automatic.variant, automatic.isFallbackAdapter ? "texture" : "storage");
-    automatic.destroy();
-    const fromEnv = await createWithEnv("storage");
-    assert.equal(fromEnv.variant, "storage");
-    fromEnv.destroy();
-    const fromOption = await createWithEnv("storage", { variant: "texture" });
-    assert.equal(fromOption.variant, "texture");
-    fromOption.destroy();
-    const autoOption = await createWithEnv("texture", { variant: "auto" });
-    assert.equal(autoOption.variant, "texture");
-    autoOption.destroy();
-    await assert.rejects(
-      createWithEnv("simd"),
-      /unknown kernel variant "simd"; use texture, storage or auto/,
-    );
-    await assert.rejects(
-      createWithEnv(undefined, { variant: "fast" as "texture" }),
-      /unknown kernel variant "fast"/,
-    );
-  },
 });

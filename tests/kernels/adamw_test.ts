@@ -3,7 +3,7 @@ import type { Engine } from "../../engine/device.ts";
 import { AdamW } from "../../model/optim.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { adamwCommands, type AdamWHyper, adamwUniformValues } from "../../kernels/adamw.ts";
-import { bindingChunks } from "../../kernels/fill.ts";
+import { bindingChunks } from "../../kernels/chunks.ts";
 import { type AdamWStateRef, adamwStepRef } from "../ref/adamw.ts";
 import { assertClose, f32, gpuTest, Rng } from "../util.ts";
 

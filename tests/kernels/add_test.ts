@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { add } from "../../kernels/add.ts";
 import type { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
@@ -49,6 +50,27 @@ for (const shape of [[1], [3], [17], [65, 3], [127], [4], [2, 2, 8], [1024, 256]
     for (const t of [a, b, dout]) t.dispose();
   });
 }
+
+gpuTest("add splits tensors over the binding limit into aligned chunks", async (engine) => {
+  // A 256-byte limit: 64-element chunks (vec4) and a ragged last one of 43 (scalar).
+  const n = 1003, maxBindingBytes = 256;
+  const rng = new Rng(n);
+  const [as, bs, douts, before] = [0, 1, 2, 3].map(() => f32(rng.uniform(n)));
+  const a = leaf(engine, [n], as, "a");
+  const b = engine.tensor([n], { data: bs, label: "b" });
+  a.grad = engine.tensor([n], { data: before });
+  const dout = engine.tensor([n], { data: douts, label: "dout" });
+  const tape = new Tape(engine);
+  const out = add(tape, a, b, { maxBindingBytes });
+  const backward = tape.backward(out, dout);
+  assert.equal(tape.forward().length, 16, "forward: one dispatch per chunk");
+  assert.equal(backward.length, 16, "accumulating backward: one dispatch per chunk");
+  await engine.run([...tape.forward(), ...backward]);
+  assertClose(await engine.readF32(out), f32(addRef(as, bs)), EXACT, "a + b");
+  assertClose(await engine.readF32(a.grad), f32(addRef(before, douts)), EXACT, "a.grad");
+  tape.dispose();
+  for (const t of [a, b, dout]) t.dispose();
+});
 
 gpuTest("add of a tensor to itself accumulates its gradient twice", async (engine) => {
   const shape = [5, 7];

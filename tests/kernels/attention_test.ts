@@ -1,6 +1,7 @@
 import { add } from "../../kernels/add.ts";
 import { attention } from "../../kernels/attention.ts";
-import type { Engine, KernelVariant } from "../../engine/device.ts";
+import type { Engine } from "../../engine/device.ts";
+import type { KernelVariant } from "../../kernels/variant.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
 import type { Tensor } from "../../engine/tensor.ts";

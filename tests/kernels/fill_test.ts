@@ -102,6 +102,7 @@ async function scaleChain(
   alpha: number,
   beta: number,
   backwardRuns: number,
+  maxBindingBytes?: number,
 ) {
   const rng = new Rng(n);
   const xs = f32(rng.uniform(n));
@@ -112,10 +113,14 @@ async function scaleChain(
   x.requiresGrad = true;
   x.grad = engine.tensor([n], { data: initialGrad, label: "grad x" });
   const dy = engine.tensor([n], { data: dys, label: "dy" });
-  const s = scale(tape, x, alpha);
-  const y = scale(tape, s, beta);
-  await engine.run(tape.forward());
+  const s = scale(tape, x, alpha, { maxBindingBytes });
+  const y = scale(tape, s, beta, { maxBindingBytes });
   const backward = tape.backward(y, dy);
+  // One dispatch per binding chunk, for each of the two ops, forward and backward.
+  const chunks = maxBindingBytes ? Math.ceil((4 * n) / maxBindingBytes) : 1;
+  assert.equal(tape.forward().length, 2 * chunks, "forward dispatches");
+  assert.equal(backward.length, 2 * chunks, "backward dispatches");
+  await engine.run(tape.forward());
   for (let r = 0; r < backwardRuns; r++) await engine.run(backward);
   const result = {
     s: await engine.readF32(s),
@@ -132,20 +137,26 @@ async function scaleChain(
 }
 
 // 1024×768 is a GPT-2 activation (T×C, vec4 path); elementwise work does not depend on the
-// shape, so the 4C-wide activations would only add time.
-for (const n of [1, 3, 17, 65, 127, 1024 * 768]) {
-  gpuTest(`scale forward and backward match the float64 reference (n=${n})`, async (engine) => {
-    const [alpha, beta] = [Math.fround(-0.3), Math.fround(2.5)];
-    // Two backward runs: x.grad (a leaf) accumulates twice onto its initial value, while s's
-    // gradient (an intermediate with one consumer) is overwritten each run, not doubled.
-    const r = await scaleChain(engine, n, alpha, beta, 2);
-    assertClose(r.s, scaleRef(r.xs, alpha), SCALE_TOL, "scale forward");
-    assertClose(r.y, scaleRef(f32(scaleRef(r.xs, alpha)), beta), SCALE_TOL, "scale of scale");
-    const ds = f32(scaleRef(r.dys, beta));
-    const dxOnce = f32(scaleRef(ds, alpha));
-    const expected = r.initialGrad.map((g, i) => g + 2 * dxOnce[i]);
-    assertClose(r.dx, expected, ACCUMULATE_TOL, "scale backward, accumulated twice");
-  });
+// shape, so the 4C-wide activations would only add time. The last case splits 1003 elements
+// into 64-element chunks (a 256-byte binding limit): vec4 chunks and a ragged scalar one.
+const cases: [number, number?][] = [[1], [3], [17], [65], [127], [1024 * 768], [1003, 256]];
+for (const [n, maxBindingBytes] of cases) {
+  const chunked = maxBindingBytes ? `, bindings ≤ ${maxBindingBytes} B` : "";
+  gpuTest(
+    `scale forward and backward match the float64 reference (n=${n}${chunked})`,
+    async (engine) => {
+      const [alpha, beta] = [Math.fround(-0.3), Math.fround(2.5)];
+      // Two backward runs: x.grad (a leaf) accumulates twice onto its initial value, while s's
+      // gradient (an intermediate with one consumer) is overwritten each run, not doubled.
+      const r = await scaleChain(engine, n, alpha, beta, 2, maxBindingBytes);
+      assertClose(r.s, scaleRef(r.xs, alpha), SCALE_TOL, "scale forward");
+      assertClose(r.y, scaleRef(f32(scaleRef(r.xs, alpha)), beta), SCALE_TOL, "scale of scale");
+      const ds = f32(scaleRef(r.dys, beta));
+      const dxOnce = f32(scaleRef(ds, alpha));
+      const expected = r.initialGrad.map((g, i) => g + 2 * dxOnce[i]);
+      assertClose(r.dx, expected, ACCUMULATE_TOL, "scale backward, accumulated twice");
+    },
+  );
 }
 
 gpuTest("scale refuses α that is not finite in f32 and u32 inputs", async (engine) => {

@@ -1,4 +1,5 @@
-import type { Engine, KernelVariant } from "../../engine/device.ts";
+import type { Engine } from "../../engine/device.ts";
+import type { KernelVariant } from "../../kernels/variant.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
 import type { Tensor } from "../../engine/tensor.ts";

@@ -1,0 +1,322 @@
+// The kernels of low-rank (LoRA) products, for plain LoRA (kernels/lora.ts) and for the mixture
+// of E LoRA experts (kernels/moe_mlp.ts) alike. A kernel either reads one matrix per operand
+// (`stacked` false: plain LoRA, E = 1) or expert e's matrix of stacks along a leading E, with
+// the experts in the invocation index (contract, outer) or summed in a loop (expand). Three
+// shapes, r being the small rank:
+//   contract: [N, K]·(small weight) → [N, r], K-long dots, CONTRACT_ROWS rows × a rank tile;
+//   expand:   [N, r]·(small weight) → [N, W], r-long dots, TILE_ROWS × TILE_GROUPS tiles, with
+//             an epilogue (add the frozen layer's output, overwrite or accumulate);
+//   outer:    Σ over rows of (big row) ⊗ (small row) → a weight's gradient, as partial sums over
+//             blocks of BLOCK_ROWS rows, then a fixed-order sum over the blocks (`sumBlocks`):
+//             deterministic, no atomics.
+// The tiles and the code fragments are in kernels/tile_codegen.ts.
+import type { Command, Engine } from "../engine/device.ts";
+import type { GradTarget, Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { geluWgsl } from "./gelu.ts";
+import { floatLiteral } from "./literals.ts";
+import {
+  BLOCK_ROWS,
+  CONTRACT_ROWS,
+  contractInvocations,
+  contractLoop,
+  contractStores,
+  expandLoop,
+  GATE,
+  gateLoads,
+  gateOf,
+  type KernelSource,
+  launch,
+  Matrix,
+  outerInvocations,
+  outerStep,
+  outerStores,
+  outerZeros,
+  range,
+  rankTile,
+  RowTile,
+  stackRow,
+  TILE_GROUPS,
+  TILE_ROWS,
+  WIDE_TILE,
+  WORKGROUP,
+  zeroRegisters,
+} from "./tile_codegen.ts";
+
+/** The rows, rank and experts of a low-rank kernel; plain LoRA is `stacked` false, E = 1. */
+export interface LowRank {
+  rows: number;
+  rank: number;
+  experts: number;
+  /** The low-rank tensors are stacks of E experts' matrices. */
+  stacked: boolean;
+}
+
+export interface ContractSpec extends LowRank {
+  k: number;
+  /** act is [E, N, K] (expert e reads its own rows) rather than one [N, K] shared by all. */
+  actPerExpert: boolean;
+  /** Contract gelu(act) instead of act. */
+  actGelu: boolean;
+  /** W_e(k, j) = weight[e, j, k] ("rank-major", A [E, r, K]) or weight[e, k, j] (B [E, K, r]). */
+  weight: "rank-major" | "k-major";
+  scale: number;
+}
+
+/**
+ * result [E, N, r]: result[e, n, j] = scale · Σ_k act_e[n, k] · W_e(k, j). An invocation holds
+ * CONTRACT_ROWS rows × one rank tile of one expert (acc_t_q: row t, rank group q).
+ */
+function contractWgsl(s: ContractSpec, index: string): KernelSource {
+  const { rows, k, rank, experts, stacked } = s;
+  const tile = rankTile(rank);
+  const act = new Matrix("act", k, "read");
+  const w = new Matrix("weight", s.weight === "rank-major" ? k : rank, "read");
+  const result = new Matrix("result", rank, "rw");
+  const actLoad = (t: number) => {
+    const load = act.load(stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert), "k4");
+    return s.actGelu ? `gelu(${load})` : load;
+  };
+  const code = `${s.actGelu ? geluWgsl("vec4f") : ""}
+${act.functions()}
+${w.functions()}
+${result.functions()}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  if (id >= ${contractInvocations(rows, rank, experts)}u) { return; }
+  let j0 = (id % ${tile.tiles}u) * ${4 * tile.groups}u;
+  ${stacked ? `let e = (id / ${tile.tiles}u) % ${experts}u;` : ""}
+  let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;
+  // acc_t_q[c] = Σ_k act_e[row0 + t, k] · W_e(k, j0 + 4q + c)
+  ${zeroRegisters("acc", CONTRACT_ROWS, tile.groups, "  ")}
+  ${contractLoop(k, rank, actLoad, w, s.weight, stacked)}
+  ${contractStores(result, rows, s.scale, stacked)}
+}`;
+  return { bindings: [act.binding, w.binding, result.binding], code };
+}
+
+/** The dispatch of a contraction over [act, weight, result]. */
+export function contract(
+  engine: Engine,
+  label: string,
+  spec: ContractSpec,
+  resources: readonly Tensor[],
+): Command {
+  const invocations = contractInvocations(spec.rows, spec.rank, spec.experts);
+  return launch(engine, label, (index) => contractWgsl(spec, index), invocations, resources);
+}
+
+export interface ExpandSpec extends LowRank {
+  wide: number;
+  /** M_e(j, w) = weight[e, w, j] ("wide-major", B [E, W, r]) or weight[e, j, w] (A [E, r, W]). */
+  weight: "wide-major" | "rank-major";
+  scale: number;
+  /** small rows are scaled by the gate of their row and expert. */
+  gated: boolean;
+  /** Also add (Σ_e g[n, e])·bias[w] (the gated mixture's share of a frozen bias). */
+  bias: boolean;
+  /** Add the frozen layer's output `base` (LoRA's forward), or overwrite, or accumulate. */
+  epilogue: "base" | "store" | "add";
+}
+
+/**
+ * result[n, w] (+)= (base[n, w] +) scale·Σ_e Σ_j (g[n, e]·)small[e, n, j]·M_e(j, w)
+ * (+ (Σ_e g[n, e])·bias[w]). An invocation holds TILE_ROWS rows × TILE_GROUPS adjacent column
+ * groups (acc_t_g: row t, group g).
+ */
+function expandWgsl(s: ExpandSpec, index: string): KernelSource {
+  const { rows, wide, rank, experts, stacked } = s;
+  const small = new Matrix("small", rank, "read");
+  const w = new Matrix("weight", s.weight === "rank-major" ? wide : rank, "read");
+  const result = new Matrix("result", wide, "rw");
+  const bias = new Matrix("bias", wide, "read");
+  const base = new Matrix("base", wide, "read");
+  const tile = new RowTile(rows, wide);
+  const T = range(TILE_ROWS);
+  const write = (t: number, g: number) => {
+    const [row, col] = [`row0 + ${t}u`, `c0 + ${g}u`];
+    const value = `${floatLiteral(s.scale)} * acc${t}${g}` +
+      (s.bias ? ` + gsum${t} * ${bias.load("0u", col)}` : "");
+    if (s.epilogue === "base") return result.store(row, col, `${base.load(row, col)} + ${value}`);
+    return result.store(row, col, value, s.epilogue === "add");
+  };
+  const indent = stacked ? "    " : "  ";
+  const expert = [
+    s.gated ? gateLoads(tile, experts) : "",
+    s.bias ? T.map((t) => `gsum${t} += g${t};`).join(" ") : "",
+    expandLoop(tile, small, w, s.weight, { stacked, gated: s.gated }, indent),
+  ].join(`\n${indent}`);
+  const code = `
+${small.functions()}
+${w.functions()}
+${result.functions()}
+${s.bias ? bias.functions() : ""}
+${s.epilogue === "base" ? base.functions() : ""}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  ${tile.start()}
+  // acc_t_g[c] = Σ_e Σ_j (g[row0 + t, e]·)small_e[row0 + t, j] · M_e(j, 4·(c0 + g) + c)
+  ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "  ")}
+  ${s.bias ? T.map((t) => `var gsum${t} = 0.0;`).join(" ") : ""}
+  ${stacked ? `for (var e = 0u; e < ${experts}u; e++) {\n    ${expert}\n  }` : expert}
+  ${tile.guardEach(write)}
+}`;
+  const bindings = [
+    small.binding,
+    w.binding,
+    result.binding,
+    ...(s.gated ? [GATE] : []),
+    ...(s.bias ? [bias.binding] : []),
+    ...(s.epilogue === "base" ? [base.binding] : []),
+  ];
+  return { bindings, code };
+}
+
+/** The dispatch of an expansion over [small, weight, result, gate?, bias?, base?]. */
+export function expand(
+  engine: Engine,
+  label: string,
+  spec: ExpandSpec,
+  resources: readonly Tensor[],
+): Command {
+  const invocations = new RowTile(spec.rows, spec.wide).invocations;
+  return launch(engine, label, (index) => expandWgsl(spec, index), invocations, resources);
+}
+
+export interface OuterSpec extends LowRank {
+  wide: number;
+  /** big is [E, N, W] (per expert) rather than one [N, W] shared by all. */
+  bigPerExpert: boolean;
+  /** Multiply by gelu(big) instead of big. */
+  bigGelu: boolean;
+  /** small rows are scaled by the gate of their row and expert. */
+  gated: boolean;
+  /** Each expert's partial is [r, W] (an A's gradient) or [W, r] (a B's). */
+  layout: "rank-major" | "wide-major";
+}
+
+/**
+ * partial[b, e] = Σ_{n in block b} big_e[n, :] ⊗ (g[n, e]·)small_e[n, :], blocks of BLOCK_ROWS
+ * rows. An invocation holds WIDE_TILE column groups × one rank tile of one expert of one block
+ * (acc_g_c_q: wide column 4·(w0 + g) + c, rank group q).
+ */
+function outerWgsl(s: OuterSpec, index: string): KernelSource {
+  const { rows, wide, rank, experts, stacked } = s;
+  const tile = rankTile(rank);
+  const big = new Matrix("big", wide, "read");
+  const small = new Matrix("small", rank, "read");
+  const partial = new Matrix("partial", s.layout === "wide-major" ? rank : wide, "rw");
+  const wideTiles = Math.ceil(big.groups / WIDE_TILE);
+  const bigLoad = (c4: string) => {
+    const load = big.load(stackRow("n", rows, s.bigPerExpert), c4);
+    return s.bigGelu ? `gelu(${load})` : load;
+  };
+  const code = `${s.bigGelu ? geluWgsl("vec4f") : ""}
+${big.functions()}
+${small.functions()}
+${partial.functions()}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  if (id >= ${outerInvocations(rows, wide, rank, experts)}u) { return; }
+  let w0 = (id % ${wideTiles}u) * ${WIDE_TILE}u;
+  let j0 = ((id / ${wideTiles}u) % ${tile.tiles}u) * ${4 * tile.groups}u;
+  ${stacked ? `let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;` : ""}
+  let b = id / ${wideTiles * tile.tiles * experts}u;
+  // acc_g_c_q = Σ_n big_e[n, 4·(w0 + g) + c] · small_e[n, j0 + 4q .. +3]
+  ${outerZeros(rank)}
+  for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${rows}u); n++) {
+    ${s.gated ? `let g = ${gateOf("n", experts)};` : ""}
+    ${outerStep(small, stackRow("n", rows, stacked), s.gated, big.groups, bigLoad)}
+  }
+  ${outerStores(partial, s.layout, wide, rank, stacked ? `(b * ${experts}u + e)` : "b")}
+}`;
+  return {
+    bindings: [big.binding, small.binding, partial.binding, ...(s.gated ? [GATE] : [])],
+    code,
+  };
+}
+
+/**
+ * target (+)= sumScale · Σ_b partial[b] for the outer product of `big` and `small` (and `gate`
+ * when gated): the partial sums over row blocks, then their fixed-order sum.
+ */
+export function outer(
+  tape: Tape,
+  label: string,
+  spec: OuterSpec,
+  operands: { big: Tensor; small: Tensor; gate?: Tensor },
+  sumScale: number,
+  target: GradTarget,
+): Command[] {
+  const { rows, wide, rank, experts } = spec;
+  const shape = spec.layout === "wide-major" ? [wide, rank] : [rank, wide];
+  const partial = tape.tensor(
+    [Math.ceil(rows / BLOCK_ROWS), experts, ...shape],
+    `${label} partials`,
+  );
+  const { big, small, gate } = operands;
+  const resources = spec.gated && gate ? [big, small, partial, gate] : [big, small, partial];
+  return [
+    launch(
+      tape.engine,
+      `${label} partials`,
+      (index) => outerWgsl(spec, index),
+      outerInvocations(rows, wide, rank, experts),
+      resources,
+    ),
+    sumBlocks(tape.engine, label, partial, sumScale, target.tensor, target.accumulate),
+  ];
+}
+
+/** out (+)= scale · Σ_b partial[b] over `blocks` blocks of `size` values, in block order. */
+function sumBlocksWgsl(
+  size: number,
+  blocks: number,
+  scale: number,
+  accumulate: boolean,
+  index: string,
+): KernelSource {
+  const vec4 = size % 4 === 0;
+  const type = vec4 ? "vec4f" : "f32";
+  const n = vec4 ? size / 4 : size;
+  const code = `
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${index};
+  if (i >= ${n}u) { return; }
+  var sum = partial[i];${
+    blocks > 1
+      ? `
+  for (var b = 1u; b < ${blocks}u; b++) { sum += partial[b * ${n}u + i]; }`
+      : ""
+  }
+  result[i] = ${accumulate ? "result[i] + " : ""}${floatLiteral(scale)} * sum;
+}`;
+  return {
+    bindings: [["partial", "read", `array<${type}>`], ["result", "rw", `array<${type}>`]],
+    code,
+  };
+}
+
+/** result (+)= scale · Σ over the leading blocks of `partial` (one block: a scaled copy/add). */
+export function sumBlocks(
+  engine: Engine,
+  label: string,
+  partial: Tensor,
+  scale: number,
+  result: Tensor,
+  accumulate: boolean,
+): Command {
+  const blocks = partial.size / result.size;
+  const vec4 = result.size % 4 === 0;
+  return launch(
+    engine,
+    label,
+    (index) => sumBlocksWgsl(result.size, blocks, scale, accumulate, index),
+    vec4 ? result.size / 4 : result.size,
+    [partial, result],
+  );
+}
