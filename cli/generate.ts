@@ -1,6 +1,6 @@
 // `deno task generate`: continues a prompt with a base model (model/generate.ts), streaming the
 // text as it comes.
-import { Engine } from "../engine/device.ts";
+import { startEngine } from "./engine.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import {
   checkGenerateOptions,
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   const tokenizer = await loadTokenizer(modelDir, config.vocab_size);
   if (options.maxTokens === 0) return await writeAll("\n");
 
-  const engine = await Engine.create({ verbose: true });
+  const engine = await startEngine();
   const model = new GPT2(engine, config, weights); // parameters stay frozen: inference only
   const started = performance.now();
   for await (const token of generate(engine, model, tokenizer, prompt, options)) {

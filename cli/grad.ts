@@ -1,6 +1,6 @@
 // `deno task grad`: the debug state of interfaces.md — loss, logits and the gradient of every
 // trainable tensor for one batch, as safetensors, for checking us against other implementations.
-import { Engine } from "../engine/device.ts";
+import { startEngine } from "./engine.ts";
 import { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { adapterShapes, AdapterTensors, loadAdapters } from "../model/adapters.ts";
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
   const adapterFile = typeof flags.adapters === "string"
     ? await loadAdapters(flags.adapters, config)
     : undefined;
-  const engine = await Engine.create({ verbose: true });
+  const engine = await startEngine();
   const model = new GPT2(engine, config, weights);
   const B = sequences.length, T = sequences[0].length - 1;
   const batch = new GPT2Batch(engine, config, B, T);

@@ -2,7 +2,7 @@
 // takes the run's options from the server, keeps only its own category of the scenario, trains
 // its experts and router where it runs, and sends only what its method shares. Its folder holds
 // its state after every round (a restarted client continues) and, at the end, its adapters.
-import { Engine } from "../engine/device.ts";
+import { startEngine } from "./engine.ts";
 import { type JoinOptions, joinRun } from "../fed/join.ts";
 import { type FlagSpec, helpText, parseFlags, runMain } from "./args.ts";
 import { joinFromFlags } from "./join_flags.ts";
@@ -32,7 +32,7 @@ async function main(): Promise<void> {
     console.log(helpText(FLAGS, USAGE));
     return;
   }
-  const engine = await Engine.create({ verbose: true });
+  const engine = await startEngine();
   const progress = new ProgressBar(0);
   const { name, rounds } = await joinRun(engine, invocation.join, { progress });
   console.log(

@@ -1,7 +1,7 @@
 // `deno task pretrain`: our own base model (model/pretrain.ts), trained on the State of the Union
 // addresses and the bodies of the SpamAssassin ham emails (fed/corpora.ts), split into train and
 // held-out by document. `--resume OUT` continues a run from its last checkpoint, bit for bit.
-import { Engine } from "../engine/device.ts";
+import { startEngine } from "./engine.ts";
 import { readPretrainCorpora, splitDocuments } from "../fed/corpora.ts";
 import {
   checkPretrainOptions,
@@ -101,7 +101,7 @@ export function commandLine(options: PretrainOptions): string {
 async function main(): Promise<void> {
   const invocation = parseInvocation(Deno.args);
   if ("help" in invocation) return console.log(helpText(FLAGS, USAGE));
-  const engine = await Engine.create({ verbose: true });
+  const engine = await startEngine();
   const { train, heldOut } = splitDocuments(await readPretrainCorpora());
   const log = await pretrain(
     engine,

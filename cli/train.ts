@@ -1,7 +1,7 @@
 // `deno task train`: federated fine-tuning of a base model with CoMiGS or a baseline (method.md
 // §4) on a real-data scenario (fed/scenarios.ts), simulated in this process (fed/run.ts). The
 // defaults are method.md §6's (fed/options.ts); the paper's settings are flags.
-import { Engine } from "../engine/device.ts";
+import { startEngine } from "./engine.ts";
 import { summaryTable } from "../fed/records.ts";
 import { runTraining } from "../fed/run.ts";
 import { helpText, parseFlags, runMain } from "./args.ts";
@@ -20,7 +20,7 @@ async function main(): Promise<void> {
     console.log(`${helpText(TRAIN_FLAGS, USAGE)}\n\n${methodsHelp()}`);
     return;
   }
-  const engine = await Engine.create({ verbose: true });
+  const engine = await startEngine();
   const progress = new ProgressBar(0);
   const { summary, pretrainedPpl } = await runTraining(engine, invocation, { progress });
   console.log(`\n${summaryTable(summary, pretrainedPpl)}`);

@@ -6,6 +6,7 @@
 import type { Engine } from "../engine/device.ts";
 import { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { roundDown, viewAlignment } from "../kernels/chunks.ts";
 import { type GPT2, GPT2Batch } from "./gpt2.ts";
 import { checkInteger, checkReal } from "./option_error.ts";
 import { Mulberry32 } from "./rng.ts";
@@ -97,9 +98,8 @@ export function contextLength(nPositions: number, promptTokens: number, maxToken
  */
 async function readRow(engine: Engine, matrix: Tensor, row: number): Promise<Float32Array> {
   const cols = matrix.shape[matrix.shape.length - 1];
-  const quantum = engine.limits.minStorageBufferOffsetAlignment / 4;
   const start = row * cols;
-  const spanStart = start - (start % quantum);
+  const spanStart = roundDown(start, viewAlignment(engine));
   const span = engine.view(matrix, spanStart, [start + cols - spanStart], `${matrix.label} row`);
   return (await engine.readF32(span)).subarray(start - spanStart);
 }

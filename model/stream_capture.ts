@@ -1,6 +1,7 @@
 // Running a forward-only graph over every token of a stream, in the windows of held-out
 // evaluation (method.md §5: consecutive non-overlapping windows of the context length, the last
 // one padded), and keeping chosen tensors' rows for the real input positions.
+import { roundUp, viewAlignment } from "../kernels/chunks.ts";
 import type { Engine } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import { Tape } from "../engine/tape.ts";
@@ -49,12 +50,11 @@ export class StreamCapture {
       this.#forward = this.#tape.forward();
       this.#batches = evalBatches(evalWindows(stream, T, 0), B, T);
       // Slots start at offsets a view may take (the storage alignment, in floats).
-      const align = engine.limits.minStorageBufferOffsetAlignment / 4;
       this.#offsets = [];
       let stride = 0;
       for (const t of this.#tensors) {
         this.#offsets.push(stride);
-        stride += Math.ceil(t.size / align) * align;
+        stride += roundUp(t.size, viewAlignment(engine));
       }
       this.#stride = stride;
       this.#slots = this.#batches.length === 0 || stride === 0
