@@ -117,6 +117,9 @@ Deno.test("accountant: ε grows with every round, from 0; q = 1 is the Gaussian 
     }
   }
   assertEquals([...rdpSampledGaussian(1, 2, [2, 7.5])], [2 / 8, 7.5 / 8]);
+  // Without noise every order is +∞: no privacy after a round, yet none spent before it.
+  const noiseless = new RdpAccountant(0.5, 0, 1e-5);
+  assertEquals([noiseless.epsilon(0).epsilon, noiseless.epsilon(1).epsilon], [0, Infinity]);
   // Sampling only helps: q < 1 never costs more than q = 1.
   assert(
     new RdpAccountant(0.3, 1, 1e-5).epsilon(10).epsilon <
