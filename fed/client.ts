@@ -16,6 +16,7 @@ import { StreamEvaluator } from "../model/evaluate.ts";
 import { cosineLr } from "../model/schedule.ts";
 import { type GPT2, GPT2Batch } from "../model/gpt2.ts";
 import { BatchSampler } from "../model/pretrain_data.ts";
+import { mix } from "../model/rng.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import { decodeMessage, encodeMessage } from "./message.ts";
 import { isShared, type MethodSpec } from "./methods.ts";
@@ -270,14 +271,4 @@ export class Client {
       p.requiresGrad = trainable.has(p);
     }
   }
-}
-
-/** A 32-bit PRNG seed for one purpose of one client, from the run's seed. */
-export function mix(seed: number, client: number, purpose: number): number {
-  let h = (seed ^ 0x9e3779b9) >>> 0;
-  for (const v of [client, purpose]) {
-    h = Math.imul(h ^ (v + 0x7f4a7c15), 0x85ebca6b) >>> 0;
-    h = (h ^ (h >>> 13)) >>> 0;
-  }
-  return h;
 }

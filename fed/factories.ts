@@ -6,7 +6,8 @@ import { type AdapterConfig, adapterRole, adapterShapes, initAdapters } from "..
 import type { GPT2Config } from "../model/config.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
-import { Client, mix } from "./client.ts";
+import { mix } from "../model/rng.ts";
+import { Client } from "./client.ts";
 import { isShared, METHOD_SPECS, methodAdapterConfig, methodInitAdapters } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
 import { PclStrategy } from "./pcl.ts";

@@ -2,11 +2,10 @@
 // number alone, so a resumed run redraws exactly the rounds it had drawn, and the draw of a round
 // never depends on what happened before it. Client ids are 0..N−1; a draw lists its ids in
 // increasing order.
-import { mulberry32 } from "../model/sample.ts";
-import { mix } from "./client.ts";
+import { mix, Mulberry32 } from "../model/rng.ts";
 import { CLIENT_DRAW_STREAM, secretUniforms, UNIFORMS_PER_BLOCK } from "./noise.ts";
 
-/** mix()'s purpose number of the draw (fed/client.ts uses 0–2 for each client's streams). */
+/** mix()'s purpose number of the draw (clients use 0–2 for their weights and streams). */
 const FIXED_DRAW = 3;
 
 function checkRound(round: number, clients: number): void {
@@ -25,10 +24,10 @@ export function sampleClients(seed: number, round: number, clients: number, k: n
   if (!Number.isSafeInteger(k) || k < 1 || k > clients) {
     throw new RangeError(`--clients-per-round ${k}: choose 1..${clients} (the number of clients)`);
   }
-  const random = mulberry32(mix(seed, round, FIXED_DRAW));
+  const random = new Mulberry32(mix(seed, round, FIXED_DRAW));
   const ids = Array.from({ length: clients }, (_, i) => i);
   for (let i = 0; i < k; i++) {
-    const j = i + Math.floor(random() * (clients - i));
+    const j = i + Math.floor(random.next() * (clients - i));
     [ids[i], ids[j]] = [ids[j], ids[i]];
   }
   return ids.slice(0, k).sort((a, b) => a - b);

@@ -19,3 +19,16 @@ export class Mulberry32 {
     return this.nextUint32() / 4294967296;
   }
 }
+
+/**
+ * A 32-bit PRNG seed for one purpose (weights, batches, a draw) of one client (or round), from
+ * a run's seed: distinct streams that all follow from the one seed.
+ */
+export function mix(seed: number, client: number, purpose: number): number {
+  let h = (seed ^ 0x9e3779b9) >>> 0;
+  for (const v of [client, purpose]) {
+    h = Math.imul(h ^ (v + 0x7f4a7c15), 0x85ebca6b) >>> 0;
+    h = (h ^ (h >>> 13)) >>> 0;
+  }
+  return h;
+}

@@ -3,7 +3,7 @@
 // specialist / router / unknown / unsent name, missing name, wrong shape, non-float32 data, NaN,
 // Inf, an update too large, unreadable bytes, F16 storage) is refused with one line naming the
 // client, the round and the problem. The default bound is checked against AdamW itself.
-import { DEFAULTS } from "../../cli/train.ts";
+import { TRAIN_DEFAULTS as DEFAULTS } from "../../fed/options.ts";
 import { encodeMessage, type Message } from "../../fed/message.ts";
 import { isShared, METHOD_SPECS, type MethodSpec } from "../../fed/methods.ts";
 import {
