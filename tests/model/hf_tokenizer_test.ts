@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
-import { loadHfTokenizer, parseHfTokenizer } from "../../model/hf_tokenizer.ts";
+import { type HfTokenizer, loadHfTokenizer, parseHfTokenizer } from "../../model/hf_tokenizer.ts";
 import { TokenizerError } from "../../model/bpe.ts";
 
 /**
@@ -24,7 +24,16 @@ const ANSWERS: Record<string, KnownAnswers> = JSON.parse(
   Deno.readTextFileSync(new URL("known_answers.json", GOLDEN)),
 );
 
-async function load(name: string, vocabSize = ANSWERS[name].vocab_size) {
+/** Loaded once per file: the real tokenizers take about a second each to build. */
+const loaded = new Map<string, Promise<HfTokenizer>>();
+
+function load(name: string, vocabSize = ANSWERS[name].vocab_size): Promise<HfTokenizer> {
+  const key = `${name}:${vocabSize}`;
+  if (!loaded.has(key)) loaded.set(key, loadFresh(name, vocabSize));
+  return loaded.get(key)!;
+}
+
+async function loadFresh(name: string, vocabSize: number): Promise<HfTokenizer> {
   const dir = new URL(ANSWERS[name].dir, ROOT).pathname;
   try {
     await Deno.stat(dir);
