@@ -33,7 +33,7 @@ export function withUnicodeDigits(tokenizer: Json): Json {
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Rust's ByteFallback on a run of bytes: its text if valid UTF-8, else U+FFFD per byte. */
-export const rustByteFallback = {
+const rustByteFallback = {
   decode(bytes: Uint8Array): string {
     try {
       return strictUtf8.decode(bytes);
