@@ -91,7 +91,9 @@ export function withFlags<T>(spec: FlagSpec, fn: () => T): T {
 }
 
 function asUsageError(spec: FlagSpec, e: unknown): unknown {
-  return e instanceof OptionError ? new UsageError(`--${flagFor(spec, e.option)} ${e.problem}`) : e;
+  return e instanceof OptionError
+    ? new UsageError(e.restate((option) => `--${flagFor(spec, option)}`))
+    : e;
 }
 
 /**

@@ -12,7 +12,7 @@ import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import type { TrainOptions } from "../fed/options.ts";
 import { finalTestPpl, type Measurement, summarise, summaryTable } from "../fed/records.ts";
 import { loadRunInputs, type RunResult } from "../fed/run.ts";
-import { openRun, writeRunOutputs } from "../fed/run_folder.ts";
+import { openRun, planRun, writeRunOutputs } from "../fed/run_folder.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
 import { members, type Streams } from "../fed/streams.ts";
 import type { Progress } from "../model/progress.ts";
@@ -62,6 +62,8 @@ export interface BrowserOptions {
   serve: boolean;
   port: number;
   chromium: string;
+  /** A new run may replace a run already in its folder. */
+  overwrite: boolean;
 }
 
 export type Invocation =
@@ -79,6 +81,7 @@ export function parseInvocation(args: string[], now = new Date()): Invocation {
     serve: serve === true,
     port: parsePort(port as string | undefined, 0),
     chromium: (chromium as string | undefined) ?? Deno.env.get("CHROMIUM") ?? DEFAULT_CHROMIUM,
+    overwrite: run.overwrite === true,
   };
   if (join === undefined) {
     if (client !== undefined) throw new UsageError("--client is a client id of --join");
@@ -101,8 +104,10 @@ export async function runInBrowser(
   hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<RunResult> {
   if (!browser.serve) await checkExecutable(browser.chromium);
-  const run = await openRun({ options });
+  const plan = await planRun({ options }, { overwrite: browser.overwrite });
   const { categories } = await loadRunInputs(options, hooks.corpora);
+  const run = await openRun(plan);
+  hooks.progress.log(`run folder: ${options.out}`);
   const spec = METHOD_SPECS[options.method];
   const tab = await inTab(
     { mode: "run", options, categories: categories.map((c) => c.name) },
@@ -119,7 +124,7 @@ export async function runInBrowser(
     tab.pretrainedPpl,
   );
   await writeRunOutputs(options.out, { adapters: tab.adapters, global: tab.global, summary });
-  return { summary, pretrainedPpl: tab.pretrainedPpl };
+  return { out: options.out, summary, pretrainedPpl: tab.pretrainedPpl };
 }
 
 /** A browser tab as client `join.client` of the networked run at `join.server` (`deno task
@@ -190,6 +195,8 @@ async function inTab(
         return progress.begin(event.step);
       case "update":
         return progress.update(event.update);
+      case "evaluation":
+        return progress.evaluation?.(event.update);
       case "log":
         return progress.log(event.line);
       case "done":
@@ -349,10 +356,13 @@ async function main(): Promise<void> {
     console.log(`client ${join.client} (${name}): adapters in ${join.out}/adapters.safetensors`);
     return;
   }
-  const { summary, pretrainedPpl } = await runInBrowser(invocation.options, invocation.browser, {
-    progress,
-  });
+  const { summary, pretrainedPpl, out } = await runInBrowser(
+    invocation.options,
+    invocation.browser,
+    { progress },
+  );
   console.log(`\n${summaryTable(summary, pretrainedPpl)}`);
+  console.log(`\nrun folder: ${out}`);
 }
 
 if (import.meta.main) await runMain(main, FLAGS);

@@ -17,7 +17,7 @@ import { kernelVariant } from "../kernels/variant.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
-import type { Progress, ProgressUpdate } from "../model/progress.ts";
+import type { EvaluationUpdate, Progress, ProgressUpdate } from "../model/progress.ts";
 
 const status = document.getElementById("status")!;
 
@@ -78,6 +78,7 @@ async function main(): Promise<void> {
     },
     begin: (step: number) => send({ kind: "begin", step }),
     update: (update: ProgressUpdate) => send({ kind: "update", update }),
+    evaluation: (update: EvaluationUpdate) => send({ kind: "evaluation", update }),
     log: (line: string) => send({ kind: "log", line }),
     done: () => send({ kind: "done" }),
   };

@@ -1,7 +1,7 @@
 // What `deno task browser`'s server and its page (cli/browser_page.ts) exchange over HTTP.
 import type { TrainOptions } from "../fed/options.ts";
 import type { Measurement } from "../fed/records.ts";
-import type { ProgressUpdate } from "../model/progress.ts";
+import type { EvaluationUpdate, ProgressUpdate } from "../model/progress.ts";
 
 /**
  * GET /run.json: what the tab does, the run's options and the names of the categories it holds
@@ -18,6 +18,7 @@ export type PageEvent =
   | { kind: "total"; total: number }
   | { kind: "begin"; step: number }
   | { kind: "update"; update: ProgressUpdate }
+  | { kind: "evaluation"; update: EvaluationUpdate }
   | { kind: "log"; line: string }
   | { kind: "done" }
   | { kind: "record"; record: Measurement }

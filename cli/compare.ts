@@ -21,6 +21,7 @@ import {
 import { METHODS } from "../fed/methods.ts";
 import { SCENARIOS } from "../fed/scenarios.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
+import { formatDuration } from "./progress.ts";
 import { TRAIN_FLAGS, trainOptionsFromFlags } from "./train_flags.ts";
 
 export const MAIN_METHODS = [
@@ -228,16 +229,29 @@ async function main(): Promise<void> {
   const { options } = invocation;
   await checkSettings(options);
   const runs = expectedRuns(options.out, options.methods, options.seeds);
+  const states = await Promise.all(runs.map((run) => runState(run.dir)));
+  // The time left: the runs still to train at the mean time of those trained so far (the first
+  // run, pretrained, is only evaluated, so it is left out of the mean).
+  let trained = 0, trainedSeconds = 0;
   for (const [i, run] of runs.entries()) {
-    const state = await runState(run.dir);
     const label = `${run.dir} (${run.method}, seed ${run.seed})`;
     const counter = `[${i + 1}/${runs.length}]`;
-    if (state === "finished") {
+    if (states[i] === "finished") {
       console.error(`compare: ${counter} ${label}: finished, skipped`);
       continue;
     }
-    console.error(`compare: ${counter} ${label}: ${state === "new" ? "training" : "resuming"}`);
-    await train(trainArgs(options, run, state), label);
+    const left = states.slice(i).filter((state) => state !== "finished").length;
+    const eta = trained
+      ? `; all ${left} left: ETA ${formatDuration(left * trainedSeconds / trained)}`
+      : "";
+    const doing = states[i] === "new" ? "training" : "resuming";
+    console.error(`compare: ${counter} ${label}: ${doing}${eta}`);
+    const started = performance.now();
+    await train(trainArgs(options, run, states[i]), label);
+    if (run.method !== PRETRAINED) {
+      trained++;
+      trainedSeconds += (performance.now() - started) / 1000;
+    }
   }
   const comparison = aggregate(
     await readRuns(runs, { scenario: options.scenario, ood: options.ood }),

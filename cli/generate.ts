@@ -71,6 +71,8 @@ async function main(): Promise<void> {
   const modelDir = flags.model as string;
   const { config, weights } = await loadBaseCheckpoint(modelDir);
   const tokenizer = await loadTokenizer(modelDir, config.vocab_size);
+  // The prompt first, dimmed on a terminal, so the continuation reads on from it.
+  await writeAll(Deno.stdout.isTerminal() ? `\x1b[2m${prompt}\x1b[0m` : prompt);
   if (options.maxTokens === 0) return await writeAll("\n");
 
   const engine = await startEngine();

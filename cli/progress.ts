@@ -1,13 +1,20 @@
-// A progress bar for long runs on stderr: steps done, training tokens/s, the latest loss and
-// the time left (from the wall time per step since `begin`, so periodic evaluations count). On a terminal it redraws one line in place; otherwise (a log file, CI) every update is
-// its own line, so logs stay readable. Messages printed through `log` never interleave with it.
-import type { Progress, ProgressUpdate } from "../model/progress.ts";
+// The progress display of long jobs on stderr: a bar of training steps (tokens/s, the latest
+// loss, the time left) and a line for each evaluation (windows done of total, tokens/s). The
+// time left is the job's own estimate when it gives one (training and evaluation alike, see
+// fed/rounds.ts), else the wall time per step since `begin`. On a terminal one line is redrawn in
+// place; otherwise (a log file, CI) updates are lines of their own, evaluations at most one
+// every few seconds, so logs stay readable. Messages printed through `log` never interleave.
+import type { EvaluationUpdate, Progress, ProgressUpdate } from "../model/progress.ts";
+
+/** Without a terminal, an evaluation prints its progress at most this often (and when done). */
+const LOG_EVALUATION_EVERY_S = 10;
 
 export class ProgressBar implements Progress {
   #start = performance.now();
   #firstStep: number;
   readonly #encoder = new TextEncoder();
   #drawn = false;
+  #lastEvaluationLine = 0;
 
   constructor(
     /** Steps of the whole run (settable once the run knows it). */
@@ -27,10 +34,10 @@ export class ProgressBar implements Progress {
     this.#firstStep = step;
   }
 
-  update({ step, context, tokensPerSecond, loss }: ProgressUpdate): void {
+  update({ step, context, tokensPerSecond, loss, etaSeconds }: ProgressUpdate): void {
     const seconds = (performance.now() - this.#start) / 1000;
     const stepsDone = step - this.#firstStep;
-    const eta = stepsDone > 0 ? (this.total - step) * seconds / stepsDone : NaN;
+    const eta = etaSeconds ?? (stepsDone > 0 ? (this.total - step) * seconds / stepsDone : NaN);
     const parts = [
       context ?? "",
       `step ${step}/${this.total}`,
@@ -41,9 +48,19 @@ export class ProgressBar implements Progress {
     if (this.isTTY) {
       const width = 24, filled = Math.round(width * step / Math.max(this.total, 1));
       const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}]`;
-      this.write(`\r\x1b[2K${bar} ${parts}`);
-      this.#drawn = true;
+      this.#draw(`${bar} ${parts}`);
     } else this.write(`${parts}\n`);
+  }
+
+  evaluation({ context, done, total, tokensPerSecond }: EvaluationUpdate): void {
+    const line = `evaluating ${context}  ${done}/${total} windows  ` +
+      `${Math.round(tokensPerSecond)} tok/s`;
+    if (this.isTTY) return this.#draw(line);
+    const now = performance.now();
+    if (done === total || now - this.#lastEvaluationLine >= LOG_EVALUATION_EVERY_S * 1000) {
+      this.#lastEvaluationLine = now;
+      this.write(`${line}\n`);
+    }
   }
 
   /** Prints a line of its own above the bar. */
@@ -56,6 +73,11 @@ export class ProgressBar implements Progress {
   done(): void {
     if (this.#drawn) this.write("\n");
     this.#drawn = false;
+  }
+
+  #draw(line: string): void {
+    this.write(`\r\x1b[2K${line}`);
+    this.#drawn = true;
   }
 
   #clear(): void {

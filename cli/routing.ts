@@ -5,6 +5,7 @@ import { Engine } from "../engine/device.ts";
 import { analyseRouting, DEFAULT_MAX_TOKENS, planRouting } from "../fed/routing_analysis.ts";
 import { routingJson, routingMarkdown, type RoutingMeta } from "../model/routing.ts";
 import { writeFileAtomic } from "../model/safetensors.ts";
+import { ProgressBar } from "./progress.ts";
 import {
   type FlagSpec,
   helpText,
@@ -51,7 +52,9 @@ async function main(): Promise<void> {
   if ("help" in invocation) return console.log(helpText(FLAGS, USAGE));
   const { plan } = invocation;
   const engine = await Engine.create();
-  const clients = await analyseRouting(engine, plan, (line) => console.error(line));
+  const progress = new ProgressBar(0);
+  const clients = await analyseRouting(engine, plan, progress);
+  progress.done();
   const { options } = plan;
   const meta: RoutingMeta = {
     run: plan.dir,

@@ -25,7 +25,11 @@ const FLAGS: FlagSpec = {
 
 export type Invocation =
   | { help: true }
-  | { start: { options: TrainOptions } | { resume: string }; hostname: string; port: number };
+  | {
+    start: { options: TrainOptions; overwrite: boolean } | { resume: string };
+    hostname: string;
+    port: number;
+  };
 
 export function parseInvocation(args: string[], now = new Date()): Invocation {
   const { host, port, ...run } = parseFlags(args, FLAGS, USAGE);
@@ -47,8 +51,15 @@ async function main(): Promise<void> {
   }
   const progress = new ProgressBar(0);
   const { start, hostname, port } = invocation;
-  const { summary, pretrainedPpl } = await serveRun(start, { progress, hostname, port });
+  const overwrite = "overwrite" in start && start.overwrite;
+  const { summary, pretrainedPpl, out } = await serveRun(start, {
+    progress,
+    hostname,
+    port,
+    overwrite,
+  });
   console.log(`\n${summaryTable(summary, pretrainedPpl)}`);
+  console.log(`\nrun folder: ${out}`);
 }
 
 if (import.meta.main) await runMain(main, FLAGS);

@@ -3,7 +3,7 @@
 // defaults are method.md §6's (fed/options.ts); the paper's settings are flags.
 import { startEngine } from "./engine.ts";
 import { summaryTable } from "../fed/records.ts";
-import { runTraining } from "../fed/run.ts";
+import { prepareRun, runTraining } from "../fed/run.ts";
 import { helpText, parseFlags, runMain } from "./args.ts";
 import { ProgressBar } from "./progress.ts";
 import { methodsHelp, TRAIN_FLAGS, type TrainInvocation, trainInvocation } from "./train_flags.ts";
@@ -20,10 +20,16 @@ async function main(): Promise<void> {
     console.log(`${helpText(TRAIN_FLAGS, USAGE)}\n\n${methodsHelp()}`);
     return;
   }
+  // Every check (flags, folder, base model, data) before the GPU starts or a file is written.
+  const overwrite = "overwrite" in invocation && invocation.overwrite;
+  const prepared = await prepareRun(invocation, { overwrite });
   const engine = await startEngine();
   const progress = new ProgressBar(0);
-  const { summary, pretrainedPpl } = await runTraining(engine, invocation, { progress });
+  const { summary, pretrainedPpl, out } = await runTraining(engine, prepared, { progress });
   console.log(`\n${summaryTable(summary, pretrainedPpl)}`);
+  console.log(
+    `\nrun folder: ${out} (summary.json, metrics.jsonl, clients/<id>/adapters.safetensors)`,
+  );
 }
 
 if (import.meta.main) await runMain(main, TRAIN_FLAGS);

@@ -74,6 +74,10 @@ export const TRAIN_FLAGS: FlagSpec = {
       defaults("aggregation"),
   },
   out: { type: "string", help: "run folder (default runs/<method>-<scenario>-s<seed>-<time>)" },
+  overwrite: {
+    type: "boolean",
+    help: "start again in --out although it holds a run (its run files are removed)",
+  },
   resume: { type: "string", help: "continue the run in DIR (no other flag allowed)" },
   help: { type: "boolean", help: "show this help" },
 };
@@ -95,7 +99,10 @@ const INTEGER_FLAGS = [
 const REAL_FLAGS = ["lr", "alpha", "lb-coef", "lb-rho"];
 const BOOLEAN_FLAGS = ["router-on-train", "ood"];
 
-export type TrainInvocation = { help: true } | { resume: string } | { options: TrainOptions };
+export type TrainInvocation =
+  | { help: true }
+  | { resume: string }
+  | { options: TrainOptions; overwrite: boolean };
 
 /** Help, a resume (no other flag allowed), or new options, from parsed train flags. */
 export function trainInvocation(flags: Flags, now = new Date()): TrainInvocation {
@@ -109,7 +116,7 @@ export function trainInvocation(flags: Flags, now = new Date()): TrainInvocation
     }
     return { resume: flags.resume };
   }
-  return { options: trainOptionsFromFlags(flags, now) };
+  return { options: trainOptionsFromFlags(flags, now), overwrite: flags.overwrite === true };
 }
 
 /** A run's options from parsed train flags (defaults for those not given), checked. */
@@ -117,7 +124,7 @@ export function trainOptionsFromFlags(flags: Flags, now = new Date()): TrainOpti
   const input: Record<string, unknown> = {};
   for (const flag of Object.keys(TRAIN_FLAGS)) {
     const value = flags[flag];
-    if (value === undefined || flag === "help" || flag === "resume") continue;
+    if (value === undefined || ["help", "resume", "overwrite"].includes(flag)) continue;
     const option = optionOf(TRAIN_FLAGS, flag);
     if (INTEGER_FLAGS.includes(flag)) input[option] = numberFlag(flags, flag, "integer");
     else if (REAL_FLAGS.includes(flag)) input[option] = numberFlag(flags, flag);

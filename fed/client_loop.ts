@@ -5,7 +5,7 @@
 // Deno, memory in a tab.
 import { encodeAdapters } from "../model/adapters.ts";
 import type { GPT2 } from "../model/gpt2.ts";
-import type { Progress } from "../model/progress.ts";
+import { evaluationProgress, type Progress } from "../model/progress.ts";
 import type { Client } from "./client.ts";
 import { LocalEndpoint } from "./endpoint.ts";
 import type { TrainOptions } from "./options.ts";
@@ -75,7 +75,13 @@ export async function clientLoop(
       name: data.name,
       trainTokens: data.train.length,
       pretrainedPpl: needPretrained
-        ? await basePerplexity(model, data.test, options.batch, options.seq)
+        ? await basePerplexity(
+          model,
+          data.test,
+          options.batch,
+          options.seq,
+          evaluationProgress(progress, `base model: client ${id} (${data.name}) test`),
+        )
         : null,
     }));
     while (true) {
@@ -87,7 +93,11 @@ export async function clientLoop(
           reply = {
             kind: "evaluate",
             round: task.round,
-            ...await endpoint.evaluate(task.round, task.parameters),
+            ...await endpoint.evaluate(
+              task.round,
+              task.parameters,
+              evaluationProgress(progress, `round ${task.round}: client ${id} (${data.name}) test`),
+            ),
           };
           // The last evaluation holds the final shared tensors: the run's result for this client.
           if (task.round === options.rounds) {

@@ -2,6 +2,7 @@
 // process a LocalEndpoint calls the Client; across processes fed/http_server.ts carries the same
 // calls as HTTP messages. Parameters and results are encoded Messages (fed/message.ts).
 import type { StreamEvaluator } from "../model/evaluate.ts";
+import type { BatchProgress } from "../model/progress.ts";
 import type { Client, StepReport } from "./client.ts";
 
 /** A client's reply to a fit: the message for the server and its mean training loss. */
@@ -21,7 +22,12 @@ export interface EvaluateReply {
 export interface ClientEndpoint {
   readonly id: number;
   readonly name: string;
-  evaluate(round: number, parameters: Uint8Array | null): Promise<EvaluateReply>;
+  /** `onBatch` (optional) hears how far the evaluation has come, over all its test streams. */
+  evaluate(
+    round: number,
+    parameters: Uint8Array | null,
+    onBatch?: BatchProgress,
+  ): Promise<EvaluateReply>;
   fit(
     round: number,
     steps: number,
@@ -46,10 +52,29 @@ export class LocalEndpoint implements ClientEndpoint {
     return this.client.data.name;
   }
 
-  async evaluate(_round: number, parameters: Uint8Array | null): Promise<EvaluateReply> {
+  async evaluate(
+    _round: number,
+    parameters: Uint8Array | null,
+    onBatch?: BatchProgress,
+  ): Promise<EvaluateReply> {
     await this.client.receive(parameters);
+    const total = this.#evaluators.reduce((n, e) => n + e.windows, 0);
+    let windowsBefore = 0, tokensBefore = 0;
     const losses: number[] = [];
-    for (const evaluator of this.#evaluators) losses.push(await evaluator.meanLoss());
+    for (const evaluator of this.#evaluators) {
+      let tokensHere = 0;
+      losses.push(
+        await evaluator.meanLoss(
+          onBatch &&
+            ((done, _total, tokens) => {
+              tokensHere = tokens;
+              onBatch(windowsBefore + done, total, tokensBefore + tokens);
+            }),
+        ),
+      );
+      windowsBefore += evaluator.windows;
+      tokensBefore += tokensHere;
+    }
     return { step: this.client.step, losses };
   }
 

@@ -101,8 +101,8 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
   if (METHOD_SPECS[method].personal && aggregation !== "uniform") {
     throw new OptionError(
       "aggregation",
-      `weighs the server's average; method ${method} has none (each client weighs the others ` +
-        `by their validation perplexity)`,
+      `weighs the server's average; {method} ${method} has none (each client weighs the ` +
+        `others by their validation perplexity)`,
     );
   }
   const options: TrainOptions = {
@@ -144,6 +144,15 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
   checkReal("alpha", options.alpha, (x) => x > 0, "> 0");
   checkChoice("scaling", options.scaling, ["rslora", "standard"] as const);
   checkInteger("topK", options.topK, 1, MAX_EXPERTS);
+  // k is clipped to each client's E (method.md §1); a k no client can use is a mistake.
+  const mostExperts = Math.max(...options.experts);
+  if (given.topK !== undefined && options.topK > mostExperts) {
+    throw new OptionError(
+      "topK",
+      `${options.topK} exceeds the experts a client holds (at most ${mostExperts}); a token ` +
+        `goes to at most every expert: choose 1..${mostExperts}`,
+    );
+  }
   checkReal("lbCoef", options.lbCoef, (x) => x >= 0, "≥ 0");
   checkReal("lbRho", options.lbRho, (x) => x > 0 && x < 1, "in (0, 1)");
   if (options.model === "") throw new OptionError("model", "must name a base model folder");
@@ -156,7 +165,8 @@ export function checkAgainstBase(options: TrainOptions, base: GPT2Config): void 
   if (options.seq > base.n_positions) {
     throw new OptionError(
       "seq",
-      `${options.seq} exceeds the model's context of ${base.n_positions} tokens`,
+      `${options.seq} exceeds the context of the base model ({model} ${options.model}): ` +
+        `${base.n_positions} tokens`,
     );
   }
 }
@@ -186,8 +196,8 @@ function resolveExperts(given: number[] | undefined, method: Method, clients: nu
   if (!heterogeneous && perClient.some((E) => E !== 2)) {
     throw new OptionError(
       "experts",
-      `[${list}]: method ${method} holds 2 experts per client; for other or per-client counts ` +
-        `use method comigs-1gxs`,
+      `[${list}]: {method} ${method} holds 2 experts per client; for other or per-client ` +
+        `counts use {method} comigs-1gxs`,
     );
   }
   return perClient;

@@ -322,7 +322,8 @@ export function perplexitySvg(c: Comparison): string {
   ];
   const rounds = c.methods.flatMap((m) => m.curve.map((p) => p.round));
   const xMax = Math.max(1, ...rounds);
-  const xTicks = linearTicks(0, xMax);
+  // Rounds are whole: no tick between two of them.
+  const xTicks = linearTicks(0, xMax, 1);
   const x = (round: number) => PLOT.left + (round / xMax) * (PLOT.right - PLOT.left);
 
   const lo = values.length ? Math.min(...values) : 1, hi = values.length ? Math.max(...values) : 1;
@@ -423,11 +424,14 @@ export function roundLog(v: number, direction: "down" | "up"): number {
   return Number((m * magnitude).toPrecision(12));
 }
 
-/** Five to ten round-numbered ticks (1, 2 or 5 × 10^k apart) within [lo, hi]. */
-export function linearTicks(lo: number, hi: number): number[] {
+/**
+ * Five to ten round-numbered ticks (1, 2 or 5 × 10^k apart) within [lo, hi], no closer than
+ * `minStep` (fewer ticks then).
+ */
+export function linearTicks(lo: number, hi: number, minStep = 0): number[] {
   const raw = (hi - lo) / 8;
   const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw)!;
+  const step = Math.max(minStep, [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw)!);
   const ticks: number[] = [];
   for (let k = Math.ceil(lo / step); k * step <= hi + step * 1e-9; k++) {
     ticks.push(Number((k * step).toPrecision(12)));

@@ -13,6 +13,7 @@ import { forwardAdapted } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { checkInteger, OptionError } from "../model/option_error.ts";
 import { tokenStream } from "../model/pretrain_data.ts";
+import { evaluationProgress, type Progress, silentProgress } from "../model/progress.ts";
 import { type ClientRouting, streamWords, tallyGates } from "../model/routing.ts";
 import { StreamCapture } from "../model/stream_capture.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
@@ -89,7 +90,7 @@ export async function planRouting(
 export async function analyseRouting(
   engine: Engine,
   plan: RoutingPlan,
-  log: (line: string) => void = () => {},
+  progress: Progress = silentProgress(),
 ): Promise<ClientRouting[]> {
   const { options, base, layers, maxTokens } = plan;
   const { config, weights } = base;
@@ -127,7 +128,12 @@ export async function analyseRouting(
             return layers.map((l) => all[l]);
           },
         );
-        gates = await capture.capture();
+        gates = await capture.capture(
+          evaluationProgress(
+            progress,
+            `client ${id} (${corpora[id].name}) test [${id + 1}/${plan.adapters.length}]`,
+          ),
+        );
       } finally {
         capture?.dispose();
         adapters.dispose();
@@ -139,7 +145,7 @@ export async function analyseRouting(
         tokens: words.length,
         layers: layers.map((l, k) => tallyGates(words, gates[k], file.config.experts[l], l)),
       });
-      log(
+      progress.log(
         `client ${id} (${corpora[id].name}): ${words.length} tokens in ` +
           `${((performance.now() - started) / 1000).toFixed(1)} s`,
       );

@@ -5,15 +5,17 @@ import type { Engine } from "../engine/device.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { type BaseCheckpoint, loadBaseCheckpoint, readConfig } from "../model/checkpoint.ts";
 import type { Progress } from "../model/progress.ts";
-import { serializeSafetensors } from "../model/safetensors.ts";
+import { OptionError } from "../model/option_error.ts";
+import { CheckpointError, serializeSafetensors } from "../model/safetensors.ts";
+import { TokenizerError } from "../model/tokenizer_contract.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { makeStrategy } from "./factories.ts";
 import { RemoteEndpoint, serverHandler } from "./http_server.ts";
 import { checkFederated } from "./methods.ts";
-import type { TrainOptions } from "./options.ts";
+import { checkAgainstBase, type TrainOptions } from "./options.ts";
 import { finalTestPpl, summarise, type Summary } from "./records.ts";
 import { runRounds } from "./rounds.ts";
-import { openRun, writeRunOutputs } from "./run_folder.ts";
+import { openRun, planRun, type RunPlan, writeRunOutputs } from "./run_folder.ts";
 import { type ClientCorpus, loadScenario } from "./scenarios.ts";
 import { federate } from "./simulation.ts";
 import { members, runStreams, type Streams } from "./streams.ts";
@@ -24,23 +26,45 @@ export interface RunHooks {
   corpora?: ClientCorpus[];
   /** Stop (state saved) after this many completed rounds, as if the process were killed. */
   stopAfterRound?: number;
+  /** A new run may replace a run already in its folder. */
+  overwrite?: boolean;
 }
 
 export interface RunResult {
+  /** The run folder. */
+  out: string;
   summary: Summary;
   /** The frozen base model's test perplexity per client (summary.json keeps only the mean). */
   pretrainedPpl: number[];
 }
 
-/** Runs (or continues, `resume`) a training run. */
+/** A run read and checked, with its inputs loaded, before anything is created. */
+export interface PreparedRun {
+  plan: RunPlan;
+  inputs: BaseCheckpoint & { categories: Streams[] };
+}
+
+/** Reads and checks everything a training run needs (its folder, base model and data). */
+export async function prepareRun(
+  start: { options: TrainOptions } | { resume: string },
+  hooks: Pick<RunHooks, "corpora" | "overwrite"> = {},
+): Promise<PreparedRun> {
+  const plan = await planRun(start, { overwrite: hooks.overwrite });
+  return { plan, inputs: await loadRunInputs(plan.options, hooks.corpora) };
+}
+
+/** Runs (or continues, `resume`) a training run; `prepared` once checked by prepareRun. */
 export async function runTraining(
   engine: Engine,
-  start: { options: TrainOptions } | { resume: string },
+  start: { options: TrainOptions } | { resume: string } | PreparedRun,
   hooks: RunHooks,
 ): Promise<RunResult> {
-  const run = await openRun(start);
-  const { options, saved } = run;
-  const { config, weights, categories } = await loadRunInputs(options, hooks.corpora);
+  // Everything that can be checked is, before the run folder is made.
+  const { plan, inputs } = "plan" in start ? start : await prepareRun(start, hooks);
+  const { options, saved } = plan;
+  const { config, weights, categories } = inputs;
+  const run = await openRun(plan);
+  hooks.progress.log(`run folder: ${options.out}`);
   const result = await federate(engine, {
     options,
     config,
@@ -71,7 +95,7 @@ export async function runTraining(
     global: result.global && serializeSafetensors(result.global),
     summary,
   });
-  return { summary, pretrainedPpl: result.pretrainedPpl };
+  return { out: options.out, summary, pretrainedPpl: result.pretrainedPpl };
 }
 
 /** A run's inputs: its base model and its categories' token streams (`corpora`: instead of the
@@ -80,14 +104,29 @@ export async function loadRunInputs(
   options: TrainOptions,
   corpora?: readonly ClientCorpus[],
 ): Promise<BaseCheckpoint & { categories: Streams[] }> {
-  const { config, weights } = await loadBaseCheckpoint(options.model);
-  const tokenizer = await loadTokenizer(options.model, config.vocab_size);
+  const { config, weights, tokenizer } = await asModelOption(async () => {
+    const base = await loadBaseCheckpoint(options.model);
+    return { ...base, tokenizer: await loadTokenizer(options.model, base.config.vocab_size) };
+  });
+  checkAgainstBase(options, config);
   const documents = corpora ?? await loadScenario(options.scenario, {
     clients: options.clients,
     ood: options.ood,
     seed: options.seed,
   });
   return { config, weights, categories: runStreams(options, tokenizer, documents) };
+}
+
+/** `read()` of the base model, with a model that cannot be read an error of the `model` option. */
+async function asModelOption<T>(read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (e) {
+    if (e instanceof CheckpointError || e instanceof TokenizerError) {
+      throw new OptionError("model", `is not a base model: ${e.message}`);
+    }
+    throw e;
+  }
 }
 
 /**
@@ -101,18 +140,22 @@ export async function serveRun(
     progress: Progress;
     hostname: string;
     port: number;
+    /** A new run may replace a run already in its folder. */
+    overwrite?: boolean;
     /** Stop (state saved) after this many completed rounds, as if the process were killed. */
     stopAfterRound?: number;
     /** Called with the server's address once it listens. */
     listening?(url: string): void;
   },
 ): Promise<RunResult> {
-  // Checked before the folder is made when the options are given.
-  if ("options" in start) checkFederated(start.options.method);
-  const run = await openRun(start);
-  const { options, saved } = run;
+  // Everything that can be checked is, before the run folder is made.
+  const plan = await planRun(start, { overwrite: hooks.overwrite });
+  const { options, saved } = plan;
   checkFederated(options.method);
-  const base = await readConfig(options.model);
+  const base = await asModelOption(() => readConfig(options.model));
+  checkAgainstBase(options, base);
+  const run = await openRun(plan);
+  hooks.progress.log(`run folder: ${options.out}`);
   const endpoints = Array.from({ length: options.clients }, (_, id) => new RemoteEndpoint(id));
   const info = () => ({ options, base, needPretrained: !saved });
   const server = Deno.serve(
@@ -170,7 +213,7 @@ export async function serveRun(
       hooks.progress.log("some clients did not collect the end of the run; stopping anyway");
     }
     clearTimeout(timer);
-    return { summary, pretrainedPpl };
+    return { out: options.out, summary, pretrainedPpl };
   } finally {
     for (const e of endpoints) e.abandon(new Error("the server stopped"));
     await server.shutdown();

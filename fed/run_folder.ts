@@ -60,35 +60,94 @@ export async function writeRunConfig(options: TrainOptions): Promise<void> {
   await writeJson(`${options.out}/${CONFIG_FILE}`, options);
 }
 
-/** A run folder opened to run in: its options, the state it continues from, and its writers. */
-export interface OpenRun {
+/** A run to start or continue: its options and the state it continues from, read and checked. */
+export interface RunPlan {
   options: TrainOptions;
   saved?: Awaited<ReturnType<typeof readRunState>>;
+  /** Whether a run already in the folder is replaced (its run files removed). */
+  overwrite: boolean;
+}
+
+/** A run folder opened to run in: the plan, and its writers. */
+export interface OpenRun extends RunPlan {
   /** Every metric record so far (a resumed run's up to its last completed round). */
   metrics: MetricRecord[];
   record(m: Measurement): Promise<void>;
   save(checkpoint: Checkpoint): Promise<void>;
 }
 
-/** Creates a run folder (config.json), or opens one to resume (its state and records). */
-export async function openRun(
+/** The files a run writes into its folder (what `overwrite` removes). */
+const RUN_FILES = [
+  CONFIG_FILE,
+  METRICS_FILE,
+  RESUME_FILE,
+  "summary.json",
+  "global.safetensors",
+  "clients",
+];
+
+/**
+ * Reads and checks a run to start (`options`: its folder must be new, an empty folder, or, with
+ * `overwrite`, a run's folder) or to continue (`resume`: the folder's state). Creates nothing.
+ */
+export async function planRun(
   start: { options: TrainOptions } | { resume: string },
-): Promise<OpenRun> {
-  const saved = "resume" in start ? await readRunState(start.resume) : undefined;
-  const options = "options" in start ? start.options : saved?.run.options ??
+  { overwrite = false } = {},
+): Promise<RunPlan> {
+  if ("options" in start) {
+    await checkNewRunFolder(start.options.out, overwrite);
+    return { options: start.options, overwrite };
+  }
+  const saved = await readRunState(start.resume);
+  const options = saved?.run.options ??
     // Killed before its first round ended: start over with the run's own options.
     await readRunConfig(start.resume).catch((e: Error) => {
       throw new OptionError("resume", `${start.resume} holds no run: ${e.message}`);
     });
+  return { options, saved, overwrite: false };
+}
+
+/** Whether `out` can hold a new run; OptionError("out") says why not. */
+async function checkNewRunFolder(out: string, overwrite: boolean): Promise<void> {
+  const info = await Deno.stat(out).catch(() => null);
+  if (!info) return;
+  if (!info.isDirectory) {
+    throw new OptionError("out", `${out} is a file; name a folder for the run`);
+  }
+  const entries: string[] = [];
+  for await (const entry of Deno.readDir(out)) entries.push(entry.name);
+  if (entries.length === 0) return;
+  if (!entries.includes(CONFIG_FILE)) {
+    throw new OptionError(
+      "out",
+      `${out} is not empty and holds no run; name a new or empty folder`,
+    );
+  }
+  if (!overwrite) {
+    throw new OptionError(
+      "out",
+      `${out} holds a run already: continue it with {resume} ${out}, start it again with ` +
+        `{overwrite}, or name another folder`,
+    );
+  }
+}
+
+/** Creates the folder of a new run (config.json), or opens one to resume (its records). */
+export async function openRun(plan: RunPlan): Promise<OpenRun> {
+  const { options, saved, overwrite } = plan;
   const out = options.out;
+  if (!saved && overwrite) {
+    for (const name of RUN_FILES) {
+      await Deno.remove(`${out}/${name}`, { recursive: true }).catch(() => {});
+    }
+  }
   await Deno.mkdir(out, { recursive: true });
-  if (!("resume" in start)) await writeRunConfig(options);
+  if (!saved) await writeRunConfig(options);
   const runStart = performance.now();
   const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
   const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
   return {
-    options,
-    saved,
+    ...plan,
     metrics,
     record: async (m) => {
       metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });

@@ -7,6 +7,7 @@ import type { AdapterConfig } from "../model/adapters.ts";
 import type { GPT2Config } from "../model/config.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { GPT2 } from "../model/gpt2.ts";
+import { type BatchProgress, evaluationProgress } from "../model/progress.ts";
 import { OptionError } from "../model/option_error.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import type { ClientState } from "./client.ts";
@@ -80,7 +81,12 @@ export async function federate(
   // for `pretrained`).
   const pretrainedPpl = resume?.pretrainedPpl ?? [];
   if (!resume) {
-    for (const c of categories) pretrainedPpl.push(await basePerplexity(model, c.test, B, T));
+    for (const [k, c] of categories.entries()) {
+      const context = `base model: client ${k} (${c.name}) test`;
+      pretrainedPpl.push(
+        await basePerplexity(model, c.test, B, T, evaluationProgress(progress, context)),
+      );
+    }
   }
   if (spec.frozen) {
     for (const [id, ppl] of pretrainedPpl.entries()) {
@@ -136,6 +142,7 @@ export async function basePerplexity(
   stream: Uint32Array,
   batch: number,
   seq: number,
+  onBatch?: BatchProgress,
 ): Promise<number> {
   const evaluator = new StreamEvaluator(
     model.engine,
@@ -146,7 +153,7 @@ export async function basePerplexity(
     (tape, b) => model.forward(tape, b).tokenLosses,
   );
   try {
-    return Math.exp(await evaluator.meanLoss());
+    return Math.exp(await evaluator.meanLoss(onBatch));
   } finally {
     evaluator.dispose();
   }

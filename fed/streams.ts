@@ -65,7 +65,7 @@ function capTrain(stream: Uint32Array, cap: number | null, id: number, T: number
     throw new OptionError(
       "trainTokens",
       `leaves client ${id} ${kept.length} training tokens, fewer than one window of ${T} + 1 ` +
-        `(seq + 1); raise it`,
+        `({seq} + 1); raise it`,
     );
   }
   return kept;

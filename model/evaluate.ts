@@ -4,6 +4,7 @@ import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { GPT2Config } from "./config.ts";
 import type { GPT2Batch } from "./gpt2.ts";
+import type { BatchProgress } from "./progress.ts";
 import { StreamCapture } from "./stream_capture.ts";
 
 /** Built once, then `meanLoss()` once per evaluation: a StreamCapture of the per-token losses. */
@@ -29,8 +30,14 @@ export class StreamEvaluator {
     );
   }
 
-  async meanLoss(): Promise<number> {
-    const [losses] = await this.#capture.capture();
+  /** How many windows an evaluation reads. */
+  get windows(): number {
+    return this.#capture.windows;
+  }
+
+  /** The mean loss over every target; `onBatch` hears of each batch as it is done. */
+  async meanLoss(onBatch?: BatchProgress): Promise<number> {
+    const [losses] = await this.#capture.capture(onBatch);
     let sum = 0;
     for (const loss of losses) sum += loss;
     return sum / losses.length;

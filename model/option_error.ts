@@ -1,10 +1,16 @@
 // A library call's option with a value it cannot take. The message names the option as the
 // library knows it (`localSteps must be an integer in 1..1000000, got 0`); an entry point that
-// took the value from a flag says the same with its flag (`--local-steps must be ...`).
+// took the value from a flag says the same with its flag (`--local-steps must be ...`). Other
+// options the problem mentions are written `{name}`, so each reader sees them its own way.
 export class OptionError extends RangeError {
   constructor(readonly option: string, readonly problem: string) {
-    super(`${option} ${problem}`);
+    super(`${option} ${problem.replace(/\{(\w+)\}/g, "$1")}`);
     this.name = "OptionError";
+  }
+
+  /** The message with every option named by `name` (a CLI: its flags). */
+  restate(name: (option: string) => string): string {
+    return `${name(this.option)} ${this.problem.replace(/\{(\w+)\}/g, (_, o) => name(o))}`;
   }
 }
 

@@ -26,7 +26,7 @@ import { initWeights } from "./init.ts";
 import { checkInteger, checkReal, OptionError } from "./option_error.ts";
 import { AdamW } from "./optim.ts";
 import { BatchSampler, tokenStream } from "./pretrain_data.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { evaluationProgress, type Progress, silentProgress } from "./progress.ts";
 import {
   type NamedTensor,
   readSafetensors,
@@ -87,10 +87,10 @@ export function checkPretrainOptions(options: PretrainOptions): void {
   checkReal("lr", options.lr, (x) => x > 0, "> 0");
   if (options.out === "") throw new OptionError("out", "must name a folder");
   if (options.warmup > options.steps) {
-    throw new OptionError("warmup", `${options.warmup} exceeds steps ${options.steps}`);
+    throw new OptionError("warmup", `${options.warmup} exceeds {steps} ${options.steps}`);
   }
   if (options.embd % options.heads !== 0) {
-    throw new OptionError("embd", `${options.embd} must be divisible by heads ${options.heads}`);
+    throw new OptionError("embd", `${options.embd} must be divisible by {heads} ${options.heads}`);
   }
 }
 
@@ -221,10 +221,15 @@ export async function pretrain(
   // Entries past the checkpoint were written by the session that died after it.
   const log = saved ? (await readLog(out)).filter((r) => r.step <= step) : [];
 
+  let evalSecondsSum = 0, evaluations = 0;
   const evaluate = async () => {
     const evalStart = performance.now();
-    const valLoss = await evaluator.meanLoss();
+    const valLoss = await evaluator.meanLoss(
+      evaluationProgress(progress, `step ${step}: held-out`),
+    );
     const evalSeconds = (performance.now() - evalStart) / 1000;
+    evalSecondsSum += evalSeconds;
+    evaluations++;
     const record: EvalRecord = {
       step,
       tokens: step * B * T,
@@ -286,7 +291,18 @@ export async function pretrain(
     if (!Number.isFinite(stepLoss)) throw new Error(`step ${step}: the loss is ${stepLoss}`);
     lossSum += stepLoss;
     lossCount++;
-    progress.update({ step, tokensPerSecond: sessionTokens / trainSeconds, loss: stepLoss });
+    // The time left: the steps to come at this session's pace, and the evaluations to come at
+    // the pace of those measured (once one was).
+    const evalsLeft = Math.floor(options.steps / options.evalEvery) -
+      Math.floor(step / options.evalEvery) + (options.steps % options.evalEvery ? 1 : 0);
+    const secondsLeft = (options.steps - step) * trainSeconds / (sessionTokens / (B * T)) +
+      (evaluations ? evalsLeft * evalSecondsSum / evaluations : 0);
+    progress.update({
+      step,
+      tokensPerSecond: sessionTokens / trainSeconds,
+      loss: stepLoss,
+      etaSeconds: secondsLeft,
+    });
     if (step % options.evalEvery === 0 || step === options.steps) await evaluate();
     if (step % options.saveEvery === 0 || step === stopAt) await save();
   }

@@ -9,6 +9,18 @@ export interface ProgressUpdate {
   /** Training throughput (the caller times its steps, leaving evaluations out). */
   tokensPerSecond: number;
   loss?: number;
+  /** Seconds left of the whole job, training and evaluation alike, when the job can tell. */
+  etaSeconds?: number;
+}
+
+/** How far an evaluation (a pass over every window of a stream) has come. */
+export interface EvaluationUpdate {
+  /** What is evaluated, e.g. "round 3: client 2 (fiction) test". */
+  context: string;
+  /** Windows of the stream done, of `total`. */
+  done: number;
+  total: number;
+  tokensPerSecond: number;
 }
 
 export interface Progress {
@@ -19,8 +31,30 @@ export interface Progress {
   update(update: ProgressUpdate): void;
   /** A message of its own line. */
   log(line: string): void;
+  /** An evaluation's progress (optional: without it evaluations run unobserved, a little faster). */
+  evaluation?(update: EvaluationUpdate): void;
   /** The job's steps are over. */
   done(): void;
+}
+
+/** Called after each batch of an evaluation: windows done of total, tokens read so far. */
+export type BatchProgress = (done: number, total: number, tokens: number) => void;
+
+/** The per-batch callback of an evaluation of `context` reported to `progress` (undefined when
+ * `progress` does not observe evaluations). */
+export function evaluationProgress(
+  progress: Progress | undefined,
+  context: string,
+): BatchProgress | undefined {
+  if (!progress?.evaluation) return undefined;
+  const start = performance.now();
+  return (done, total, tokens) =>
+    progress.evaluation!({
+      context,
+      done,
+      total,
+      tokensPerSecond: tokens / Math.max((performance.now() - start) / 1000, 1e-9),
+    });
 }
 
 /** A Progress that shows nothing. */

@@ -1,6 +1,7 @@
 // Running a forward-only graph over every token of a stream, in the windows of held-out
 // evaluation (method.md §5: consecutive non-overlapping windows of the context length, the last
 // one padded), and keeping chosen tensors' rows for the real input positions.
+import type { BatchProgress } from "./progress.ts";
 import { roundUp, viewAlignment } from "../kernels/chunks.ts";
 import type { Engine } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
@@ -72,15 +73,25 @@ export class StreamCapture {
     }
   }
 
+  /** How many windows of T (the last one partial) the stream is read in. */
+  get windows(): number {
+    return this.#batches.reduce((n, windows) => n + windows.length, 0);
+  }
+
   /** How many input positions the stream has (its length − 1): the rows `capture` returns. */
   get positions(): number {
     return this.#batches.flat().reduce((sum, w) => sum + w.targets, 0);
   }
 
-  /** Per recorded tensor, the rows of input positions 0..length−2 in order: [positions, width]. */
-  async capture(): Promise<Float32Array[]> {
+  /**
+   * Per recorded tensor, the rows of input positions 0..length−2 in order: [positions, width].
+   * `onBatch` (optional) hears of every batch once the GPU has finished it.
+   */
+  async capture(onBatch?: BatchProgress): Promise<Float32Array[]> {
     const out = this.#widths.map((width) => new Float32Array(this.positions * width));
     if (this.#slots === null) return out;
+    const windowsTotal = this.windows;
+    let windowsDone = 0, tokens = 0;
     for (const [i, windows] of this.#batches.entries()) {
       this.#batch.set(windows.map((w) => w.ids));
       await this.engine.run([
@@ -92,6 +103,12 @@ export class StreamCapture {
           dst: this.#slotViews[i][k],
         })),
       ], "stream capture");
+      if (onBatch) {
+        await this.engine.sync();
+        windowsDone += windows.length;
+        tokens += windows.reduce((n, w) => n + w.targets, 0);
+        onBatch(windowsDone, windowsTotal, tokens);
+      }
     }
     const data = await this.engine.readF32(this.#slots);
     this.#widths.forEach((width, k) => {

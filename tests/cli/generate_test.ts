@@ -130,7 +130,7 @@ gpuTest("generate: greedy output equals step-by-step argmax through GPT2", async
       "--temperature",
       "0",
     ]);
-    assertEquals(stdout, tokenizer.decode(generated) + "\n", `prompt "${prompt}"`);
+    assertEquals(stdout, prompt + tokenizer.decode(generated) + "\n", `prompt "${prompt}"`);
   }
   gpt2.dispose();
 });
