@@ -63,7 +63,7 @@ export interface BrowserOptions {
   port: number;
   chromium: string;
   /** A new run may replace a run already in its folder. */
-  overwrite: boolean;
+  overwrite?: boolean;
 }
 
 export type Invocation =

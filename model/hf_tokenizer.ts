@@ -12,9 +12,8 @@
 // Known answers recorded from the Rust library (scripts/make_test_tokenizers.py) pin all three;
 // the two places where the JavaScript port departs from Rust are patched in hf_tokenizer_compat.ts.
 import { Tokenizer as LibraryTokenizer } from "@huggingface/tokenizers";
-import { TokenizerError } from "./bpe.ts";
 import { useRustByteFallback, withUnicodeDigits } from "./hf_tokenizer_compat.ts";
-import type { TextStream, Tokenizer } from "./tokenizer.ts";
+import { type TextStream, type Tokenizer, TokenizerError } from "./tokenizer_contract.ts";
 
 export interface HfTokenizer extends Tokenizer {
   /** The token a sequence starts with (tokenizer_config.json's bos_token), or null if none. */

@@ -61,7 +61,12 @@ gpuTest(
     const dir = await Deno.makeTempDir();
     const inBrowser = options(`${dir}/browser`, "comigs-1g1s", 2);
     const inDeno = options(`${dir}/deno`, "comigs-1g1s", 2);
-    const browser = await runInBrowser(inBrowser, { serve: false, port: 0, chromium: CHROMIUM }, {
+    const browser = await runInBrowser(inBrowser, {
+      serve: false,
+      port: 0,
+      chromium: CHROMIUM,
+      overwrite: false,
+    }, {
       progress: quiet(),
       corpora: corpora(),
     });
@@ -107,6 +112,7 @@ gpuTest(
             serve: false,
             port: 0,
             chromium: CHROMIUM,
+            overwrite: false,
           }, { progress: quiet(), corpora: corpora() }),
           joinRun(engine, { server, client: 1, out: `${dir}/deno` }, {
             progress: quiet(),
@@ -133,6 +139,7 @@ Deno.test("browser flags: train's without --resume, or --join's; --serve exclude
     serve: false,
     port: 8123,
     chromium: CHROMIUM,
+    overwrite: false,
   });
   assertThrows(() => parseInvocation(["--resume", "runs/x"]), UsageError, "--resume");
   assertThrows(() => parseInvocation(["--serve", "--chromium", "/x"]), UsageError, "--serve");

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import { type HfTokenizer, loadHfTokenizer, parseHfTokenizer } from "../../model/hf_tokenizer.ts";
-import { TokenizerError } from "../../model/bpe.ts";
+import { TokenizerError } from "../../model/tokenizer_contract.ts";
 
 /**
  * Answers of Hugging Face's Rust `tokenizers` (scripts/make_test_tokenizers.py): four small
