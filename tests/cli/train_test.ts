@@ -97,7 +97,7 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--scenario", "iid", "--clients", "17"], "1..16"],
     [["--clients", "0"], "1..4"],
     [["--experts", "2,4,2,2"], "holds 2 experts per client; for other or per-client counts use"],
-    [["--method", "fedavg", "--experts", "3"], "--experts [3]: method fedavg holds 2 experts"],
+    [["--method", "fedavg", "--experts", "3"], "--experts [3]: --method fedavg holds 2 experts"],
     [["--method", "comigs-1gxs", "--experts", "2,2"], "lists 2 counts for 4 clients"],
     [["--method", "comigs-1gxs", "--experts", "2,x,2,2"], "each entry must be an integer"],
     [["--method", "comigs-1gxs", "--experts", "2,17,2,2"], "integer in 1..16"],
