@@ -1,8 +1,9 @@
 // A Flower node process for the tests: the real node (fed/flower/node.ts) doing a small exact
 // computation. Train: every received tensor + --value, with num-examples = --examples. Evaluate:
 // the sum of the received tensors' values as "eval-sum". It prints one line per event on stdout
-// ("node <id>", "task <kind> <round>", "replied <kind> <round>", "holding <round>") so a test
-// can follow it, and on a bad flag or a refused connection one "error: ..." line, no stack.
+// ("node <id>", "task <kind> <round> <config JSON>", "replied <kind> <round>", "holding <round>")
+// so a test can follow it, and on a bad flag or a refused connection one "error: ..." line (no
+// stack trace).
 //
 //   deno run -A tests/flower/test_node.ts --superlink URL [--ca FILE] [--key FILE]
 //     [--value V] [--examples N] [--hold-round R] [--extra-array] [--heartbeat S]
@@ -58,7 +59,8 @@ async function main(): Promise<void> {
   Deno.addSignalListener("SIGTERM", stop);
   console.log(`node ${node.nodeId}`);
   for await (const task of node.tasks()) {
-    console.log(`task ${task.kind} ${task.round}`);
+    const config = JSON.stringify(task.config, (_, v) => typeof v === "bigint" ? String(v) : v);
+    console.log(`task ${task.kind} ${task.round} ${config}`);
     const arrays = task.arrays ?? new Map<string, NamedTensor>();
     if (task.kind === "train") {
       if (task.round === hold) {
