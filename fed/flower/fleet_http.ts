@@ -177,7 +177,7 @@ export class FleetHttp {
         await res.body?.cancel();
         problem = `HTTP ${res.status}`;
       } catch (e) {
-        problem = e instanceof Error ? e.message : String(e);
+        problem = describe(e);
         if (/certificate|tls|ssl|handshake/i.test(problem)) {
           throw new FlowerConnectionError(
             `TLS to the SuperLink at ${this.base} failed: ${problem}. Pass the CA certificate ` +
@@ -202,4 +202,14 @@ export class FleetHttp {
       delay = Math.min(delay * 2, this.retry.maxDelayS);
     }
   }
+}
+
+/** An error and its causes in one line (Deno's fetch says "fetch failed"; the cause says why). */
+function describe(e: unknown): string {
+  const parts: string[] = [];
+  for (let c: unknown = e; c !== undefined && parts.length < 4; c = (c as Error).cause) {
+    parts.push(c instanceof Error ? c.message : String(c));
+    if (!(c instanceof Error)) break;
+  }
+  return parts.join(": ");
 }
