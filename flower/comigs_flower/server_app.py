@@ -139,6 +139,8 @@ class SharedFedAvg(FedAvg):
                 )
 
     def _record(self, server_round, phase, replies, metrics) -> None:
+        if not self.sampled and not replies:
+            return  # a phase this round skipped (evaluation between `eval-every` rounds)
         replied = [r.metadata.src_node_id for r in replies if not r.has_error()]
         errors = {str(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()}
         # Node ids are uint64: written as strings so JSON readers keep every digit.

@@ -31,19 +31,20 @@ flowerTest("flower: 3 TS nodes, FedAvg over the shared tensors, exact aggregate"
       );
     }
     const ids = await Promise.all(nodes.map((n) => n.nodeId()));
-    const rounds = 2;
+    const rounds = 3;
     const { runId, out } = await link.run(initialArrays(), {
       rounds,
       "min-nodes": 3,
+      "eval-every": 2,
       "local-steps": 7,
       lr: 0.0005,
     });
     assertEquals(await link.waitFinished(runId, 120), "finished:completed");
     // One round (train, aggregate, evaluate, aggregate) with trivial node work, as a node sees
-    // it: from receiving round 1's train message to receiving round 2's.
-    const round1 = (await nodes[0].waitFor(/^task train 1 /)).at;
+    // it: from receiving round 2's train message to receiving round 3's.
     const round2 = (await nodes[0].waitFor(/^task train 2 /)).at;
-    console.log(`flower round overhead: ${((round2 - round1) / 1000).toFixed(2)} s per round`);
+    const round3 = (await nodes[0].waitFor(/^task train 3 /)).at;
+    console.log(`flower round overhead: ${((round3 - round2) / 1000).toFixed(2)} s per round`);
 
     const final = (await readSafetensors(`${out}/final.safetensors`)).tensors;
     assertEquals([...final.keys()].sort(), [...initialArrays().keys()].sort());
@@ -54,11 +55,13 @@ flowerTest("flower: 3 TS nodes, FedAvg over the shared tensors, exact aggregate"
     }
 
     const record = JSON.parse(await Deno.readTextFile(`${out}/result.json`)).rounds;
-    assertEquals(record.map((r: { phase: string }) => r.phase), [
-      "train",
-      "evaluate",
-      "train",
-      "evaluate",
+    // eval-every 2: evaluation in round 2 and at the end (round 3), as `deno task train` does.
+    assertEquals(record.map((r: { round: number; phase: string }) => `${r.phase} ${r.round}`), [
+      "train 1",
+      "train 2",
+      "evaluate 2",
+      "train 3",
+      "evaluate 3",
     ]);
     let sum = 0;
     for (const t of initialArrays().values()) for (const x of t.data) sum += x;

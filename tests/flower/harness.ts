@@ -229,11 +229,13 @@ export class SuperLink {
     return Deno.readTextFile(this.logPath);
   }
 
+  /** Stops the SuperLink (its SuperExec follows it) and removes its folder. */
   async stop(): Promise<void> {
     try {
       this.process.kill("SIGTERM");
     } catch { /* already gone */ }
     await this.process.status;
+    await Deno.remove(this.home, { recursive: true });
   }
 }
 
