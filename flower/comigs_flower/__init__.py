@@ -1,0 +1,1 @@
+"""The comigs Flower App: a FedAvg ServerApp over the shared (generalist) tensors."""

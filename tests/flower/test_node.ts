@@ -1,0 +1,93 @@
+// A Flower node process for the tests: the real node (fed/flower/node.ts) doing a small exact
+// computation. Train: every received tensor + --value, with num-examples = --examples. Evaluate:
+// the sum of the received tensors' values as "eval-sum". It prints one line per event on stdout
+// ("node <id>", "task <kind> <round> <config JSON>", "replied <kind> <round>", "holding <round>")
+// so a test can follow it, and on a bad flag or a refused connection one "error: ..." line (no
+// stack trace).
+//
+//   deno run -A tests/flower/test_node.ts --superlink URL [--ca FILE] [--key FILE]
+//     [--value V] [--examples N] [--hold-round R] [--extra-array] [--heartbeat S]
+
+import { parseArgs } from "node:util";
+import { FlowerNode } from "../../fed/flower/node.ts";
+import { generateNodeKeys, importPrivateKeyPem } from "../../fed/flower/node_keys.ts";
+import { exportPrivateKeyPem } from "../../fed/flower/node_keys.ts";
+import type { NamedTensor } from "../../model/safetensors.ts";
+
+const { values: flags } = parseArgs({
+  options: {
+    superlink: { type: "string" },
+    ca: { type: "string" },
+    key: { type: "string" },
+    value: { type: "string", default: "0" },
+    examples: { type: "string", default: "1" },
+    "hold-round": { type: "string" },
+    "extra-array": { type: "boolean", default: false },
+    heartbeat: { type: "string", default: "10" },
+    "retry-s": { type: "string", default: "600" },
+    "activation-patience": { type: "string" },
+  },
+});
+
+async function main(): Promise<void> {
+  const value = Number(flags.value);
+  const examples = Number(flags.examples);
+  const hold = flags["hold-round"] === undefined ? undefined : Number(flags["hold-round"]);
+  let keys;
+  if (flags.key) {
+    // A kept identity: made on first use, reused on restart (as a real node keeps its key).
+    try {
+      keys = await importPrivateKeyPem(await Deno.readTextFile(flags.key), flags.key);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      keys = await generateNodeKeys();
+      await Deno.writeTextFile(flags.key, await exportPrivateKeyPem(keys));
+    }
+  }
+  const node = await FlowerNode.connect({
+    superlink: flags.superlink ?? "",
+    caCert: flags.ca ? await Deno.readTextFile(flags.ca) : undefined,
+    keys,
+    heartbeatIntervalS: Number(flags.heartbeat),
+    pollIntervalS: 0.2,
+    retry: { maxWaitS: Number(flags["retry-s"]), initialDelayS: 0.5, maxDelayS: 2 },
+    activationPatienceS: flags["activation-patience"] === undefined
+      ? undefined
+      : Number(flags["activation-patience"]),
+  });
+  const stop = () => node.close().then(() => Deno.exit(0));
+  Deno.addSignalListener("SIGTERM", stop);
+  console.log(`node ${node.nodeId}`);
+  for await (const task of node.tasks()) {
+    const config = JSON.stringify(task.config, (_, v) => typeof v === "bigint" ? String(v) : v);
+    console.log(`task ${task.kind} ${task.round} ${config}`);
+    const arrays = task.arrays ?? new Map<string, NamedTensor>();
+    if (task.kind === "train") {
+      if (task.round === hold) {
+        console.log(`holding ${task.round}`);
+        await new Promise(() => {}); // never answers: the test kills this process
+      }
+      const out = new Map<string, NamedTensor>();
+      for (const [name, t] of arrays) {
+        out.set(name, { shape: t.shape, data: t.data.map((x) => x + value) });
+      }
+      if (flags["extra-array"]) out.set("specialist.0", { shape: [1], data: new Float32Array(1) });
+      await task.reply({
+        arrays: out,
+        metrics: { "num-examples": examples, "train-value": value },
+      });
+    } else {
+      let sum = 0;
+      for (const t of arrays.values()) for (const x of t.data) sum += x;
+      await task.reply({ metrics: { "num-examples": examples, "eval-sum": sum } });
+    }
+    console.log(`replied ${task.kind} ${task.round}`);
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  console.error(`error: ${(e as Error).message}`);
+  Deno.exit(1);
+}
