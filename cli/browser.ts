@@ -10,7 +10,7 @@
 import { type JoinOptions, openJoin } from "../fed/join.ts";
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import type { TrainOptions } from "../fed/options.ts";
-import { finalTestPpl, type Measurement, summarise, summaryTable } from "../fed/records.ts";
+import { type Measurement, type RunEvent, summarise, summaryTable } from "../fed/records.ts";
 import { loadRunInputs, type RunResult } from "../fed/run.ts";
 import { openRun, planRun, writeRunOutputs } from "../fed/run_folder.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
@@ -115,12 +115,12 @@ export async function runInBrowser(
     spec.frozen ? 0 : spec.pooled ? 1 : categories.length,
     browser,
     hooks.progress,
-    run.record,
+    run,
   );
   const summary = summarise(
     options,
     members(categories),
-    finalTestPpl(run.metrics, categories.length),
+    run.records,
     tab.pretrainedPpl,
   );
   await writeRunOutputs(options.out, { adapters: tab.adapters, global: tab.global, summary });
@@ -142,7 +142,7 @@ export async function joinInBrowser(
     1,
     browser,
     hooks.progress,
-    () => Promise.resolve(),
+    { record: () => Promise.resolve(), event: () => Promise.resolve() },
   );
   await writeFileAtomic(`${join.out}/adapters.safetensors`, tab.adapters[0]);
   return { name: data.name };
@@ -159,7 +159,7 @@ async function inTab(
   adapterFiles: number,
   browser: BrowserOptions,
   progress: Progress,
-  record: (record: Measurement) => Promise<void>,
+  records: { record(m: Measurement): Promise<void>; event(e: RunEvent): Promise<void> },
 ): Promise<{ pretrainedPpl: number[]; adapters: Uint8Array[]; global: Uint8Array | null }> {
   const model = input.options.model;
   const files: Record<string, Uint8Array> = {
@@ -202,7 +202,9 @@ async function inTab(
       case "done":
         return progress.done();
       case "record":
-        return await record(event.record);
+        return await records.record(event.record);
+      case "event":
+        return await records.event(event.event);
       case "result":
         return settle.resolve(event.pretrainedPpl);
       case "error":

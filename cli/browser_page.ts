@@ -104,7 +104,11 @@ async function main(): Promise<void> {
     const result = await federate(
       engine,
       { options, ...base, categories },
-      { progress, record: (record) => send({ kind: "record", record }) },
+      {
+        progress,
+        record: (record) => send({ kind: "record", record }),
+        event: (event) => send({ kind: "event", event }),
+      },
     );
     for (const [id, adapters] of result.adapters.entries()) {
       await post(`/adapters/${id}`, encodeAdapters(base.config, adapters));

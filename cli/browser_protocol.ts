@@ -1,6 +1,6 @@
 // What `deno task browser`'s server and its page (cli/browser_page.ts) exchange over HTTP.
 import type { TrainOptions } from "../fed/options.ts";
-import type { Measurement } from "../fed/records.ts";
+import type { Measurement, RunEvent } from "../fed/records.ts";
 import type { EvaluationUpdate, ProgressUpdate } from "../model/progress.ts";
 
 /**
@@ -22,5 +22,6 @@ export type PageEvent =
   | { kind: "log"; line: string }
   | { kind: "done" }
   | { kind: "record"; record: Measurement }
+  | { kind: "event"; event: RunEvent }
   | { kind: "result"; pretrainedPpl: number[] }
   | { kind: "error"; message: string; stack: string };

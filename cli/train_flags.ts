@@ -10,7 +10,7 @@ import {
   type TrainOptionsInput,
 } from "../fed/options.ts";
 import { maxClients, SCENARIOS } from "../fed/scenarios.ts";
-import { WEIGHTINGS } from "../fed/aggregate.ts";
+import { AGGREGATIONS } from "../fed/aggregate.ts";
 import { type Flags, type FlagSpec, numberFlag, optionOf, UsageError, withFlags } from "./args.ts";
 
 const D = TRAIN_DEFAULTS;
@@ -70,8 +70,41 @@ export const TRAIN_FLAGS: FlagSpec = {
   "lb-rho": { type: "string", help: `generalist importance ρ ${defaults("lbRho")}` },
   aggregation: {
     type: "string",
-    help: `${WEIGHTINGS.join(" | ")}: the server's mean, plain or weighted by training tokens ` +
-      defaults("aggregation"),
+    help: `${AGGREGATIONS.join(" | ")}: the server's mean (plain, or weighted by the claimed ` +
+      `training tokens, each capped at the round's upper median claim), or a robust ` +
+      `coordinate-wise median or trimmed mean ${defaults("aggregation")}`,
+  },
+  trim: { type: "string", help: `trimmed-mean: fraction cut from each side ${defaults("trim")}` },
+  "max-update-norm": {
+    type: "string",
+    help: "refuse an update (client tensors − the global it started from) of a larger L2 norm " +
+      "(default: 2·lr·local steps·√values, what an honest client can reach)",
+  },
+  "min-clients": {
+    type: "string",
+    help: `fewer accepted updates keep the previous global ${defaults("minClients")}`,
+  },
+  "clients-per-round": {
+    type: "string",
+    help: "clients drawn to train each round, from the seed and the round (default all)",
+  },
+  dp: {
+    type: "string",
+    help: "differential privacy of the shared update: none (default) | central (the server " +
+      "clips each update and noises the sum) | local (each client clips and noises its own)",
+  },
+  "dp-clip": {
+    type: "string",
+    help: `dp: clip each update to this L2 norm C ${defaults("dpClip")}`,
+  },
+  "dp-noise": {
+    type: "string",
+    help: `dp: noise multiplier z (standard deviation z·C) ${defaults("dpNoise")}`,
+  },
+  "dp-delta": { type: "string", help: `dp: δ of the (ε, δ) reported ${defaults("dpDelta")}` },
+  "dp-seed": {
+    type: "string",
+    help: "dp: seed the noise, for reproducible experiments only (default: a secret key)",
   },
   out: { type: "string", help: "run folder (default runs/<method>-<scenario>-s<seed>-<time>)" },
   overwrite: {
@@ -95,8 +128,21 @@ const INTEGER_FLAGS = [
   "seed",
   "rank",
   "top-k",
+  "min-clients",
+  "clients-per-round",
+  "dp-seed",
 ];
-const REAL_FLAGS = ["lr", "alpha", "lb-coef", "lb-rho"];
+const REAL_FLAGS = [
+  "lr",
+  "alpha",
+  "lb-coef",
+  "lb-rho",
+  "trim",
+  "max-update-norm",
+  "dp-clip",
+  "dp-noise",
+  "dp-delta",
+];
 const BOOLEAN_FLAGS = ["router-on-train", "ood"];
 
 export type TrainInvocation =

@@ -65,7 +65,7 @@ export function quorumShortfall(
 ): string | null {
   if (accepted >= minClients) return null;
   return `round ${round}: ${accepted} accepted update${accepted === 1 ? "" : "s"}, fewer than ` +
-    `the ${minClients} required (--min-clients); the previous global is kept`;
+    `the ${minClients} required (min clients); the previous global is kept`;
 }
 
 export function aggregate(

@@ -21,6 +21,8 @@ import type { NamedTensor } from "../model/safetensors.ts";
 import { decodeMessage, encodeMessage } from "./message.ts";
 import { isShared, type MethodSpec } from "./methods.ts";
 import { isBundle, PERSONAL_WINDOWS, personalMix } from "./pcl.ts";
+import { GaussianNoise, type NoiseState } from "./noise.ts";
+import { type DpSettings, localDpTensors } from "./privacy.ts";
 
 export interface ClientData {
   name: string;
@@ -53,6 +55,14 @@ export interface ClientState {
   adapters: Map<string, Float32Array>;
   experts: AdamWState;
   routers?: AdamWState;
+  /** Local DP: where the client's noise stream stands. */
+  noise?: NoiseState;
+}
+
+/** Local DP's settings and the client's own noise stream. */
+export interface LocalPrivacy {
+  settings: Pick<DpSettings, "clip" | "noise">;
+  noise: GaussianNoise;
 }
 
 export interface StepReport {
@@ -96,6 +106,8 @@ export class Client {
     init: ReadonlyMap<string, Float32Array>,
     readonly schedule: Schedule,
     seed: number,
+    /** Local DP: the client clips and noises its shared update before it leaves (fed/privacy.ts). */
+    readonly privacy: LocalPrivacy | null = null,
   ) {
     const { batch: B, seq: T } = schedule;
     this.adapters = new AdapterTensors(engine, model.config, config, init);
@@ -174,6 +186,8 @@ export class Client {
     onStep: (report: StepReport) => void,
   ): Promise<Uint8Array> {
     const { batch: B, seq: T, routerEvery, routerSteps } = this.schedule;
+    // What the update is measured from under local DP: the shared tensors the round began with.
+    const start = this.privacy ? await this.sharedTensors() : new Map();
     for (let s = 0; s < steps; s++) {
       const start = performance.now();
       this.#batch.set(this.#trainSampler.next());
@@ -194,11 +208,14 @@ export class Client {
       }
       onStep({ loss, tokens: B * T, seconds: (performance.now() - start) / 1000 });
     }
+    const trained = await this.sharedTensors();
     return encodeMessage({
       round,
       sender: this.id,
       trainTokens: this.data.train.length,
-      tensors: await this.sharedTensors(),
+      tensors: this.privacy
+        ? localDpTensors(start, trained, this.privacy.settings, this.privacy.noise).tensors
+        : trained,
     });
   }
 
@@ -234,6 +251,7 @@ export class Client {
       adapters: await this.adapters.values(),
       experts: await this.#expertOpt.exportState(),
       routers: await this.#routerOpt?.exportState(),
+      noise: this.privacy?.noise.state(),
     };
   }
 
@@ -246,6 +264,10 @@ export class Client {
     if (this.#routerOpt) {
       if (!state.routers) throw new Error(`client ${this.id}: saved state lacks the router's`);
       this.#routerOpt.importState(state.routers);
+    }
+    if (this.privacy) {
+      if (!state.noise) throw new Error(`client ${this.id}: saved state lacks its DP noise`);
+      this.privacy.noise = GaussianNoise.restore(state.noise);
     }
   }
 

@@ -4,6 +4,7 @@
 import type { AdamWState } from "../model/optim.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import type { ClientState } from "./client.ts";
+import type { NoiseState } from "./noise.ts";
 
 /** The numbers of a state (JSON metadata beside the tensors). */
 export interface StateCounters {
@@ -13,6 +14,8 @@ export interface StateCounters {
   /** AdamW step counts. */
   experts: number;
   routers?: number;
+  /** Local DP: the client's noise stream (its key and how much was drawn). */
+  noise?: NoiseState;
 }
 
 /** `state` as tensors named `<prefix>.h.*` (adapters) and `<prefix>.<experts|routers>.<m|v>.k`. */
@@ -36,6 +39,7 @@ export function stateTensors(
     routerRng: state.routerRng,
     experts: state.experts.step,
     routers: state.routers?.step,
+    noise: state.noise,
   };
   return { tensors, counters };
 }
@@ -64,5 +68,6 @@ export function stateFromTensors(
     adapters: new Map(under(`${prefix}.h.`).map(([name, data]) => [`h.${name}`, data])),
     experts: moments("experts", counters.experts),
     routers: counters.routers === undefined ? undefined : moments("routers", counters.routers),
+    noise: counters.noise,
   };
 }

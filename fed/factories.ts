@@ -11,7 +11,11 @@ import { Client } from "./client.ts";
 import { isShared, METHOD_SPECS, methodAdapterConfig, methodInitAdapters } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
 import { PclStrategy } from "./pcl.ts";
+import { Guard, noiseKey } from "./guard.ts";
+import { GaussianNoise } from "./noise.ts";
+import { localDpNormBound } from "./privacy.ts";
 import { FedAvgStrategy, type Strategy } from "./strategy.ts";
+import { defaultMaxUpdateNorm, shapesOf } from "./validate_update.ts";
 import type { Streams } from "./streams.ts";
 
 /** Expert steps per round of a client of `options` (the pooled one takes every category's share,
@@ -50,8 +54,20 @@ export function makeClient(
     init,
     schedule,
     options.seed,
+    options.dp === "local"
+      ? {
+        settings: { clip: options.dpClip, noise: options.dpNoise },
+        // Each client its own stream: a secret key, or one derived from --dp-seed.
+        noise: GaussianNoise.fromKey(
+          noiseKey(options.dpSeed === null ? null : mix(options.dpSeed, id, LOCAL_NOISE)),
+        ),
+      }
+      : null,
   );
 }
+
+/** mix()'s purpose number of a client's local DP noise (0–2: weights and batch streams). */
+const LOCAL_NOISE = 4;
 
 /** The adapters' configuration of client `id` under the run's method. */
 export function clientAdapterConfig(
@@ -84,7 +100,26 @@ export function makeStrategy(options: TrainOptions, base: GPT2Config): Strategy 
       initial.set(name, { shape, data: serverInit.get(name)! });
     }
   }
+  const guard = new Guard(options, maxUpdateNorm(options, initial), shapesOf(initial));
   return spec.personal
-    ? new PclStrategy(initial)
-    : new FedAvgStrategy(initial, spec.shares !== "none", options.aggregation);
+    ? new PclStrategy(initial, guard)
+    : new FedAvgStrategy(initial, spec.shares !== "none", guard);
+}
+
+/**
+ * The largest update norm the server accepts: the option, or what an honest client can reach in
+ * a round (2·lr per coordinate and step; under local DP, plus its noise).
+ */
+export function maxUpdateNorm(
+  options: TrainOptions,
+  shared: ReadonlyMap<string, NamedTensor>,
+): number {
+  if (options.maxUpdateNorm !== null) return options.maxUpdateNorm;
+  const values = [...shared.values()].reduce((n, t) => n + t.data.length, 0);
+  const honest = defaultMaxUpdateNorm(options.lr, localSteps(options), values);
+  if (options.dp !== "local") return honest;
+  return Math.max(
+    honest,
+    localDpNormBound({ clip: options.dpClip, noise: options.dpNoise }, values),
+  );
 }

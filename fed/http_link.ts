@@ -15,24 +15,46 @@ export function runInfo(server: string, progress: Progress): Promise<RunInfo> {
   return request<RunInfo>(server, "/run", {}, progress);
 }
 
+/** Where a client keeps the credential the server gave its id (its folder, or memory). */
+export interface CredentialStore {
+  load(): Promise<string | null>;
+  save(credential: string): Promise<void>;
+}
+
+/** A CredentialStore in memory (a browser tab). */
+export function memoryCredential(): CredentialStore {
+  let kept: string | null = null;
+  return {
+    load: () => Promise.resolve(kept),
+    save: (credential) => Promise.resolve(void (kept = credential)),
+  };
+}
+
 /** Client `id` of the run served at `server`. */
 export class HttpServerLink implements ServerLink {
   #session: string | null = null;
   #hello: ((needPretrained: boolean) => Promise<Join>) | null = null;
   #reports: Promise<void> = Promise.resolve();
 
-  constructor(readonly server: string, readonly id: number, readonly progressDisplay: Progress) {}
+  constructor(
+    readonly server: string,
+    readonly id: number,
+    readonly progressDisplay: Progress,
+    readonly credentials: CredentialStore = memoryCredential(),
+  ) {}
 
   async join(hello: (needPretrained: boolean) => Promise<Join>): Promise<void> {
     this.#hello = hello;
     const { needPretrained } = await runInfo(this.server, this.progressDisplay);
-    const { session } = await request<{ session: string }>(
+    const credential = await this.credentials.load() ?? undefined;
+    const joined = await request<{ session: string; credential: string }>(
       this.server,
       `/join?client=${this.id}`,
-      { method: "POST", body: JSON.stringify(await hello(needPretrained)) },
+      { method: "POST", body: JSON.stringify({ ...await hello(needPretrained), credential }) },
       this.progressDisplay,
     );
-    this.#session = session;
+    if (joined.credential !== credential) await this.credentials.save(joined.credential);
+    this.#session = joined.session;
   }
 
   async nextTask(): Promise<Task> {

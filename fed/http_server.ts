@@ -14,7 +14,9 @@
 // rejoin by themselves.
 //
 //   GET  /run                  RunInfo (JSON)
-//   POST /join?client=i        Join (JSON) → {session}
+//   POST /join?client=i        Join (JSON, with the client's credential once it has one)
+//                              → {session, credential}: the first join of an id gets the id's
+//                              credential; later joins of that id must show it (403 otherwise)
 //   GET  /task?client=i&session=s    204 (nothing yet, poll again) or 200: header x-comigs-task
 //                              (WireTask JSON), body the server's message (empty: none)
 //   POST /progress?client=i&session=s   a StepReport (JSON), for the server's progress bar
@@ -71,16 +73,35 @@ export class RemoteEndpoint implements ClientEndpoint {
    * first join. */
   readonly joined = new Promise<number | null>((resolve) => this.#joined = resolve);
 
-  constructor(readonly id: number) {
+  constructor(
+    readonly id: number,
+    /** The SHA-256 (hex) of the credential this id was given on its first join, if it was. */
+    public credentialHash: string | null = null,
+  ) {
     this.name = `client ${id}`;
   }
 
-  join({ name, trainTokens, pretrainedPpl }: Join): string {
+  /**
+   * A client's join: the first one of this id is given its credential; a later one (the same
+   * device restarted) must show it, so nobody else can take the id over.
+   */
+  async join(
+    { name, trainTokens, pretrainedPpl, credential }: Join,
+  ): Promise<{ session: string; credential: string }> {
+    if (this.credentialHash === null) {
+      credential = crypto.randomUUID();
+      this.credentialHash = await sha256Hex(credential);
+    } else if (!credential || await sha256Hex(credential) !== this.credentialHash) {
+      throw new Forbidden(
+        `client ${this.id} has joined with its credential before; only that device (the ` +
+          `credential in its folder) may join as it again`,
+      );
+    }
     this.name = name;
     this.trainTokens = trainTokens;
     this.session = crypto.randomUUID();
     this.#joined(pretrainedPpl);
-    return this.session;
+    return { session: this.session, credential };
   }
 
   fit(
@@ -180,10 +201,22 @@ const PREFLIGHT = {
   "access-control-allow-headers": "x-comigs-reply, content-type",
 };
 
-/** The HTTP handler of a server whose clients are `endpoints`. */
+/** A join the server refuses (an id taken by another device). */
+class Forbidden extends Error {}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The HTTP handler of a server whose clients are `endpoints`; `onCredential` keeps a client's
+ * credential hash once it has one (the run folder's, so a resumed server still knows it).
+ */
 export function serverHandler(
   info: () => RunInfo,
   endpoints: readonly RemoteEndpoint[],
+  onCredential: (client: number, hash: string) => Promise<void> = () => Promise.resolve(),
 ): (request: Request) => Promise<Response> {
   const text = (status: number, message: string) => new Response(message, { status });
   return async (request) => {
@@ -210,7 +243,14 @@ export function serverHandler(
       if (info().needPretrained && !(typeof join.pretrainedPpl === "number")) {
         return text(400, "the server needs the base model's test perplexity (pretrainedPpl)");
       }
-      return Response.json({ session: endpoint.join(join) });
+      try {
+        const joined = await endpoint.join(join);
+        await onCredential(id, endpoint.credentialHash!);
+        return Response.json(joined);
+      } catch (e) {
+        if (e instanceof Forbidden) return text(403, e.message);
+        throw e;
+      }
     }
     const session = url.searchParams.get("session");
     if (!endpoint.session) return text(401, `client ${id} has not joined this server`);

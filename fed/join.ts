@@ -12,7 +12,7 @@ import type { Client, ClientState } from "./client.ts";
 import { clientLoop, type StateStore } from "./client_loop.ts";
 import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
 import { makeClient } from "./factories.ts";
-import { HttpServerLink, runInfo } from "./http_link.ts";
+import { type CredentialStore, HttpServerLink, runInfo } from "./http_link.ts";
 import type { TrainOptions } from "./options.ts";
 import { loadRunInputs } from "./run.ts";
 import { writeJson } from "./run_folder.ts";
@@ -40,7 +40,7 @@ export async function joinRun(
   const client = makeClient(engine, model, options, data, join.client);
   try {
     const rounds = await clientLoop({
-      link: new HttpServerLink(server, join.client, progress),
+      link: new HttpServerLink(server, join.client, progress, credentialFile(join.out)),
       options,
       model,
       client,
@@ -82,6 +82,15 @@ export async function openJoin(
     );
   }
   return { server, options, config, weights, data: categories[id] };
+}
+
+/** The credential the server gave this client id, kept in its folder (only it may rejoin). */
+function credentialFile(dir: string): CredentialStore {
+  const path = `${dir}/credential`;
+  return {
+    load: () => Deno.readTextFile(path).then((text) => text.trim(), () => null),
+    save: (credential) => writeFileAtomic(path, new TextEncoder().encode(credential + "\n")),
+  };
 }
 
 /** The client's state after its last fit and the one before, written atomically. */

@@ -5,7 +5,8 @@
 import { MAX_EXPERTS } from "../model/adapters.ts";
 import type { GPT2Config } from "../model/config.ts";
 import { checkChoice, checkInteger, checkReal, OptionError } from "../model/option_error.ts";
-import { type Weighting, WEIGHTINGS } from "./aggregate.ts";
+import { type Aggregation, AGGREGATIONS, DEFAULT_TRIM } from "./aggregate.ts";
+import { DP_MODES, type DpMode } from "./privacy.ts";
 import { type Method, METHOD_SPECS, METHODS } from "./methods.ts";
 import { maxClients, type Scenario, SCENARIOS } from "./scenarios.ts";
 
@@ -37,7 +38,28 @@ export interface TrainOptions {
   topK: number;
   lbCoef: number;
   lbRho: number;
-  aggregation: Weighting;
+  /** How the server combines the accepted updates (fed/aggregate.ts). */
+  aggregation: Aggregation;
+  /** trimmed-mean: the fraction cut from each side of every coordinate. */
+  trim: number;
+  /** The largest accepted L2 norm of a client's update; null: what an honest client can reach
+   * (fed/validate_update.ts defaultMaxUpdateNorm). */
+  maxUpdateNorm: number | null;
+  /** Fewer accepted updates than this keep the previous global for the round. */
+  minClients: number;
+  /** Clients drawn to train each round (from the seed and the round); null: every client. */
+  clientsPerRound: number | null;
+  /** Differential privacy of the shared update: none, central (the server clips and noises the
+   * sum) or local (each client clips and noises its own update). */
+  dp: "none" | DpMode;
+  /** C: every update is clipped to this L2 norm (dp). */
+  dpClip: number;
+  /** z: the noise's standard deviation is z·C (dp). */
+  dpNoise: number;
+  /** δ of the (ε, δ) guarantee reported (dp). */
+  dpDelta: number;
+  /** Seeds the DP noise for reproducible experiments (no privacy then); null: a secret key. */
+  dpSeed: number | null;
   out: string;
 }
 
@@ -68,6 +90,15 @@ export const TRAIN_DEFAULTS = {
   lbCoef: 0.01,
   lbRho: 0.5,
   aggregation: "uniform",
+  trim: DEFAULT_TRIM,
+  maxUpdateNorm: null,
+  minClients: 1,
+  clientsPerRound: null,
+  dp: "none",
+  dpClip: 1,
+  dpNoise: 1,
+  dpDelta: 1e-5,
+  dpSeed: null,
 } as const satisfies Omit<TrainOptions, "experts" | "trainTokens" | "out">;
 
 /** The paper's values of the options our defaults shrink (method.md's brackets). */
@@ -97,7 +128,7 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
   const seed = value("seed");
   checkInteger("seed", seed, 0, 2 ** 32 - 1);
   const aggregation = value("aggregation");
-  checkChoice("aggregation", aggregation, WEIGHTINGS);
+  checkChoice("aggregation", aggregation, AGGREGATIONS);
   if (METHOD_SPECS[method].personal && aggregation !== "uniform") {
     throw new OptionError(
       "aggregation",
@@ -130,8 +161,18 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
     lbCoef: value("lbCoef"),
     lbRho: value("lbRho"),
     aggregation,
+    trim: value("trim"),
+    maxUpdateNorm: value("maxUpdateNorm"),
+    minClients: value("minClients"),
+    clientsPerRound: value("clientsPerRound"),
+    dp: value("dp"),
+    dpClip: value("dpClip"),
+    dpNoise: value("dpNoise"),
+    dpDelta: value("dpDelta"),
+    dpSeed: value("dpSeed"),
     out: given.out ?? `runs/${method}-${scenario}-s${seed}-${timestamp(now)}`,
   };
+  checkRobustness(options);
   checkInteger("rounds", options.rounds, 1, 100_000);
   checkInteger("localSteps", options.localSteps, 1, 1_000_000);
   checkInteger("evalEvery", options.evalEvery, 1, 100_000);
@@ -158,6 +199,49 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
   if (options.model === "") throw new OptionError("model", "must name a base model folder");
   if (options.out === "") throw new OptionError("out", "must name a run folder");
   return options;
+}
+
+/** The checks of the options that guard the federation: robust aggregation, sampling, DP. */
+function checkRobustness(options: TrainOptions): void {
+  const { clients, aggregation, dp } = options;
+  checkReal("trim", options.trim, (x) => x >= 0 && x < 0.5, "in [0, 0.5)");
+  if (options.maxUpdateNorm !== null) {
+    checkReal("maxUpdateNorm", options.maxUpdateNorm, (x) => x > 0, "> 0");
+  }
+  checkInteger("minClients", options.minClients, 1, clients);
+  if (options.clientsPerRound !== null) {
+    checkInteger("clientsPerRound", options.clientsPerRound, 1, clients);
+  }
+  checkChoice("dp", dp, ["none", ...DP_MODES] as const);
+  checkReal("dpClip", options.dpClip, (x) => x > 0, "> 0");
+  checkReal("dpNoise", options.dpNoise, (x) => x > 0, "> 0 (z = 0 gives no privacy)");
+  checkReal("dpDelta", options.dpDelta, (x) => x > 0 && x < 1, "in (0, 1), e.g. 1e-5");
+  if (options.dpSeed !== null) checkInteger("dpSeed", options.dpSeed, 0, 2 ** 32 - 1);
+  if (dp === "central" && aggregation !== "uniform") {
+    throw new OptionError(
+      "aggregation",
+      `${aggregation} cannot be used with {dp} central: the noise is calibrated to a plain sum ` +
+        `of clipped updates (use uniform)`,
+    );
+  }
+  const spec = METHOD_SPECS[options.method];
+  if (dp !== "none" && (spec.shares === "none" || spec.personal || spec.pooled || spec.frozen)) {
+    throw new OptionError(
+      "dp",
+      `${dp} protects the averaged shared update; {method} ${options.method} has none`,
+    );
+  }
+}
+
+/**
+ * The options of a run folder written by an older version, with every option added since at its
+ * default (older runs behaved as those defaults do).
+ */
+export function withCurrentDefaults(saved: TrainOptions): TrainOptions {
+  const filled: Record<string, unknown> = { ...saved };
+  for (const [key, value] of Object.entries(TRAIN_DEFAULTS)) filled[key] ??= value;
+  filled.trainTokens ??= new Array(saved.clients).fill(null);
+  return filled as unknown as TrainOptions;
 }
 
 /** Checks `options` against the base model they will train (before anything is created). */

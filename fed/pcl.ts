@@ -4,9 +4,15 @@
 // own first validation windows and keeps their mix weighted by softmax(−perplexity). The server
 // never sees a weight or a validation token.
 import type { NamedTensor } from "../model/safetensors.ts";
-import { aggregate } from "./aggregate.ts";
-import { decodeMessage, encodeMessage } from "./message.ts";
-import { type EvaluateRes, type Instructions, meanPerplexity, type Strategy } from "./strategy.ts";
+import type { FitOutcome, FitResult, Guard } from "./guard.ts";
+import { encodeMessage } from "./message.ts";
+import {
+  type EvaluateRes,
+  type Instructions,
+  meanPerplexity,
+  type Strategy,
+  type StrategyState,
+} from "./strategy.ts";
 
 /** A client weighs each sender's tensors on this many batches of its validation stream. */
 export const PERSONAL_WINDOWS = 4;
@@ -22,14 +28,18 @@ export function bundleName(client: number, name: string): string {
 export class PclStrategy implements Strategy {
   #bundle: Map<string, NamedTensor> | null = null;
 
-  constructor(readonly initial: Map<string, NamedTensor>) {}
+  constructor(readonly initial: Map<string, NamedTensor>, readonly guard: Guard) {}
 
   initializeParameters(): Map<string, NamedTensor> {
     return this.initial;
   }
 
+  sample(round: number, clients: readonly number[]): number[] {
+    return this.guard.sample(round, clients);
+  }
+
   configureFit(round: number, clients: readonly number[]): Map<number, Instructions> {
-    return this.#instructions(round, clients);
+    return this.#instructions(round, this.sample(round, clients));
   }
 
   configureEvaluate(round: number, clients: readonly number[]): Map<number, Instructions> {
@@ -42,19 +52,17 @@ export class PclStrategy implements Strategy {
     return new Map(clients.map((id) => [id, { round, parameters }]));
   }
 
-  aggregateFit(round: number, results: readonly Uint8Array[]): void {
-    const messages = results.map((bytes, i) => decodeMessage(bytes, `round ${round} result ${i}`));
-    const stale = messages.find((m) => m.round !== round);
-    if (stale) {
-      throw new Error(`client ${stale.sender} answered round ${stale.round}, not ${round}`);
-    }
-    // The average is computed only to check that every client sent the same names and shapes.
-    aggregate(messages, "uniform");
+  /** The accepted results, bundled (no norm check: each client measures the candidates). */
+  aggregateFit(round: number, results: readonly FitResult[]): FitOutcome {
+    const { accepted, refusals } = this.guard.screen(round, results, null);
+    const kept = this.guard.shortfall(round, accepted.length);
+    if (kept !== null) return { refusals, kept };
     const bundle = new Map<string, NamedTensor>();
-    for (const m of messages) {
+    for (const m of accepted) {
       for (const [name, t] of m.tensors) bundle.set(bundleName(m.sender as number, name), t);
     }
     this.#bundle = bundle;
+    return { refusals, kept };
   }
 
   aggregateEvaluate(results: readonly EvaluateRes[]): number {
@@ -69,6 +77,10 @@ export class PclStrategy implements Strategy {
   /** None: the bundle holds every client's tensors, so it stays on the server. */
   globalModel(): null {
     return null;
+  }
+
+  exportState(): StrategyState {
+    return {};
   }
 
   restore(parameters: Map<string, NamedTensor> | null): void {

@@ -191,3 +191,28 @@ export function localDpNormBound(
 ): number {
   return settings.clip * (1 + settings.noise * (Math.sqrt(values) + 8));
 }
+
+/**
+ * The privacy a run has spent after some rounds. Central: the mechanism ran once a round, on a
+ * Poisson draw of rate q. Local: each client's own guarantee covers the rounds it trained in; the
+ * run reports the largest (the client that trained most).
+ */
+export class PrivacySpent {
+  readonly #accountant: RdpAccountant;
+
+  constructor(
+    readonly settings: DpSettings,
+    samplingRate: number,
+    readonly clients: number,
+  ) {
+    this.#accountant = dpAccountant(settings, samplingRate);
+  }
+
+  /** ε after `round` rounds; `drawn(r)` says which clients trained round r. */
+  epsilonAfter(round: number, drawn: (round: number) => number[]): number {
+    if (this.settings.mode === "central") return this.#accountant.epsilon(round).epsilon;
+    const rounds = new Array<number>(this.clients).fill(0);
+    for (let r = 1; r <= round; r++) for (const c of drawn(r)) rounds[c]++;
+    return this.#accountant.epsilon(Math.max(...rounds)).epsilon;
+  }
+}

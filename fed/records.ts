@@ -18,6 +18,25 @@ export interface MetricRecord {
 /** A record as the computation reports it; the run folder adds ppl and wall_s. */
 export type Measurement = Omit<MetricRecord, "ppl" | "wall_s">;
 
+/**
+ * What else happened in a round, recorded in metrics.jsonl beside the metrics (these records
+ * have an `event` and no `split`): a result left out of the round (with the reason), a round
+ * that kept the previous global, the clients drawn to train, the privacy spent so far.
+ */
+export type RunEvent =
+  | { round: number; event: "refused"; client: number; reason: string }
+  | { round: number; event: "kept-global"; reason: string }
+  | { round: number; event: "sampled"; clients: number[] }
+  | { round: number; event: "privacy"; epsilon: number; delta: number };
+
+/** A line of metrics.jsonl: a metric or an event. */
+export type RunRecord = MetricRecord | (RunEvent & { wall_s: number });
+
+/** The metric records among `records` (events left out). */
+export function metricsOnly(records: readonly RunRecord[]): MetricRecord[] {
+  return records.filter((r): r is MetricRecord => "split" in r);
+}
+
 export interface ClientSummary {
   id: number;
   name: string;
@@ -35,13 +54,25 @@ export interface Summary {
   clients: ClientSummary[];
   mean_test_ppl: number;
   pretrained_mean_test_ppl: number;
+  /** With differential privacy: its settings and the ε spent (at δ) over the run. */
+  privacy?: {
+    mode: "central" | "local";
+    clip: number;
+    noise: number;
+    delta: number;
+    epsilon: number;
+  };
+  /** A networked run's clients reported their names, training tokens and test losses
+   * themselves: the server could not check them. */
+  reported_by_clients?: true;
 }
 
 /** Each category's last recorded test perplexity: a finished run's result. */
-export function finalTestPpl(metrics: readonly MetricRecord[], categories: number): number[] {
+export function finalTestPpl(records: readonly RunRecord[], categories: number): number[] {
+  const metrics = metricsOnly(records);
   return Array.from(
     { length: categories },
-    (_, id) => metrics.findLast((m) => m.split === "test" && m.client === id)!.ppl,
+    (_, id) => metrics.findLast((m) => m.split === "test" && m.client === id)?.ppl ?? NaN,
   );
 }
 
@@ -49,9 +80,12 @@ export function finalTestPpl(metrics: readonly MetricRecord[], categories: numbe
 export function summarise(
   options: TrainOptions,
   clients: readonly { name: string; trainTokens: number }[],
-  testPpl: readonly number[],
+  records: readonly RunRecord[],
   pretrainedPpl: readonly number[],
+  { reportedByClients = false } = {},
 ): Summary {
+  const testPpl = finalTestPpl(records, clients.length);
+  const spent = records.findLast((r) => "event" in r && r.event === "privacy");
   const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const spec = METHOD_SPECS[options.method];
   return {
@@ -69,12 +103,24 @@ export function summarise(
     })),
     mean_test_ppl: mean(testPpl),
     pretrained_mean_test_ppl: mean(pretrainedPpl),
+    ...options.dp !== "none" && spent && "epsilon" in spent
+      ? {
+        privacy: {
+          mode: options.dp,
+          clip: options.dpClip,
+          noise: options.dpNoise,
+          delta: options.dpDelta,
+          epsilon: spent.epsilon,
+        },
+      }
+      : {},
+    ...reportedByClients ? { reported_by_clients: true as const } : {},
   };
 }
 
 /** The records of a metrics.jsonl text, one JSON object per non-empty line. */
-export function parseMetrics(text: string): MetricRecord[] {
-  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as MetricRecord);
+export function parseMetrics(text: string): RunRecord[] {
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as RunRecord);
 }
 
 /** A finished run's per-client table (Markdown, padded for a terminal). */
@@ -98,5 +144,12 @@ export function summaryTable(summary: Summary, pretrainedPpl: readonly number[])
       summary.mean_test_ppl.toFixed(2),
     ],
   ];
-  return markdownTable(rows, { pad: true, align: ["left", "left", ...new Array(4).fill("right")] });
+  const table = markdownTable(rows, {
+    pad: true,
+    align: ["left", "left", ...new Array(4).fill("right")],
+  });
+  const p = summary.privacy;
+  if (!p) return table;
+  return `${table}\n\nprivacy (${p.mode} DP, clip ${p.clip}, noise ${p.noise}): ` +
+    `(ε, δ) = (${p.epsilon.toFixed(2)}, ${p.delta})`;
 }

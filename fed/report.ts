@@ -5,7 +5,7 @@
 // same bytes.
 import { markdownTable } from "../model/markdown_table.ts";
 import type { TrainOptions } from "./options.ts";
-import type { MetricRecord, Summary as RunSummary } from "./records.ts";
+import { type MetricRecord, metricsOnly, type Summary as RunSummary } from "./records.ts";
 import { readMetrics, readRunConfig } from "./run_folder.ts";
 
 /** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
@@ -107,7 +107,7 @@ export async function readRuns(
       }
     }
     const config = await readRunConfig(ref.dir);
-    const metrics = await readMetrics(ref.dir);
+    const metrics = metricsOnly(await readMetrics(ref.dir));
     runs.push({ ref, summary, config, metrics });
   }
   if (missing.length) {

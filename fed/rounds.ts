@@ -6,7 +6,8 @@ import { evaluationProgress, type Progress } from "../model/progress.ts";
 import type { ClientEndpoint } from "./endpoint.ts";
 import { localSteps } from "./factories.ts";
 import type { TrainOptions } from "./options.ts";
-import type { Measurement } from "./records.ts";
+import { PrivacySpent } from "./privacy.ts";
+import type { Measurement, RunEvent } from "./records.ts";
 import type { Strategy } from "./strategy.ts";
 
 /** What the caller sees of the rounds as they go. */
@@ -16,6 +17,8 @@ export interface RoundHooks {
   record(m: Measurement): Promise<void>;
   /** After each completed round (to save the state a resumed run continues from). */
   roundDone(round: number): Promise<void>;
+  /** What else happened in a round (refused results, sampling, privacy spent). */
+  event?(e: RunEvent): Promise<void>;
   /** Stop after this many completed rounds, as if the process were killed. */
   stopAfterRound?: number;
 }
@@ -41,21 +44,49 @@ export async function runRounds(
 ): Promise<number> {
   const { progress, record } = hooks;
   const ids = endpoints.map((e) => e.id);
-  // Clients of other processes work at once; those of this one take turns on its GPU.
-  const each = async <T, R>(items: T[], ask: (item: T) => Promise<R>): Promise<R[]> => {
-    if (parallel) return await Promise.all(items.map(ask));
-    const replies: R[] = [];
-    for (const item of items) replies.push(await ask(item));
-    return replies;
+  const event = hooks.event ?? (() => Promise.resolve());
+  // Clients of other processes work at once; those of this one take turns on its GPU. A client
+  // elsewhere that fails (or answers out of turn) is left out of the round, recorded; one of
+  // this process failing is this process's failure and ends the run.
+  const each = async <T, R>(
+    round: number,
+    items: [number, T][],
+    ask: (id: number, item: T) => Promise<R>,
+  ): Promise<[number, R][]> => {
+    const answered: [number, R][] = [];
+    if (!parallel) {
+      for (const [id, item] of items) answered.push([id, await ask(id, item)]);
+      return answered;
+    }
+    const settled = await Promise.allSettled(items.map(([id, item]) => ask(id, item)));
+    for (const [k, outcome] of settled.entries()) {
+      const client = items[k][0];
+      if (outcome.status === "fulfilled") answered.push([client, outcome.value]);
+      else {
+        const reason = `client ${client}, round ${round}: left out: ${outcome.reason.message}`;
+        await event({ round, event: "refused", client, reason });
+        progress.log(reason);
+      }
+    }
+    return answered;
   };
   const steps = localSteps(options);
-  const clock = new RunClock(options, startRound, steps * endpoints.length);
+  // Clients training per round (all, or --clients-per-round; under central DP's Poisson draw,
+  // its expected number).
+  const perRound = options.clientsPerRound ?? endpoints.length;
+  const clock = new RunClock(options, startRound, steps * perRound);
+  const privacy = options.dp === "none" ? null : new PrivacySpent(
+    { mode: options.dp, clip: options.dpClip, noise: options.dpNoise, delta: options.dpDelta },
+    perRound / endpoints.length,
+    endpoints.length,
+  );
   const evaluate = async (round: number) => {
     const started = performance.now();
     const ppl: number[] = [];
     const replies = await each(
+      round,
       [...strategy.configureEvaluate(round, ids)],
-      ([id, instructions]) =>
+      (id, instructions) =>
         endpoints[id].evaluate(
           round,
           instructions.parameters,
@@ -63,7 +94,7 @@ export async function runRounds(
         ),
     );
     clock.evaluated((performance.now() - started) / 1000);
-    for (const [id, { step, losses }] of replies.entries()) {
+    for (const [id, { step, losses }] of replies) {
       for (const [k, loss] of losses.entries()) {
         await record({ round, step, client: testIds[id][k], split: "test", loss });
         ppl.push(Math.exp(loss));
@@ -75,14 +106,18 @@ export async function runRounds(
   let round = startRound;
   if (round === 0) await evaluate(0);
   const stopAt = Math.min(options.rounds, hooks.stopAfterRound ?? Infinity);
-  const total = options.rounds * steps * endpoints.length;
-  let done = round * steps * endpoints.length, tokens = 0, seconds = 0;
+  const total = options.rounds * steps * perRound;
+  let done = round * steps * perRound, tokens = 0, seconds = 0;
   progress.total = total;
   progress.begin(done);
   while (round < stopAt) {
     round++;
     const fitStarted = performance.now();
-    const replies = await each([...strategy.configureFit(round, ids)], ([id, instructions]) => {
+    const assignments = [...strategy.configureFit(round, ids)];
+    if (assignments.length < ids.length) {
+      await event({ round, event: "sampled", clients: assignments.map(([id]) => id) });
+    }
+    const replies = await each(round, assignments, (id, instructions) => {
       const endpoint = endpoints[id];
       return endpoint.fit(round, steps, instructions.parameters, (step) => {
         done++;
@@ -99,10 +134,25 @@ export async function runRounds(
       });
     });
     clock.fitted((performance.now() - fitStarted) / 1000);
-    for (const [id, reply] of replies.entries()) {
-      await record({ round, step: reply.step, client: id, split: "train", loss: reply.meanLoss });
+    for (const [client, reply] of replies) {
+      await record({ round, step: reply.step, client, split: "train", loss: reply.meanLoss });
     }
-    strategy.aggregateFit(round, replies.map((r) => r.result));
+    const outcome = strategy.aggregateFit(
+      round,
+      replies.map(([client, reply]) => ({ client, bytes: reply.result })),
+    );
+    for (const { client, reason } of outcome.refusals) {
+      await event({ round, event: "refused", client, reason });
+      progress.log(reason);
+    }
+    if (outcome.kept !== null) {
+      await event({ round, event: "kept-global", reason: outcome.kept });
+      progress.log(outcome.kept);
+    }
+    if (privacy) {
+      const epsilon = privacy.epsilonAfter(round, (r) => strategy.sample(r, ids));
+      await event({ round, event: "privacy", epsilon, delta: options.dpDelta });
+    }
     const meanPpl = evaluatesAfter(options, round) ? await evaluate(round) : undefined;
     await hooks.roundDone(round);
     if (meanPpl !== undefined && round < options.rounds) {
@@ -116,8 +166,7 @@ export async function runRounds(
 
 /** Whether the test split is evaluated after `round` (round 0: before any training). */
 function evaluatesAfter(options: TrainOptions, round: number): boolean {
-  // Runs from before --eval-every evaluated every round.
-  return round === 0 || round % (options.evalEvery ?? 1) === 0 || round === options.rounds;
+  return round === 0 || round % options.evalEvery === 0 || round === options.rounds;
 }
 
 /**

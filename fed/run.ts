@@ -13,9 +13,16 @@ import { makeStrategy } from "./factories.ts";
 import { RemoteEndpoint, serverHandler } from "./http_server.ts";
 import { checkFederated } from "./methods.ts";
 import { checkAgainstBase, type TrainOptions } from "./options.ts";
-import { finalTestPpl, summarise, type Summary } from "./records.ts";
+import { summarise, type Summary } from "./records.ts";
 import { runRounds } from "./rounds.ts";
-import { openRun, planRun, type RunPlan, writeRunOutputs } from "./run_folder.ts";
+import {
+  openRun,
+  planRun,
+  readCredentials,
+  type RunPlan,
+  writeCredentials,
+  writeRunOutputs,
+} from "./run_folder.ts";
 import { type ClientCorpus, loadScenario } from "./scenarios.ts";
 import { federate } from "./simulation.ts";
 import { members, runStreams, type Streams } from "./streams.ts";
@@ -75,11 +82,13 @@ export async function runTraining(
       pretrainedPpl: saved.run.pretrainedPpl,
       clients: saved.clients,
       global: saved.global,
+      server: saved.run.server ?? {},
     },
   }, {
     progress: hooks.progress,
     stopAfterRound: hooks.stopAfterRound,
     record: run.record,
+    event: run.event,
     roundDone: run.save,
   });
   if (result.round < options.rounds) throw new RunStopped(result.round);
@@ -87,7 +96,7 @@ export async function runTraining(
   const summary = summarise(
     options,
     members(categories),
-    finalTestPpl(run.metrics, categories.length),
+    run.records,
     result.pretrainedPpl,
   );
   await writeRunOutputs(options.out, {
@@ -156,11 +165,18 @@ export async function serveRun(
   checkAgainstBase(options, base);
   const run = await openRun(plan);
   hooks.progress.log(`run folder: ${options.out}`);
-  const endpoints = Array.from({ length: options.clients }, (_, id) => new RemoteEndpoint(id));
+  const credentials = await readCredentials(options.out);
+  const endpoints = Array.from(
+    { length: options.clients },
+    (_, id) => new RemoteEndpoint(id, credentials.get(id) ?? null),
+  );
   const info = () => ({ options, base, needPretrained: !saved });
   const server = Deno.serve(
     { hostname: hooks.hostname, port: hooks.port, onListen: () => {} },
-    serverHandler(info, endpoints),
+    serverHandler(info, endpoints, async (id, hash) => {
+      credentials.set(id, hash);
+      await writeCredentials(options.out, credentials);
+    }),
   );
   const host = hooks.hostname.includes(":") ? `[${hooks.hostname}]` : hooks.hostname;
   const url = `http://${host}:${server.addr.port}`;
@@ -176,7 +192,7 @@ export async function serveRun(
       `${options.clients} clients joined: ${endpoints.map((e) => e.name).join(", ")}`,
     );
     const strategy = makeStrategy(options, base);
-    if (saved) strategy.restore(saved.global);
+    if (saved) strategy.restore(saved.global, saved.run.server);
     const round = await runRounds({
       options,
       strategy,
@@ -188,15 +204,23 @@ export async function serveRun(
       progress: hooks.progress,
       record: run.record,
       stopAfterRound: hooks.stopAfterRound,
+      event: run.event,
       roundDone: (round) =>
-        run.save({ round, pretrainedPpl, clients: [], global: strategy.parameters() }),
+        run.save({
+          round,
+          pretrainedPpl,
+          clients: [],
+          global: strategy.parameters(),
+          server: strategy.exportState(),
+        }),
     });
     if (round < options.rounds) throw new RunStopped(round);
     const summary = summarise(
       options,
       endpoints.map((e) => ({ name: e.name, trainTokens: e.trainTokens })),
-      finalTestPpl(run.metrics, options.clients),
+      run.records,
       pretrainedPpl,
+      { reportedByClients: true },
     );
     const global = strategy.globalModel();
     await writeRunOutputs(options.out, {

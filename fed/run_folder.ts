@@ -9,9 +9,16 @@ import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/saf
 import type { ClientState } from "./client.ts";
 import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
 import { METHODS } from "./methods.ts";
-import type { TrainOptions } from "./options.ts";
-import { type Measurement, type MetricRecord, parseMetrics, type Summary } from "./records.ts";
+import { type TrainOptions, withCurrentDefaults } from "./options.ts";
+import {
+  type Measurement,
+  parseMetrics,
+  type RunEvent,
+  type RunRecord,
+  type Summary,
+} from "./records.ts";
 import type { Checkpoint } from "./simulation.ts";
+import type { StrategyState } from "./strategy.ts";
 
 const CONFIG_FILE = "config.json";
 const RESUME_FILE = "resume.safetensors";
@@ -24,6 +31,8 @@ interface SavedRun {
   elapsedS: number;
   pretrainedPpl: number[];
   clients: StateCounters[];
+  /** The server's state beyond its parameters (absent in runs from before it had any). */
+  server?: StrategyState;
 }
 
 /**
@@ -52,7 +61,7 @@ export async function readRunConfig(dir: string): Promise<TrainOptions> {
   if (!(METHODS as readonly string[]).includes(json.method as string)) {
     throw new Error(`${path}: unknown method "${json.method}"`);
   }
-  return json as unknown as TrainOptions;
+  return withCurrentDefaults(json as unknown as TrainOptions);
 }
 
 /** Writes the run's config.json. */
@@ -70,14 +79,19 @@ export interface RunPlan {
 
 /** A run folder opened to run in: the plan, and its writers. */
 export interface OpenRun extends RunPlan {
-  /** Every metric record so far (a resumed run's up to its last completed round). */
-  metrics: MetricRecord[];
+  /** Every line of metrics.jsonl so far (a resumed run's up to its last completed round). */
+  records: RunRecord[];
   record(m: Measurement): Promise<void>;
+  event(e: RunEvent): Promise<void>;
   save(checkpoint: Checkpoint): Promise<void>;
 }
 
+/** A served run's clients' credential hashes (fed/http_server.ts), by client id. */
+const CREDENTIALS_FILE = "credentials.json";
+
 /** The files a run writes into its folder (what `overwrite` removes). */
 const RUN_FILES = [
+  CREDENTIALS_FILE,
   CONFIG_FILE,
   METRICS_FILE,
   RESUME_FILE,
@@ -145,16 +159,36 @@ export async function openRun(plan: RunPlan): Promise<OpenRun> {
   if (!saved) await writeRunConfig(options);
   const runStart = performance.now();
   const elapsed = () => (saved?.run.elapsedS ?? 0) + (performance.now() - runStart) / 1000;
-  const metrics = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
+  const records = saved ? (await readMetrics(out)).filter((m) => m.round <= saved.run.round) : [];
+  const wall = () => Math.round(elapsed() * 10) / 10;
   return {
     ...plan,
-    metrics,
+    records,
     record: async (m) => {
-      metrics.push({ ...m, ppl: Math.exp(m.loss), wall_s: Math.round(elapsed() * 10) / 10 });
-      await writeMetrics(out, metrics);
+      records.push({ ...m, ppl: Math.exp(m.loss), wall_s: wall() });
+      await writeMetrics(out, records);
+    },
+    event: async (e) => {
+      records.push({ ...e, wall_s: wall() });
+      await writeMetrics(out, records);
     },
     save: (checkpoint) => saveRunState(out, options, elapsed(), checkpoint),
   };
+}
+
+/** The credential hashes of a served run's clients (none before any joined). */
+export async function readCredentials(out: string): Promise<Map<number, string>> {
+  const text = await Deno.readTextFile(`${out}/${CREDENTIALS_FILE}`).catch(() => "{}");
+  return new Map(
+    Object.entries(JSON.parse(text) as Record<string, string>).map(([id, hash]) => [
+      Number(id),
+      hash,
+    ]),
+  );
+}
+
+export async function writeCredentials(out: string, hashes: Map<number, string>): Promise<void> {
+  await writeJson(`${out}/${CREDENTIALS_FILE}`, Object.fromEntries(hashes));
 }
 
 export async function writeJson(path: string, value: unknown): Promise<void> {
@@ -162,7 +196,7 @@ export async function writeJson(path: string, value: unknown): Promise<void> {
 }
 
 /** metrics.jsonl with every record so far (rewritten atomically: a kill never leaves half). */
-async function writeMetrics(out: string, metrics: readonly MetricRecord[]): Promise<void> {
+async function writeMetrics(out: string, metrics: readonly RunRecord[]): Promise<void> {
   await writeFileAtomic(
     `${out}/${METRICS_FILE}`,
     new TextEncoder().encode(metrics.map((r) => JSON.stringify(r) + "\n").join("")),
@@ -187,7 +221,7 @@ export async function writeRunOutputs(
 }
 
 /** The records of a run folder's metrics.jsonl (none when it has none yet). */
-export async function readMetrics(out: string): Promise<MetricRecord[]> {
+export async function readMetrics(out: string): Promise<RunRecord[]> {
   return parseMetrics(await Deno.readTextFile(`${out}/${METRICS_FILE}`).catch(() => ""));
 }
 
@@ -195,7 +229,7 @@ async function saveRunState(
   out: string,
   options: TrainOptions,
   elapsedS: number,
-  { round, pretrainedPpl, clients, global }: Checkpoint,
+  { round, pretrainedPpl, clients, global, server }: Checkpoint,
 ): Promise<void> {
   const tensors: [string, NamedTensor][] = [];
   const counters = clients.map((state, i) => {
@@ -204,7 +238,7 @@ async function saveRunState(
     return saved.counters;
   });
   for (const [name, t] of global ?? []) tensors.push([`global.${name}`, t]);
-  const saved: SavedRun = { options, round, elapsedS, pretrainedPpl, clients: counters };
+  const saved: SavedRun = { options, round, elapsedS, pretrainedPpl, clients: counters, server };
   await writeSafetensors(`${out}/${RESUME_FILE}`, tensors, { run: JSON.stringify(saved) });
 }
 
@@ -225,6 +259,7 @@ async function readRunState(dir: string): Promise<
   const { tensors, metadata } = await readSafetensors(path);
   const run = JSON.parse(metadata.run ?? "null") as SavedRun | null;
   if (!run) throw new Error(`${path}: not a training state (no "run" metadata)`);
+  run.options = withCurrentDefaults(run.options);
   const clients = run.clients.map((c, i) => stateFromTensors(tensors, `client.${i}`, c));
   const global = [...tensors].filter(([name]) => name.startsWith("global."))
     .map(([name, t]) => [name.slice("global.".length), t] as const);

@@ -21,6 +21,8 @@ export interface Join {
   trainTokens: number;
   /** The frozen base model's test perplexity on this client's test split (null: not asked). */
   pretrainedPpl: number | null;
+  /** The credential the server gave this client id on its first join (none before). */
+  credential?: string;
 }
 
 export interface ServerLink {

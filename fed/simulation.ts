@@ -16,6 +16,7 @@ import { makeClient, makeStrategy } from "./factories.ts";
 import { METHOD_SPECS } from "./methods.ts";
 import { checkAgainstBase, type TrainOptions } from "./options.ts";
 import { type RoundHooks, runRounds } from "./rounds.ts";
+import type { StrategyState } from "./strategy.ts";
 import { pool, type Streams } from "./streams.ts";
 
 /** Where a run continues from: the state after its last completed round. */
@@ -24,6 +25,8 @@ export interface Checkpoint {
   pretrainedPpl: number[];
   clients: ClientState[];
   global: Map<string, NamedTensor> | null;
+  /** The server's state beyond its parameters (central DP's noise stream). */
+  server: StrategyState;
 }
 
 /** What the caller sees of a run as it goes (progress, records, the state after each round). */
@@ -105,7 +108,7 @@ export async function federate(
     new LocalEndpoint(client, (pooled ? categories : [categories[client.id]]).map((c) => c.test))
   );
   if (resume) {
-    strategy.restore(resume.global);
+    strategy.restore(resume.global, resume.server);
     clients.forEach((c, i) => c.importState(resume.clients[i]));
   }
   const round = await runRounds({
@@ -122,6 +125,7 @@ export async function federate(
         pretrainedPpl,
         clients: await Promise.all(clients.map((c) => c.exportState())),
         global: strategy.parameters(),
+        server: strategy.exportState(),
       }),
   });
 

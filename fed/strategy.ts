@@ -1,10 +1,17 @@
 // The server's policy in Flower's vocabulary (flwr.server.strategy.Strategy): it initialises the
-// shared parameters, configures each round's fit (what every client receives), aggregates the
-// clients' fit results into new shared parameters, and aggregates their evaluations. Everything
-// crossing to or from a client is an encoded Message (fed/message.ts).
+// shared parameters, configures each round's fit (which clients train, and what they receive),
+// aggregates the clients' fit results into new shared parameters, and aggregates their
+// evaluations. Everything crossing to or from a client is an encoded Message (fed/message.ts).
+//
+// The server takes nothing on trust (fed/guard.ts): every result is validated before it may
+// enter an aggregate, a refused one is left out of its round with its reason, and a round with
+// too few accepted results keeps the previous global. One bad participant never stops the run.
 import type { NamedTensor } from "../model/safetensors.ts";
-import { aggregate, type Weighting } from "./aggregate.ts";
-import { decodeMessage, encodeMessage } from "./message.ts";
+import { aggregate } from "./aggregate.ts";
+import type { FitOutcome, FitResult, Guard } from "./guard.ts";
+import { encodeMessage } from "./message.ts";
+import type { NoiseState } from "./noise.ts";
+import { centralDpAggregate } from "./privacy.ts";
 
 /** What a client gets before training or evaluating: shared tensors to load (null: none). */
 export interface Instructions {
@@ -19,12 +26,21 @@ export interface EvaluateRes {
   tokens: number;
 }
 
+/** What a resumed run needs of its server beyond the parameters. */
+export interface StrategyState {
+  /** Central DP: where the noise stream stands. */
+  noise?: NoiseState;
+}
+
 export interface Strategy {
   /** The shared tensors every client starts from (the initial sync), or null. */
   initializeParameters(): Map<string, NamedTensor> | null;
+  /** The clients that train `round`: all of them, or those drawn (deterministic per round). */
+  sample(round: number, clients: readonly number[]): number[];
+  /** What each client drawn for `round` receives before it trains. */
   configureFit(round: number, clients: readonly number[]): Map<number, Instructions>;
-  /** Folds the clients' encoded messages into the next shared parameters. */
-  aggregateFit(round: number, results: readonly Uint8Array[]): void;
+  /** Folds the accepted results into the next shared parameters; says what it refused. */
+  aggregateFit(round: number, results: readonly FitResult[]): FitOutcome;
   /** What clients load before evaluating after `round` (round 0: before any training). */
   configureEvaluate(round: number, clients: readonly number[]): Map<number, Instructions>;
   /** The mean of the clients' perplexities (method.md §5's headline number). */
@@ -33,14 +49,17 @@ export interface Strategy {
   parameters(): Map<string, NamedTensor> | null;
   /** The global model after the last round: global.safetensors (null when there is none). */
   globalModel(): Map<string, NamedTensor> | null;
-  /** Takes back `parameters()` of a resumed run. */
-  restore(parameters: Map<string, NamedTensor> | null): void;
+  /** What a resumed run needs besides the parameters. */
+  exportState(): StrategyState;
+  /** Takes back `parameters()` and `exportState()` of a resumed run. */
+  restore(parameters: Map<string, NamedTensor> | null, state?: StrategyState): void;
 }
 
 /**
- * FedAvg over whatever the clients send. The initial parameters reach every client before the
- * first evaluation (the sync every method starts from); afterwards clients get the latest average
- * before each fit and each evaluation, or nothing when the method shares nothing (`shares`).
+ * FedAvg over the accepted results (plain, token-weighted, median or trimmed mean; or central
+ * DP-FedAvg). The initial parameters reach every client before the first evaluation (the sync
+ * every method starts from); afterwards clients get the latest aggregate before each fit and
+ * each evaluation, or nothing when the method shares nothing (`shares`).
  */
 export class FedAvgStrategy implements Strategy {
   #parameters: Map<string, NamedTensor> | null;
@@ -48,7 +67,7 @@ export class FedAvgStrategy implements Strategy {
   constructor(
     initial: Map<string, NamedTensor> | null,
     readonly shares: boolean,
-    readonly weighting: Weighting,
+    readonly guard: Guard,
   ) {
     this.#parameters = initial;
   }
@@ -57,8 +76,12 @@ export class FedAvgStrategy implements Strategy {
     return this.#parameters;
   }
 
+  sample(round: number, clients: readonly number[]): number[] {
+    return this.guard.sample(round, clients);
+  }
+
   configureFit(round: number, clients: readonly number[]): Map<number, Instructions> {
-    return this.#instructions(round, clients, this.shares);
+    return this.#instructions(round, this.sample(round, clients), this.shares);
   }
 
   configureEvaluate(round: number, clients: readonly number[]): Map<number, Instructions> {
@@ -72,14 +95,26 @@ export class FedAvgStrategy implements Strategy {
     return new Map(clients.map((id) => [id, { round, parameters }]));
   }
 
-  aggregateFit(round: number, results: readonly Uint8Array[]): void {
-    if (!this.shares) return;
-    const messages = results.map((bytes, i) => decodeMessage(bytes, `round ${round} result ${i}`));
-    const stale = messages.find((m) => m.round !== round);
-    if (stale) {
-      throw new Error(`client ${stale.sender} answered round ${stale.round}, not ${round}`);
+  aggregateFit(round: number, results: readonly FitResult[]): FitOutcome {
+    if (!this.shares || !this.#parameters) return { refusals: [], kept: null };
+    const { accepted, refusals } = this.guard.screen(round, results, this.#parameters);
+    const { dp, options } = this.guard;
+    if (dp) {
+      // Released every round, even with no update: skipping would tell how many arrived.
+      this.#parameters = centralDpAggregate(
+        this.#parameters,
+        accepted.map((m) => m.tensors),
+        dp.settings,
+        dp.expectedClients,
+        dp.noise,
+      ).tensors;
+      return { refusals, kept: null };
     }
-    this.#parameters = aggregate(messages, this.weighting);
+    const kept = this.guard.shortfall(round, accepted.length);
+    if (kept === null) {
+      this.#parameters = aggregate(accepted, options.aggregation, { trim: options.trim });
+    }
+    return { refusals, kept };
   }
 
   aggregateEvaluate(results: readonly EvaluateRes[]): number {
@@ -95,8 +130,13 @@ export class FedAvgStrategy implements Strategy {
     return this.shares ? this.#parameters : null;
   }
 
-  restore(parameters: Map<string, NamedTensor> | null): void {
+  exportState(): StrategyState {
+    return this.guard.dp ? { noise: this.guard.dp.noise.state() } : {};
+  }
+
+  restore(parameters: Map<string, NamedTensor> | null, state: StrategyState = {}): void {
     this.#parameters = parameters;
+    this.guard.restoreNoise(state.noise);
   }
 }
 

@@ -22,10 +22,9 @@ export function runStreams(
 ): Streams[] {
   return corpora.map((c, id) => ({
     name: c.name,
-    // Runs from before --train-tokens have no caps in their config.json.
     train: capTrain(
       tokenStream(tokenizer, c.train),
-      options.trainTokens?.[id] ?? null,
+      options.trainTokens[id],
       id,
       options.seq,
     ),

@@ -7,7 +7,7 @@ import { UsageError } from "../../cli/args.ts";
 import { joinInBrowser, parseInvocation, runInBrowser } from "../../cli/browser.ts";
 import { joinRun } from "../../fed/join.ts";
 import { ProgressBar } from "../../cli/progress.ts";
-import { parseMetrics } from "../../fed/records.ts";
+import { metricsOnly, parseMetrics } from "../../fed/records.ts";
 import { runTraining, serveRun } from "../../fed/run.ts";
 import { loadAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";
@@ -29,7 +29,7 @@ const WEIGHT_TOLERANCE = 1e-4;
 /** The metric records of run folders `a` and `b` agree in order and within LOSS_TOLERANCE. */
 async function closeRecords(a: string, b: string): Promise<void> {
   const records = async (out: string) =>
-    parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`));
+    metricsOnly(parseMetrics(await Deno.readTextFile(`${out}/metrics.jsonl`)));
   const [x, y] = [await records(a), await records(b)];
   const keys = (list: typeof x) => list.map((r) => [r.round, r.step, r.client, r.split]);
   assertEquals(keys(x), keys(y));

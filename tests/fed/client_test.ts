@@ -16,6 +16,9 @@ import { type AdapterConfig, adapterRole, initAdapters } from "../../model/adapt
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { StreamEvaluator } from "../../model/evaluate.ts";
 import { PclStrategy } from "../../fed/pcl.ts";
+import { Guard } from "../../fed/guard.ts";
+import { resolveTrainOptions } from "../../fed/options.ts";
+import { shapesOf } from "../../fed/validate_update.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";
@@ -234,8 +237,11 @@ gpuTest(
     const results = [];
     for (const c of clients) results.push(await c.fit(1, 2, () => {}));
     const candidates = results.map((bytes) => decodeMessage(bytes).tensors);
-    const strategy = new PclStrategy(new Map());
-    strategy.aggregateFit(1, results);
+    const options = resolveTrainOptions({ method: "pcl", clients: 3 });
+    const guard = new Guard(options, Infinity, shapesOf(candidates[0]));
+    const strategy = new PclStrategy(new Map(), guard);
+    const outcome = strategy.aggregateFit(1, results.map((bytes, client) => ({ client, bytes })));
+    assertEquals(outcome, { refusals: [], kept: null });
     const bundle = strategy.configureFit(2, [0]).get(0)!.parameters;
 
     // Each candidate's perplexity on client 0's first 4 validation batches, measured apart: a

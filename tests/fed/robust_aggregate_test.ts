@@ -124,7 +124,7 @@ Deno.test("quorum: fewer accepted updates than --min-clients keep the previous g
   assertEquals(quorumShortfall(4, 3, 3), null);
   assertEquals(
     quorumShortfall(4, 1, 2),
-    "round 4: 1 accepted update, fewer than the 2 required (--min-clients); the previous global " +
+    "round 4: 1 accepted update, fewer than the 2 required (min clients); the previous global " +
       "is kept",
   );
   assert(quorumShortfall(0, 0, 1)!.includes("0 accepted updates"));

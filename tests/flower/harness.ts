@@ -265,7 +265,8 @@ export class NodeProcess {
     }).spawn();
     const read = async (s: ReadableStream<Uint8Array>, onLine: (l: string) => void) => {
       let buf = "";
-      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
+      const lines = s.pipeThrough(new TextDecoderStream() as TransformStream<Uint8Array, string>);
+      for await (const chunk of lines) {
         buf += chunk;
         const parts = buf.split("\n");
         buf = parts.pop()!;
