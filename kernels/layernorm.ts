@@ -5,9 +5,8 @@
 //   dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂))
 //   dw = Σ_rows dy ⊙ x̂,  db = Σ_rows dy  (column sums: two-phase, fixed order, no atomics)
 //
-// One invocation normalises one row: on lavapipe every storage load is a loop over the SIMD
-// lanes, so the cost is the number of load instructions, and a row per invocation needs no
-// workgroup barriers (coroutine switches there). Rows are read as vec4 when C allows.
+// A row kernel as kernels/row_norm.ts lays them out: one invocation per row, vec4 loads when C
+// allows, the column sums from per-block partials added in block order.
 import type { Binding } from "../engine/bindings.ts";
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
@@ -16,35 +15,21 @@ import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
 import { declareKernel } from "./kernel.ts";
 import { floatLiteral } from "./literals.ts";
+import {
+  type ColumnOutput,
+  columnTotals,
+  type RowDims,
+  rowDims,
+  rowPrelude,
+  ROWS_PER_PARTIAL,
+  store,
+} from "./row_norm.ts";
 
 const WORKGROUP = 64;
-/** Rows summed by one invocation in the first phase of the dw/db column sums. */
-const ROWS_PER_PARTIAL = 64;
-
-/** The shapes a layer norm kernel is specialised for. */
-interface Dims {
-  rows: number;
-  /** Normalised length C. */
-  cols: number;
-  /** Vectors per row: C/4 when rows are read as vec4, else C. */
-  vecs: number;
-}
-
-/** WGSL shared by all kernels: the row element type and its horizontal sum. */
-function prelude({ rows, cols, vecs }: Dims): string {
-  const vec4 = vecs !== cols;
-  return `
-alias V = ${vec4 ? "vec4f" : "f32"};
-fn total(v: V) -> f32 { return ${vec4 ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
-const ROWS = ${rows}u;
-const C: f32 = ${floatLiteral(cols)};
-const VECS = ${vecs}u;
-`;
-}
 
 /** Two passes over the row for the statistics (mean, then squared deviations: no cancellation). */
-function forwardWgsl(dims: Dims, eps: number, index: string): string {
-  return `${prelude(dims)}
+function forwardWgsl(dims: RowDims, eps: number, index: string): string {
+  return `${rowPrelude(dims)}
 const EPS: f32 = ${floatLiteral(eps)};
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -68,8 +53,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
 }
 
-function inputGradWgsl(dims: Dims, accumulate: boolean, index: string): string {
-  return `${prelude(dims)}
+function inputGradWgsl(dims: RowDims, accumulate: boolean, index: string): string {
+  return `${rowPrelude(dims)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let row = ${index};
@@ -94,12 +79,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 }`;
 }
 
-/** Where one column sum (dw or db) goes: a partial-sum buffer or the gradient itself. */
-interface ColumnOutput {
-  tensor: Tensor;
-  accumulate: boolean;
-}
-
 /** The column sums wanted: dw = Σ dy⊙x̂ and/or db = Σ dy, each with where it goes. */
 interface ColumnSums {
   dweight: ColumnOutput | null;
@@ -112,10 +91,6 @@ function columnsWanted(sums: ColumnSums): [string, ColumnOutput][] {
     .filter((entry): entry is [string, ColumnOutput] => entry[1] !== null);
 }
 
-function store(name: string, out: ColumnOutput, at: string, value: string): string {
-  return `${name}[${at}] = ${out.accumulate ? `${name}[${at}] + ` : ""}${value};`;
-}
-
 /**
  * Phase 1 of the column sums: invocation (row block, column group) sums dy⊙x̂ and/or dy over its
  * block of rows, in row order, for `group` consecutive vector columns, so that the per-row loads
@@ -123,7 +98,7 @@ function store(name: string, out: ColumnOutput, at: string, value: string): stri
  * column groups of the same block, so the SIMD lanes run loops of equal length.
  */
 function columnPartialsWgsl(
-  dims: Dims,
+  dims: RowDims,
   blocks: number,
   group: number,
   sums: ColumnSums,
@@ -133,7 +108,7 @@ function columnPartialsWgsl(
   const columns = Array.from({ length: group }, (_, k) => k);
   const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
   const groups = dims.vecs / group;
-  return `${prelude(dims)}
+  return `${rowPrelude(dims)}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
@@ -153,24 +128,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let out = block * VECS + first;
   ${dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : ""}
   ${dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : ""}
-}`;
-}
-
-/** Phase 2: each vector column adds up its partials over the row blocks, in block order. */
-function columnTotalsWgsl(dims: Dims, blocks: number, sums: ColumnSums, index: string): string {
-  const wanted = columnsWanted(sums);
-  const lines = (line: (name: string, out: ColumnOutput) => string, indent = "\n  ") =>
-    wanted.map(([name, out]) => line(name, out)).join(indent);
-  return `${prelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let j = ${index};
-  if (j >= VECS) { return; }
-  ${lines((name) => `var ${name}_sum = V(0.0);`)}
-  for (var block = 0u; block < ${blocks}u; block++) {
-    ${lines((name) => `${name}_sum += ${name}_partials[block * VECS + j];`, "\n    ")}
-  }
-  ${lines((name, out) => store(name, out, "j", `${name}_sum`))}
 }`;
 }
 
@@ -195,7 +152,7 @@ export function layerNorm(
     throw new RangeError(`layerNorm: eps ${eps} must be finite and ≥ 0`);
   }
   const engine = tape.engine;
-  const dims: Dims = { rows: x.size / cols, cols, vecs: cols % 4 === 0 ? cols / 4 : cols };
+  const dims = rowDims(x.size / cols, cols);
   const y = tape.tensor(x.shape, `ln(${x.label})`);
   const mean = tape.tensor([dims.rows], `ln mean(${x.label})`);
   const rstd = tape.tensor([dims.rows], `ln rstd(${x.label})`);
@@ -250,7 +207,7 @@ export function layerNorm(
  */
 function columnSums(
   tape: Tape,
-  dims: Dims,
+  dims: RowDims,
   saved: { x: Tensor; mean: Tensor; rstd: Tensor; dy: Tensor },
   targets: ColumnSums,
 ): Command[] {
@@ -285,21 +242,17 @@ function columnSums(
     ),
   ];
   if (blocks === 1) return commands;
-  const totalGrid = grid1d(dims.vecs, WORKGROUP);
-  const pairs = [[partials.dweight, targets.dweight], [partials.dbias, targets.dbias]]
-    .filter(([partial]) => partial !== null)
-    .flatMap(([partial, target]) => [partial!.tensor, target!.tensor]);
-  const total = declareKernel(
+  const sums = (["dweight", "dbias"] as const).flatMap((name) => {
+    const [partial, target] = [partials[name], targets[name]];
+    return partial && target ? [{ name, partials: partial.tensor, target }] : [];
+  });
+  commands.push(columnTotals(
     engine,
     "layernorm_backward_column_totals",
-    columnsWanted(targets).flatMap(([name]): Binding[] => [
-      [`${name}_partials`, "read", "array<V>"],
-      [name, "rw", "array<V>"],
-    ]),
-    columnTotalsWgsl(dims, blocks, targets, totalGrid.index),
-  );
-  commands.push(
-    engine.dispatch("layernorm backward column totals", total, pairs, totalGrid.workgroups),
-  );
+    "layernorm backward column totals",
+    dims,
+    blocks,
+    sums,
+  ));
   return commands;
 }
