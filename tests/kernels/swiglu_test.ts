@@ -6,7 +6,7 @@ import { Tape } from "../../engine/tape.ts";
 import { swigluBackwardRef, swigluRef } from "../ref/swiglu.ts";
 import { addRef } from "../ref/add.ts";
 import { assertEquals, assertThrows } from "../assert.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, leaf, Rng } from "../util.ts";
 
 // f32 exp and one division give σ to a few ulps, then two or three products: measured ≤ 7.5e-7
 // relative on y and dup (|g| ≤ 12, |u| ≤ 2, 1.5M values). dgate's error is absolute (≤ 4e-7)
@@ -27,12 +27,6 @@ Deno.test("swiglu reference gradients match finite differences", () => {
     count: 17,
   });
 });
-
-function leaf(engine: Engine, shape: readonly number[], data: ArrayLike<number>, label: string) {
-  const t = engine.tensor(shape, { data, label });
-  t.requiresGrad = true;
-  return t;
-}
 
 /** Forward and accumulated gradients on `gate` values against the float64 reference. */
 async function check(
