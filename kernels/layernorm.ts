@@ -12,31 +12,21 @@ import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { grid1d } from "./grid.ts";
-import { declareKernel } from "./kernel.ts";
-import { floatLiteral } from "./literals.ts";
 import {
   type ColumnOutput,
+  columnPartials,
   columnTotals,
+  type EachColumn,
+  type PartialSumsCode,
   type RowDims,
   rowDims,
-  rowPrelude,
+  rowPass,
   ROWS_PER_PARTIAL,
   store,
 } from "./row_norm.ts";
 
-const WORKGROUP = 64;
-
 /** Two passes over the row for the statistics (mean, then squared deviations: no cancellation). */
-function forwardWgsl(dims: RowDims, eps: number, index: string): string {
-  return `${rowPrelude(dims)}
-const EPS: f32 = ${floatLiteral(eps)};
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  var sum = V(0.0);
+const FORWARD = `  var sum = V(0.0);
   for (var j = 0u; j < VECS; j++) { sum += x[base + j]; }
   let mu = total(sum) / C;
   var squares = V(0.0);
@@ -49,18 +39,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     y[base + j] = (x[base + j] - mu) * r * weight[j] + bias[j];
   }
   mean[row] = mu;
-  rstd[row] = r;
-}`;
-}
+  rstd[row] = r;`;
 
-function inputGradWgsl(dims: RowDims, accumulate: boolean, index: string): string {
-  return `${rowPrelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  let mu = mean[row];
+function inputGradBody(accumulate: boolean): string {
+  return `  let mu = mean[row];
   let r = rstd[row];
   var sum_g = V(0.0);
   var sum_g_xhat = V(0.0);
@@ -75,8 +57,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let g = dy[base + j] * weight[j];
     let xhat = (x[base + j] - mu) * r;
     dx[base + j] = ${accumulate ? "dx[base + j] + " : ""}r * (g - mean_g - xhat * mean_g_xhat);
-  }
-}`;
+  }`;
 }
 
 /** The column sums wanted: dw = Σ dy⊙x̂ and/or db = Σ dy, each with where it goes. */
@@ -92,43 +73,25 @@ function columnsWanted(sums: ColumnSums): [string, ColumnOutput][] {
 }
 
 /**
- * Phase 1 of the column sums: invocation (row block, column group) sums dy⊙x̂ and/or dy over its
- * block of rows, in row order, for `group` consecutive vector columns, so that the per-row loads
- * of mean and rstd are shared by several columns. Consecutive invocations take consecutive
- * column groups of the same block, so the SIMD lanes run loops of equal length.
+ * Phase 1 of the column sums, per row: dy⊙x̂ and/or dy, sharing the loads of mean and rstd (see
+ * columnPartials).
  */
-function columnPartialsWgsl(
-  dims: RowDims,
-  blocks: number,
-  group: number,
-  sums: ColumnSums,
-  index: string,
-): string {
+function columnPartialsCode(sums: ColumnSums) {
   const { dweight, dbias } = sums;
-  const columns = Array.from({ length: group }, (_, k) => k);
-  const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
-  const groups = dims.vecs / group;
-  return `${rowPrelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${index};
-  if (i >= ${blocks * groups}u) { return; }
-  let block = i / ${groups}u;
-  let first = (i % ${groups}u) * ${group}u;
-  ${each((k) => `var dw${k} = V(0.0);\n  var db${k} = V(0.0);`, "\n  ")}
-  let last = min((block + 1u) * ${ROWS_PER_PARTIAL}u, ROWS);
-  for (var row = block * ${ROWS_PER_PARTIAL}u; row < last; row++) {
-    let at = row * VECS + first;
-    let mu = mean[row];
-    let r = rstd[row];
-    ${each((k) => `let d${k} = dy[at + ${k}u];`)}
-    ${dweight ? each((k) => `dw${k} += d${k} * (x[at + ${k}u] - mu) * r;`) : ""}
-    ${dbias ? each((k) => `db${k} += d${k};`) : ""}
-  }
-  let out = block * VECS + first;
-  ${dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : ""}
-  ${dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : ""}
-}`;
+  return (each: EachColumn): PartialSumsCode => ({
+    declare: each((k) => `var dw${k} = V(0.0);\n  var db${k} = V(0.0);`, "\n  "),
+    perRow: [
+      "let mu = mean[row];",
+      "let r = rstd[row];",
+      each((k) => `let d${k} = dy[at + ${k}u];`),
+      dweight ? each((k) => `dw${k} += d${k} * (x[at + ${k}u] - mu) * r;`) : "",
+      dbias ? each((k) => `db${k} += d${k};`) : "",
+    ],
+    stores: [
+      dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : "",
+      dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : "",
+    ],
+  });
 }
 
 /** y = layer_norm(x, [C], weight, bias, eps) over the last dimension of x. */
@@ -156,41 +119,49 @@ export function layerNorm(
   const y = tape.tensor(x.shape, `ln(${x.label})`);
   const mean = tape.tensor([dims.rows], `ln mean(${x.label})`);
   const rstd = tape.tensor([dims.rows], `ln rstd(${x.label})`);
-  const rowGrid = grid1d(dims.rows, WORKGROUP);
-  const forward = declareKernel(engine, "layernorm", [
-    ["x", "read", "array<V>"],
-    ["weight", "read", "array<V>"],
-    ["bias", "read", "array<V>"],
-    ["y", "rw", "array<V>"],
-    ["mean", "rw", "array<f32>"],
-    ["rstd", "rw", "array<f32>"],
-  ], forwardWgsl(dims, eps, rowGrid.index));
+  const forward = rowPass(
+    engine,
+    {
+      name: "layernorm",
+      label: "layernorm",
+      dims,
+      bindings: [
+        ["x", "read", "array<V>"],
+        ["weight", "read", "array<V>"],
+        ["bias", "read", "array<V>"],
+        ["y", "rw", "array<V>"],
+        ["mean", "rw", "array<f32>"],
+        ["rstd", "rw", "array<f32>"],
+      ],
+      resources: [x, weight, bias, y, mean, rstd],
+    },
+    FORWARD,
+    eps,
+  );
   tape.record({
     name: "layerNorm",
     inputs: [x, weight, bias],
     outputs: [y],
-    forward: [
-      engine.dispatch("layernorm", forward, [x, weight, bias, y, mean, rstd], rowGrid.workgroups),
-    ],
+    forward: [forward],
     backward: (ctx) => {
       const dy = ctx.gradOutput(0);
       const [dx, dweight, dbias] = [0, 1, 2].map((i) => ctx.gradInput(i));
       const commands: Command[] = [];
       if (dx) {
-        const kernel = declareKernel(engine, "layernorm_backward_x", [
-          ["x", "read", "array<V>"],
-          ["weight", "read", "array<V>"],
-          ["mean", "read", "array<f32>"],
-          ["rstd", "read", "array<f32>"],
-          ["dy", "read", "array<V>"],
-          ["dx", "rw", "array<V>"],
-        ], inputGradWgsl(dims, dx.accumulate, rowGrid.index));
-        commands.push(engine.dispatch(
-          "layernorm backward dx",
-          kernel,
-          [x, weight, mean, rstd, dy, dx.tensor],
-          rowGrid.workgroups,
-        ));
+        commands.push(rowPass(engine, {
+          name: "layernorm_backward_x",
+          label: "layernorm backward dx",
+          dims,
+          bindings: [
+            ["x", "read", "array<V>"],
+            ["weight", "read", "array<V>"],
+            ["mean", "read", "array<f32>"],
+            ["rstd", "read", "array<f32>"],
+            ["dy", "read", "array<V>"],
+            ["dx", "rw", "array<V>"],
+          ],
+          resources: [x, weight, mean, rstd, dy, dx.tensor],
+        }, inputGradBody(dx.accumulate)));
       }
       if (dweight || dbias) {
         commands.push(...columnSums(tape, dims, { x, mean, rstd, dy }, { dweight, dbias }));
@@ -222,23 +193,26 @@ function columnSums(
     dweight: partialOf(targets.dweight, "dweight"),
     dbias: partialOf(targets.dbias, "dbias"),
   };
-  const group = [4, 2, 1].find((k) => dims.vecs % k === 0)!;
-  const grid = grid1d(blocks * dims.vecs / group, WORKGROUP);
   const outputs = columnsWanted(partials);
-  const kernel = declareKernel(engine, "layernorm_backward_columns", [
-    ["x", "read", "array<V>"],
-    ["mean", "read", "array<f32>"],
-    ["rstd", "read", "array<f32>"],
-    ["dy", "read", "array<V>"],
-    ...outputs.map(([name]): Binding => [name, "rw", "array<V>"]),
-  ], columnPartialsWgsl(dims, blocks, group, partials, grid.index));
   const { x, mean, rstd, dy } = saved;
   const commands: Command[] = [
-    engine.dispatch(
-      "layernorm backward dweight/dbias",
-      kernel,
-      [x, mean, rstd, dy, ...outputs.map(([, output]) => output.tensor)],
-      grid.workgroups,
+    columnPartials(
+      engine,
+      {
+        name: "layernorm_backward_columns",
+        label: "layernorm backward dweight/dbias",
+        dims,
+        bindings: [
+          ["x", "read", "array<V>"],
+          ["mean", "read", "array<f32>"],
+          ["rstd", "read", "array<f32>"],
+          ["dy", "read", "array<V>"],
+          ...outputs.map(([name]): Binding => [name, "rw", "array<V>"]),
+        ],
+        resources: [x, mean, rstd, dy, ...outputs.map(([, output]) => output.tensor)],
+      },
+      0,
+      columnPartialsCode(partials),
     ),
   ];
   if (blocks === 1) return commands;

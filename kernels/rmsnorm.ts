@@ -13,29 +13,20 @@ import { ShapeError } from "../engine/errors.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { chunkView, lcm, type Range, rowChunks, rowElements, rowGranule } from "./chunks.ts";
-import { grid1d } from "./grid.ts";
-import { declareKernel } from "./kernel.ts";
-import { floatLiteral } from "./literals.ts";
 import {
+  columnPartials,
   columnTotals,
+  type EachColumn,
+  type PartialSumsCode,
   type RowDims,
   rowDims,
-  rowPrelude,
+  rowPass,
   ROWS_PER_PARTIAL,
   store,
 } from "./row_norm.ts";
 
-const WORKGROUP = 64;
-
-function forwardWgsl(dims: RowDims, eps: number, index: string): string {
-  return `${rowPrelude(dims)}
-const EPS: f32 = ${floatLiteral(eps)};
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  var squares = V(0.0);
+/** r from mean(x²) in one pass over the row, then y; r is saved for backward. */
+const FORWARD = `  var squares = V(0.0);
   for (var j = 0u; j < VECS; j++) {
     let v = x[base + j];
     squares += v * v;
@@ -44,18 +35,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   for (var j = 0u; j < VECS; j++) {
     y[base + j] = weight[j] * (x[base + j] * r);
   }
-  rstd[row] = r;
-}`;
-}
+  rstd[row] = r;`;
 
-function inputGradWgsl(dims: RowDims, accumulate: boolean, index: string): string {
-  return `${rowPrelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  let r = rstd[row];
+function inputGradBody(accumulate: boolean): string {
+  return `  let r = rstd[row];
   var sum_g_xhat = V(0.0);
   for (var j = 0u; j < VECS; j++) {
     sum_g_xhat += dy[base + j] * weight[j] * (x[base + j] * r);
@@ -65,44 +48,19 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let g = dy[base + j] * weight[j];
     let xhat = x[base + j] * r;
     dx[base + j] = ${accumulate ? "dx[base + j] + " : ""}r * (g - xhat * mean_g_xhat);
-  }
-}`;
+  }`;
 }
 
-/**
- * Phase 1 of dw: invocation (row block, column group) sums dy⊙x̂ over its block of rows, in row
- * order, for `group` consecutive vector columns (sharing the per-row load of rstd). Blocks are
- * numbered from `firstBlock`, the chunk's first, in the output; consecutive invocations take
- * consecutive column groups of one block, so SIMD lanes run loops of equal length.
- */
-function columnPartialsWgsl(
-  dims: RowDims,
-  firstBlock: number,
-  group: number,
-  accumulate: boolean,
-  index: string,
-): string {
-  const blocks = Math.ceil(dims.rows / ROWS_PER_PARTIAL);
-  const groups = dims.vecs / group;
-  const columns = Array.from({ length: group }, (_, k) => k);
-  const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
-  return `${rowPrelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${index};
-  if (i >= ${blocks * groups}u) { return; }
-  let block = i / ${groups}u;
-  let first = (i % ${groups}u) * ${group}u;
-  ${each((k) => `var dw${k} = V(0.0);`, "\n  ")}
-  let last = min((block + 1u) * ${ROWS_PER_PARTIAL}u, ROWS);
-  for (var row = block * ${ROWS_PER_PARTIAL}u; row < last; row++) {
-    let at = row * VECS + first;
-    let r = rstd[row];
-    ${each((k) => `dw${k} += dy[at + ${k}u] * (x[at + ${k}u] * r);`)}
-  }
-  let out = (${firstBlock}u + block) * VECS + first;
-  ${each((k) => store("dweight", { accumulate }, `out + ${k}u`, `dw${k}`), "\n  ")}
-}`;
+/** Phase 1 of dw, per row: dy⊙x̂, sharing the load of rstd (see columnPartials). */
+function columnPartialsCode(accumulate: boolean) {
+  return (each: EachColumn): PartialSumsCode => ({
+    declare: each((k) => `var dw${k} = V(0.0);`, "\n  "),
+    perRow: [
+      "let r = rstd[row];",
+      each((k) => `dw${k} += dy[at + ${k}u] * (x[at + ${k}u] * r);`),
+    ],
+    stores: [each((k) => store("dweight", { accumulate }, `out + ${k}u`, `dw${k}`), "\n  ")],
+  });
 }
 
 export interface RmsNormOptions {
@@ -138,42 +96,51 @@ export function rmsNorm(
   const y = tape.tensor(x.shape, `rmsnorm(${x.label})`);
   const rstd = tape.tensor([whole.rows], `rmsnorm rstd(${x.label})`);
   const rowsOf = (t: Tensor, chunk: Range) => chunkRows(engine, t, chunk, t === rstd ? 1 : cols);
-  const perChunk = (build: (chunk: Range, dims: RowDims) => Command): Command[] =>
-    chunks.map((chunk) => build(chunk, rowDims(chunk[1] - chunk[0], cols)));
   tape.record({
     name: "rmsNorm",
     inputs: [x, weight],
     outputs: [y],
-    forward: perChunk((chunk, dims) => {
-      const grid = grid1d(dims.rows, WORKGROUP);
-      const kernel = declareKernel(engine, "rmsnorm", [
-        ["x", "read", "array<V>"],
-        ["weight", "read", "array<V>"],
-        ["y", "rw", "array<V>"],
-        ["rstd", "rw", "array<f32>"],
-      ], forwardWgsl(dims, eps, grid.index));
-      const resources = [rowsOf(x, chunk), weight, rowsOf(y, chunk), rowsOf(rstd, chunk)];
-      return engine.dispatch("rmsnorm", kernel, resources, grid.workgroups);
-    }),
+    forward: chunks.map((chunk) =>
+      rowPass(
+        engine,
+        {
+          name: "rmsnorm",
+          label: "rmsnorm",
+          dims: rowDims(chunk[1] - chunk[0], cols),
+          bindings: [
+            ["x", "read", "array<V>"],
+            ["weight", "read", "array<V>"],
+            ["y", "rw", "array<V>"],
+            ["rstd", "rw", "array<f32>"],
+          ],
+          resources: [rowsOf(x, chunk), weight, rowsOf(y, chunk), rowsOf(rstd, chunk)],
+        },
+        FORWARD,
+        eps,
+      )
+    ),
     backward: (ctx) => {
       const dy = ctx.gradOutput(0);
       const [dx, dweight] = [ctx.gradInput(0), ctx.gradInput(1)];
       const commands: Command[] = [];
       if (dx) {
-        commands.push(...perChunk((chunk, dims) => {
-          const grid = grid1d(dims.rows, WORKGROUP);
-          const kernel = declareKernel(engine, "rmsnorm_backward_x", [
-            ["x", "read", "array<V>"],
-            ["weight", "read", "array<V>"],
-            ["rstd", "read", "array<f32>"],
-            ["dy", "read", "array<V>"],
-            ["dx", "rw", "array<V>"],
-          ], inputGradWgsl(dims, dx.accumulate, grid.index));
-          const resources = [x, weight, rstd, dy, dx.tensor].map((t) =>
-            t === weight ? t : rowsOf(t, chunk)
-          );
-          return engine.dispatch("rmsnorm backward dx", kernel, resources, grid.workgroups);
-        }));
+        commands.push(...chunks.map((chunk) =>
+          rowPass(engine, {
+            name: "rmsnorm_backward_x",
+            label: "rmsnorm backward dx",
+            dims: rowDims(chunk[1] - chunk[0], cols),
+            bindings: [
+              ["x", "read", "array<V>"],
+              ["weight", "read", "array<V>"],
+              ["rstd", "read", "array<f32>"],
+              ["dy", "read", "array<V>"],
+              ["dx", "rw", "array<V>"],
+            ],
+            resources: [x, weight, rstd, dy, dx.tensor].map((t) =>
+              t === weight ? t : rowsOf(t, chunk)
+            ),
+          }, inputGradBody(dx.accumulate))
+        ));
       }
       if (dweight) {
         commands.push(...weightGrad(tape, { x, rstd, dy }, chunks, whole, dweight));
@@ -201,32 +168,38 @@ function weightGrad(
   target: GradTarget,
 ): Command[] {
   const engine = tape.engine;
-  const { cols, vecs } = whole;
+  const { cols } = whole;
   const blocks = Math.ceil(whole.rows / ROWS_PER_PARTIAL);
   const partials = blocks === 1
     ? target.tensor
     : tape.tensor([blocks, cols], `rmsnorm dweight partials(${saved.x.label})`);
-  const group = [4, 2, 1].find((k) => vecs % k === 0)!;
-  const commands: Command[] = chunks.map((chunk) => {
-    const dims = rowDims(chunk[1] - chunk[0], cols);
-    const grid = grid1d(Math.ceil(dims.rows / ROWS_PER_PARTIAL) * vecs / group, WORKGROUP);
-    const firstBlock = chunk[0] / ROWS_PER_PARTIAL;
-    const accumulate = blocks === 1 && target.accumulate;
-    const kernel = declareKernel(engine, "rmsnorm_backward_weight", [
-      ["x", "read", "array<V>"],
-      ["rstd", "read", "array<f32>"],
-      ["dy", "read", "array<V>"],
-      ["dweight", "rw", "array<V>"],
-    ], columnPartialsWgsl(dims, firstBlock, group, accumulate, grid.index));
-    const { x, rstd, dy } = saved;
-    const resources = [
-      chunkRows(engine, x, chunk, cols),
-      chunkRows(engine, rstd, chunk, 1),
-      chunkRows(engine, dy, chunk, cols),
-      partials,
-    ];
-    return engine.dispatch("rmsnorm backward dweight", kernel, resources, grid.workgroups);
-  });
+  // One block writes the gradient itself (adding to it when asked); more write their partials.
+  const code = columnPartialsCode(blocks === 1 && target.accumulate);
+  const { x, rstd, dy } = saved;
+  const commands = chunks.map((chunk) =>
+    columnPartials(
+      engine,
+      {
+        name: "rmsnorm_backward_weight",
+        label: "rmsnorm backward dweight",
+        dims: rowDims(chunk[1] - chunk[0], cols),
+        bindings: [
+          ["x", "read", "array<V>"],
+          ["rstd", "read", "array<f32>"],
+          ["dy", "read", "array<V>"],
+          ["dweight", "rw", "array<V>"],
+        ],
+        resources: [
+          chunkRows(engine, x, chunk, cols),
+          chunkRows(engine, rstd, chunk, 1),
+          chunkRows(engine, dy, chunk, cols),
+          partials,
+        ],
+      },
+      chunk[0] / ROWS_PER_PARTIAL,
+      code,
+    )
+  );
   if (blocks === 1) return commands;
   commands.push(columnTotals(
     engine,
