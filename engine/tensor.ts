@@ -15,6 +15,16 @@ export function checkShape(shape: readonly number[], what: string): void {
   }
 }
 
+/**
+ * Whether two tensors overlap in memory (a tensor and its views do): their gradients are then
+ * one tensor, which a kernel must not bind twice for writing. Decided by the bytes: views of
+ * disjoint parts of one buffer do not overlap.
+ */
+export function sharesMemory(a: Tensor, b: Tensor): boolean {
+  return a.buffer === b.buffer && a.offset < b.offset + b.byteLength &&
+    b.offset < a.offset + a.byteLength;
+}
+
 export class Tensor {
   /** Leaf tensors the optimiser updates set this; ops propagate it to their outputs. */
   requiresGrad = false;

@@ -11,15 +11,13 @@ import { type Elementwise, elementwise, type ElementwiseOptions } from "./elemen
 const ADD: Elementwise = {
   name: "add",
   inputs: ["a", "b"],
-  output: "out",
-  value: () => "a[i] + b[i]",
+  outputs: [{ name: "out", value: () => "a[i] + b[i]" }],
 };
 /** grad (+)= dout, run with `accumulate` (overwriting is a copy). */
 const ACCUMULATE: Elementwise = {
   name: "add_accumulate",
   inputs: ["dout"],
-  output: "grad",
-  value: () => "dout[i]",
+  outputs: [{ name: "grad", value: () => "dout[i]" }],
 };
 
 // Labels nest their inputs' labels. A residual stream adds x to f(x), whose label holds x's
@@ -60,7 +58,7 @@ export function add(tape: Tape, a: Tensor, b: Tensor, opts: ElementwiseOptions =
         commands.push(
           ...elementwise(engine, label, ACCUMULATE, [dout, target.tensor], {
             ...opts,
-            accumulate: true,
+            accumulate: [true],
           }),
         );
       }

@@ -1,6 +1,10 @@
 // Causal multi-head self-attention as Hugging Face GPT-2 computes it after c_attn:
 //   q, k, v = the three C-wide thirds of qkv; head h uses columns h·hs .. (h+1)·hs of each,
 //   S = q·kᵀ/√hs over keys j ≤ query i,  P = softmax_j(S),  out = P·v,  heads concatenated.
+// and grouped-query attention as it computes Llama and Qwen2's (`groupedAttention`):
+//   q [B, T, H·hs], k and v [B, T, KV·hs] as q_proj, k_proj, v_proj give them (after RoPE),
+//   query head h attends with key/value head h div G, G = H/KV (HF's repeat_kv, without the
+//   copies: the kernels index the KV head). KV = H is multi-head, KV = 1 multi-query attention.
 //
 // Flash-attention style: the B·H·T² probabilities are never stored (200–400 MB at GPT-2 sizes,
 // over the 128 MiB binding limit). The forward pass keeps a running max m and sum l per query
@@ -8,7 +12,8 @@
 // P = exp(S − lse) and, with D_i = Σ_d dO_i·O_i,
 //   dS = P ⊙ (dO·vᵀ − D),   dq = dS·k/√hs,   dk = dSᵀ·q/√hs,   dv = Pᵀ·dO.
 // dq comes from a kernel that owns query rows and sums over keys in order; dk and dv from one
-// that owns key rows and sums over queries in order: deterministic, no atomics.
+// that owns key rows and sums over queries in order (grouped: over the G query heads of its KV
+// head in order, then their queries): deterministic, no atomics.
 //
 // The kernels are register tiles: an invocation owns R consecutive rows and streams the other
 // side's rows past them, so each loaded vec4 feeds R rows (R = 8: 4-5x faster than R = 1).
@@ -17,12 +22,14 @@
 // (variant `texture`: lavapipe fetches texels vectorised, measured 1.2-2x faster than its
 // per-lane storage-buffer loads, which workgroup-memory tiles did not beat either) or into vec4
 // storage buffers (variant `storage`). Memory saved for backward: the packed qkv (the size of
-// qkv) and lse [B, T, H]; backward adds a packed dO with (lse, D) per row and head.
+// qkv; grouped: of q, k and v, K and V once) and lse [B, T, H]; backward adds a packed dO with
+// (lse, D) per row and head. Both entry points share every kernel but the packing of operands
+// and where gradients are written, and GPT-2's kernels are the same WGSL as before grouping.
 import type { BindingKind } from "../engine/bindings.ts";
-import type { Command } from "../engine/device.ts";
+import type { Command, Engine } from "../engine/device.ts";
 import { LimitError, ShapeError } from "../engine/errors.ts";
-import type { Tape } from "../engine/tape.ts";
-import type { Tensor } from "../engine/tensor.ts";
+import type { BackwardContext, Tape } from "../engine/tape.ts";
+import { sharesMemory, type Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
 import { type KernelVariant, kernelVariant } from "./variant.ts";
 
@@ -40,8 +47,11 @@ const MAX_LOOP_ITERATIONS = 65535;
 interface Shape {
   B: number;
   T: number;
+  /** Width of the output, H·hs. */
   C: number;
+  /** Query heads, and key/value heads (KV divides H; KV = H for GPT-2). */
   H: number;
+  KV: number;
   hs: number;
   /** Texels per head in the packed layouts. */
   hs4: number;
@@ -248,8 +258,9 @@ function loadHead(s: Shape, src: string, start: string, c: number): string {
 /**
  * A row-tiled kernel (forward, grad query, grad key value): `bindings`, then `fn main`, where
  * invocation (wg.x, lane) owns R rows from `first` of head wg.y in sequence wg.z, whose q, k and
- * v texels start at qCol, kCol and vCol of the packed qkv; then `body`. An owner of query rows
- * sees keys up to `last`, its last row (causal); an owner of key rows sees queries to T − 1.
+ * v texels start at qCol, kCol and vCol of the packed qkv (see headColumns); then `body`. An
+ * owner of query rows sees keys up to `last`, its last row (causal); an owner of key rows sees
+ * queries to T − 1.
  */
 function rowTileKernel(
   s: Shape,
@@ -268,16 +279,39 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lane:
   if (first >= ${s.T}u) { return; }
   let head = wg.y;
   let seq = wg.z * ${s.T}u;${last}
-  let qCol = head * ${s.hs4}u;
-  let kCol = ${s.H * s.hs4}u + qCol;
-  let vCol = ${2 * s.H * s.hs4}u + qCol;
+${headColumns(s, owns).join("\n")}
 ${body.join("\n")}
 }`;
 }
 
 /**
- * A backward row-tiled kernel: reads the packed qkv and the packed dO, where the head's dO
- * texels start at gCol and its (lse, D) texel is at statsCol, and writes dqkv.
+ * Where the texels of head `head` start in a packed row [q heads | k heads | v heads]: qCol,
+ * kCol, vCol. Query head h reads key/value head h div G (G = H/KV: grouped-query attention
+ * without copying K and V); with G = 1 every head reads its own. An owner of key rows of a
+ * grouped attention runs over a KV head's G query heads itself, so it gets kCol and vCol only.
+ */
+function headColumns(s: Shape, owns: "queries" | "keys"): string[] {
+  const G = s.H / s.KV;
+  if (G === 1) {
+    return [
+      `  let qCol = head * ${s.hs4}u;`,
+      `  let kCol = ${s.H * s.hs4}u + qCol;`,
+      `  let vCol = ${2 * s.H * s.hs4}u + qCol;`,
+    ];
+  }
+  const kvHead = owns === "queries" ? `head / ${G}u` : "head";
+  return [
+    ...(owns === "queries" ? [`  let qCol = head * ${s.hs4}u;`] : []),
+    `  let kCol = ${s.H * s.hs4}u + ${kvHead} * ${s.hs4}u;`,
+    `  let vCol = ${(s.H + s.KV) * s.hs4}u + ${kvHead} * ${s.hs4}u;`,
+  ];
+}
+
+/**
+ * A backward row-tiled kernel: reads the packed qkv and the packed dO, where the query head's
+ * dO texels start at gCol and its (lse, D) texel is at statsCol (set by `body` for each query
+ * head of the group when it owns key rows of a grouped attention), and writes the row-major
+ * arrays named by `outputs`.
  */
 function backwardKernel(
   s: Shape,
@@ -285,13 +319,31 @@ function backwardKernel(
   grad: PackedRows,
   R: number,
   owns: "queries" | "keys",
+  outputs: string[],
   body: string[],
 ): string {
+  const perQueryHead = owns === "keys" && s.H !== s.KV;
+  const columns = perQueryHead
+    ? []
+    : ["  let gCol = qCol;", `  let statsCol = ${s.H * s.hs4}u + head;`];
   return rowTileKernel(s, R, owns, [
     qkv.declare("qkv", 0, "read"),
     grad.declare("grad", 1, "read"),
-    `@group(0) @binding(2) var<storage, read_write> dqkv: array<${elementType(s)}>;`,
-  ], ["  let gCol = qCol;", `  let statsCol = ${s.H * s.hs4}u + head;`, ...body]);
+    ...outputs.map((name, n) =>
+      `@group(0) @binding(${2 + n}) var<storage, read_write> ${name}: array<${elementType(s)}>;`
+    ),
+  ], [...columns, ...body]);
+}
+
+/**
+ * Where backward writes dq, dk or dv: into the row-major array `name` whose rows are `width`
+ * elements, head h at columns offset + h·hs .. offset + (h+1)·hs, adding when `accumulate`.
+ */
+interface GradOutput {
+  name: string;
+  width: number;
+  offset: number;
+  accumulate: boolean;
 }
 
 /**
@@ -308,18 +360,26 @@ function ownedRowStores(s: Shape, R: number, store: (r: number) => string[]): st
 
 // ---- kernels ----
 
+/**
+ * WGSL for texel c of a head starting at element `src` of the row-major array `array`, and the
+ * helper function it needs: unaligned heads gather their texel element by element, zero past
+ * the head's end.
+ */
+function headTexel(s: Shape, array: string): { texel: string; helper: string } {
+  if (s.hs % 4 === 0) return { texel: `${array}[src / 4u + c]`, helper: "" };
+  return {
+    texel: `vec4f(${range(4).map((e) => `element(src, 4u * c + ${e}u)`).join(", ")})`,
+    helper: `
+fn element(src: u32, d: u32) -> f32 {
+  return select(0.0, ${array}[src + min(d, ${s.hs - 1}u)], d < ${s.hs}u);
+}`,
+  };
+}
+
 /** qkv [B·T, 3C] → packed rows [q heads | k heads | v heads], q scaled by 1/√hs. */
 function packQkvWgsl(s: Shape, packed: PackedRows, index: string): string {
   const headTexels = s.H * s.hs4;
-  // Unaligned heads gather their texel element by element, zero past the head's end.
-  const aligned = s.hs % 4 === 0;
-  const texel = aligned
-    ? "qkv[src / 4u + c]"
-    : `vec4f(${range(4).map((e) => `element(src, 4u * c + ${e}u)`).join(", ")})`;
-  const element = aligned ? "" : `
-fn element(src: u32, d: u32) -> f32 {
-  return select(0.0, qkv[src + min(d, ${s.hs - 1}u)], d < ${s.hs}u);
-}`;
+  const { texel, helper: element } = headTexel(s, "qkv");
   return `
 @group(0) @binding(0) var<storage, read> qkv: array<${elementType(s)}>;
 ${packed.declare("packed", 1, "write")}${element}
@@ -335,6 +395,35 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let src = row * ${3 * s.C}u + part * ${s.C}u + head * ${s.hs}u;
   let scale = select(1.0, ${1 / Math.sqrt(s.hs)}, part == 0u);
   ${packed.store("packed", "row", "col", `${texel} * scale`)}
+}`;
+}
+
+/**
+ * One of q [B·T, H·hs], k or v [B·T, KV·hs] → its `heads` heads in the packed rows, from texel
+ * column `firstTexel`; q (`scale`d) times 1/√hs.
+ */
+function packHeadsWgsl(
+  s: Shape,
+  packed: PackedRows,
+  part: { heads: number; firstTexel: number; scale: boolean },
+  index: string,
+): string {
+  const width = part.heads * s.hs4;
+  const { texel, helper } = headTexel(s, "x");
+  const value = part.scale ? `${texel} * ${1 / Math.sqrt(s.hs)}` : texel;
+  return `
+@group(0) @binding(0) var<storage, read> x: array<${elementType(s)}>;
+${packed.declare("packed", 1, "write")}${helper}
+@compute @workgroup_size(${PACK_WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let index = ${index};
+  if (index >= ${s.B * s.T * width}u) { return; }
+  let row = index / ${width}u;
+  let col = index % ${width}u;
+  let head = col / ${s.hs4}u;
+  let c = col % ${s.hs4}u;
+  let src = row * ${part.heads * s.hs}u + head * ${s.hs}u;
+  ${packed.store("packed", "row", `${part.firstTexel}u + col`, value)}
 }`;
 }
 
@@ -436,7 +525,7 @@ function gradQueryWgsl(
   qkv: PackedRows,
   grad: PackedRows,
   tiling: Tiling,
-  accumulate: boolean,
+  dq: GradOutput,
 ): string {
   const { rows: R, block: KB } = tiling;
   const rs = range(R), us = range(KB), cs = range(s.hs4);
@@ -458,66 +547,131 @@ function gradQueryWgsl(
     }
   }
   lines.push(`  }`);
+  const offset = dq.offset === 0 ? "" : ` + ${dq.offset}u`;
   lines.push(...ownedRowStores(s, R, (r) =>
     writeHead(
       s,
-      "dqkv",
-      `(seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u`,
+      dq.name,
+      `(seq + first + ${r}u) * ${dq.width}u + head * ${s.hs}u${offset}`,
       (c) => `dq${r}_${c}`,
       `${1 / Math.sqrt(s.hs)}`,
-      accumulate,
+      dq.accumulate,
     )));
-  return backwardKernel(s, qkv, grad, R, "queries", lines);
+  return backwardKernel(s, qkv, grad, R, "queries", [dq.name], lines);
 }
 
 /**
  * One invocation per R key rows: dk_j = Σ_{i ≥ j} dS_ij·q_i/√hs and dv_j = Σ_{i ≥ j} P_ij·dO_i,
- * queries in order.
+ * queries in order. In grouped attention the rows are a KV head's, and the sums also run over
+ * the G query heads that read it, one after the other, in order: deterministic, no atomics.
+ * Either output may be absent (its input needs no gradient); dk and dv share one row width.
  */
 function gradKeyValueWgsl(
   s: Shape,
   qkv: PackedRows,
   grad: PackedRows,
   tiling: Tiling,
-  accumulate: boolean,
+  dk: GradOutput | null,
+  dv: GradOutput | null,
 ): string {
   const { rows: R, block: KB } = tiling;
   const rs = range(R), us = range(KB), cs = range(s.hs4);
+  const G = s.H / s.KV;
   const lines: string[] = [];
   for (const r of rs) {
     lines.push(`  let j${r} = min(first + ${r}u, ${s.T - 1}u);`);
     lines.push(...indent(1, keyRowLets(s, qkv, r, `seq + j${r}`)));
-    for (const c of cs) lines.push(`  var dk${r}_${c} = vec4f(0.0);`);
-    for (const c of cs) lines.push(`  var dv${r}_${c} = vec4f(0.0);`);
+    if (dk) { for (const c of cs) lines.push(`  var dk${r}_${c} = vec4f(0.0);`); }
+    if (dv) { for (const c of cs) lines.push(`  var dv${r}_${c} = vec4f(0.0);`); }
   }
-  lines.push(`  for (var i = first; i < ${s.T}u; i += ${KB}u) {`);
+  const loop = [`  for (var i = first; i < ${s.T}u; i += ${KB}u) {`];
   for (const u of us) {
-    lines.push(`    let query${u} = seq + min(i + ${u}u, ${s.T - 1}u);`);
-    lines.push(...indent(2, queryRowLets(s, qkv, grad, u, `query${u}`)));
+    loop.push(`    let query${u} = seq + min(i + ${u}u, ${s.T - 1}u);`);
+    loop.push(...indent(2, queryRowLets(s, qkv, grad, u, `query${u}`)));
     for (const r of rs) {
       const visible = `i + ${u}u >= j${r} && i + ${u}u < ${s.T}u`;
-      lines.push(...indent(2, scoreGradLets(s, u, r, `${r}_${u}`, visible)));
-      for (const c of cs) {
-        lines.push(`    dv${r}_${c} = fma(vec4f(p${r}_${u}), g${u}_${c}, dv${r}_${c});`);
+      loop.push(...indent(2, scoreGradLets(s, u, r, `${r}_${u}`, visible)));
+      if (dv) {
+        for (const c of cs) {
+          loop.push(`    dv${r}_${c} = fma(vec4f(p${r}_${u}), g${u}_${c}, dv${r}_${c});`);
+        }
       }
-      for (const c of cs) {
-        lines.push(`    dk${r}_${c} = fma(vec4f(ds${r}_${u}), q${u}_${c}, dk${r}_${c});`);
+      if (dk) {
+        for (const c of cs) {
+          loop.push(`    dk${r}_${c} = fma(vec4f(ds${r}_${u}), q${u}_${c}, dk${r}_${c});`);
+        }
       }
     }
   }
-  lines.push(`  }`);
+  loop.push(`  }`);
+  if (G === 1) lines.push(...loop);
+  else {
+    lines.push(
+      `  for (var member = 0u; member < ${G}u; member++) {`,
+      `    let qHead = head * ${G}u + member;`,
+      `    let qCol = qHead * ${s.hs4}u;`,
+      "    let gCol = qCol;",
+      `    let statsCol = ${s.H * s.hs4}u + qHead;`,
+      ...indent(1, loop),
+      "  }",
+    );
+  }
+  const outputs = [["dk", dk], ["dv", dv]] as const;
+  const width = (dk ?? dv)!.width;
   lines.push(...ownedRowStores(s, R, (r) => [
-    `let row = (seq + first + ${r}u) * ${3 * s.C}u + head * ${s.hs}u;`,
-    ...([[1, "dk"], [2, "dv"]] as const).flatMap(([part, name]) =>
-      writeHead(s, "dqkv", `row + ${part * s.C}u`, (c) => `${name}${r}_${c}`, "1.0", accumulate)
+    `let row = (seq + first + ${r}u) * ${width}u + head * ${s.hs}u;`,
+    ...outputs.flatMap(([name, out]) =>
+      out
+        ? writeHead(
+          s,
+          out.name,
+          `row + ${out.offset}u`,
+          (c) => `${name}${r}_${c}`,
+          "1.0",
+          out.accumulate,
+        )
+        : []
     ),
   ]));
-  return backwardKernel(s, qkv, grad, R, "keys", lines);
+  const names = [...new Set([dk?.name, dv?.name].filter((n) => n !== undefined))];
+  return backwardKernel(s, qkv, grad, R, "keys", names, lines);
 }
 
 export interface AttentionOptions {
   /** Packed operands in textures or storage buffers; defaults to the engine's variant. */
   variant?: KernelVariant;
+}
+
+/** A gradient the backward kernels write: into `tensor`, laid out as `output` says. */
+interface GradWrite {
+  tensor: Tensor;
+  output: GradOutput;
+}
+
+/** What backward writes for its context: dq, dk and dv, each absent when not wanted. */
+type GradWrites = (ctx: BackwardContext) => {
+  q: GradWrite | null;
+  k: GradWrite | null;
+  v: GradWrite | null;
+};
+
+/** Refuses shapes whose kernels would loop past lavapipe's limit or over the grid. */
+function checkLimits(engine: Engine, s: Shape, what: string): void {
+  const maxGroups = engine.limits.maxComputeWorkgroupsPerDimension;
+  if (s.B > maxGroups || s.H > maxGroups) {
+    throw new ShapeError(`${what}: B=${s.B} and heads=${s.H} must be at most ${maxGroups}`);
+  }
+  if (Math.ceil(s.T / 2) >= MAX_LOOP_ITERATIONS) {
+    throw new ShapeError(`${what}: T=${s.T} exceeds the ${2 * MAX_LOOP_ITERATIONS} supported`);
+  }
+  // The key-owning backward kernel loops over the T/2 query blocks of each of G query heads.
+  const G = s.H / s.KV;
+  if (G > 1 && G * (Math.ceil(s.T / 2) + 1) >= MAX_LOOP_ITERATIONS) {
+    throw new ShapeError(
+      `${what}: T=${s.T} with ${G} query heads per KV head exceeds the ` +
+        `${MAX_LOOP_ITERATIONS} loop steps lavapipe runs; use a shorter T`,
+    );
+  }
 }
 
 /** Causal multi-head self-attention: qkv [B, T, 3C] → out [B, T, C] with nHead heads. */
@@ -536,26 +690,134 @@ export function attention(
   if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0) {
     throw new ShapeError(`attention: C=${C} of ${qkv} is not divisible by nHead=${nHead}`);
   }
-  const maxGroups = engine.limits.maxComputeWorkgroupsPerDimension;
-  if (B > maxGroups || nHead > maxGroups) {
-    throw new ShapeError(`attention: B=${B} and nHead=${nHead} must be at most ${maxGroups}`);
-  }
-  if (Math.ceil(T / 2) >= MAX_LOOP_ITERATIONS) {
-    throw new ShapeError(`attention: T=${T} exceeds the ${2 * MAX_LOOP_ITERATIONS} supported`);
-  }
   const hs = C / nHead;
-  const s: Shape = { B, T, C, H: nHead, hs, hs4: Math.ceil(hs / 4) };
+  const s: Shape = { B, T, C, H: nHead, KV: nHead, hs, hs4: Math.ceil(hs / 4) };
+  checkLimits(engine, s, "attention");
   const variant = opts.variant ?? kernelVariant(engine);
   const label = `attention(${qkv.label})`;
 
   const packed = new PackedRows(tape, B * T, 3 * s.H * s.hs4, variant, `${label} packed qkv`);
-  const out = tape.tensor([B, T, C], label);
-  const lse = tape.tensor([B, T, s.H], `${label} lse`);
   const packGrid = grid1d(B * T * packed.width, PACK_WORKGROUP);
   const pack = engine.kernel("attention_pack_qkv", packQkvWgsl(s, packed, packGrid.index), [
     "read",
     packed.binding("write"),
   ]);
+  const packCommand = engine.dispatch(
+    "attention pack qkv",
+    pack,
+    [qkv, packed.resource],
+    packGrid.workgroups,
+  );
+  return recordAttention(tape, s, label, [qkv], packed, [packCommand], (ctx) => {
+    const dqkv = ctx.gradInput(0);
+    if (!dqkv) return { q: null, k: null, v: null };
+    const at = (offset: number): GradWrite => ({
+      tensor: dqkv.tensor,
+      output: { name: "dqkv", width: 3 * C, offset, accumulate: dqkv.accumulate },
+    });
+    return { q: at(0), k: at(C), v: at(2 * C) };
+  });
+}
+
+/**
+ * Causal grouped-query self-attention (Llama, Qwen2): q [B, T, H·D], k and v [B, T, KV·D] →
+ * out [B, T, H·D], query head h attending with key/value head h div (H/KV), as HF's repeat_kv
+ * but without the copies. KV = H is multi-head attention, KV = 1 multi-query attention.
+ */
+export function groupedAttention(
+  tape: Tape,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  heads: number,
+  kvHeads: number,
+  opts: AttentionOptions = {},
+): Tensor {
+  const engine = tape.engine;
+  const what = "groupedAttention";
+  for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
+    if (t.dtype !== "f32" || t.shape.length !== 3) {
+      throw new ShapeError(`${what}: ${name} must be f32 [B, T, heads·D], got ${t}`);
+    }
+  }
+  const [B, T, C] = q.shape;
+  if (![heads, kvHeads].every((n) => Number.isInteger(n) && n >= 1) || heads % kvHeads !== 0) {
+    throw new ShapeError(
+      `${what}: kvHeads=${kvHeads} must be a positive integer dividing heads=${heads}`,
+    );
+  }
+  if (C % heads !== 0) {
+    throw new ShapeError(`${what}: width ${C} of q ${q} is not divisible by heads=${heads}`);
+  }
+  const hs = C / heads;
+  for (const [name, t] of [["k", k], ["v", v]] as const) {
+    if (t.shape[0] !== B || t.shape[1] !== T || t.shape[2] !== kvHeads * hs) {
+      throw new ShapeError(
+        `${what}: ${name} ${t} must be [${B}, ${T}, ${kvHeads * hs}] (kvHeads=${kvHeads} heads ` +
+          `of ${hs}) beside q ${q}`,
+      );
+    }
+  }
+  // dk and dv are written by one kernel: one tensor bound twice for writing is refused.
+  if (sharesMemory(k, v)) {
+    throw new ShapeError(`${what}: k ${k} and v ${v} share memory; pass separate tensors`);
+  }
+  const s: Shape = { B, T, C, H: heads, KV: kvHeads, hs, hs4: Math.ceil(hs / 4) };
+  checkLimits(engine, s, what);
+  const variant = opts.variant ?? kernelVariant(engine);
+  const label = `attention(${q.label}, ${k.label}, ${v.label})`;
+
+  const width = (heads + 2 * kvHeads) * s.hs4;
+  const packed = new PackedRows(tape, B * T, width, variant, `${label} packed qkv`);
+  const parts = [
+    { tensor: q, heads, firstTexel: 0, scale: true },
+    { tensor: k, heads: kvHeads, firstTexel: heads * s.hs4, scale: false },
+    { tensor: v, heads: kvHeads, firstTexel: (heads + kvHeads) * s.hs4, scale: false },
+  ];
+  const pack = parts.map((part) => {
+    const grid = grid1d(B * T * part.heads * s.hs4, PACK_WORKGROUP);
+    const kernel = engine.kernel(
+      "attention_pack_heads",
+      packHeadsWgsl(s, packed, part, grid.index),
+      ["read", packed.binding("write")],
+    );
+    return engine.dispatch(
+      "attention pack heads",
+      kernel,
+      [part.tensor, packed.resource],
+      grid.workgroups,
+    );
+  });
+  return recordAttention(tape, s, label, [q, k, v], packed, pack, (ctx) => {
+    const write = (i: number, name: string, heads: number): GradWrite | null => {
+      const target = ctx.gradInput(i);
+      if (!target) return null;
+      const output = { name, width: heads * hs, offset: 0, accumulate: target.accumulate };
+      return { tensor: target.tensor, output };
+    };
+    return { q: write(0, "dq", heads), k: write(1, "dk", kvHeads), v: write(2, "dv", kvHeads) };
+  });
+}
+
+/**
+ * Records an attention op whose operands `pack` writes into `packed`: the forward kernel, and a
+ * backward that packs dO and writes dq (query-owning kernel) and dk, dv (key-owning kernel)
+ * where `gradWrites` says.
+ */
+function recordAttention(
+  tape: Tape,
+  s: Shape,
+  label: string,
+  inputs: Tensor[],
+  packed: PackedRows,
+  pack: Command[],
+  gradWrites: GradWrites,
+): Tensor {
+  const engine = tape.engine;
+  const { B, T, C } = s;
+  const variant = packed.variant;
+  const out = tape.tensor([B, T, C], label);
+  const lse = tape.tensor([B, T, s.H], `${label} lse`);
   const fwdTiling = forwardTiling(T);
   const forward = engine.kernel("attention_forward", forwardWgsl(s, packed, fwdTiling), [
     packed.binding("read"),
@@ -566,10 +828,10 @@ export function attention(
 
   tape.record({
     name: "attention",
-    inputs: [qkv],
+    inputs,
     outputs: [out],
     forward: [
-      engine.dispatch("attention pack qkv", pack, [qkv, packed.resource], packGrid.workgroups),
+      ...pack,
       engine.dispatch("attention forward", forward, [packed.resource, out, lse], [
         rowGroups(fwdTiling),
         s.H,
@@ -577,8 +839,8 @@ export function attention(
       ]),
     ],
     backward: (ctx): Command[] => {
-      const dqkv = ctx.gradInput(0);
-      if (!dqkv) return [];
+      const { q, k, v } = gradWrites(ctx);
+      if (!q && !k && !v) return [];
       const grad = new PackedRows(tape, B * T, s.H * (s.hs4 + 1), variant, `${label} packed grad`);
       const gradGrid = grid1d(B * T * s.H, PACK_WORKGROUP);
       const packGrad = engine.kernel("attention_pack_grad", packGradWgsl(s, grad, gradGrid.index), [
@@ -588,29 +850,44 @@ export function attention(
         grad.binding("write"),
       ]);
       const tiling = backwardTiling(T);
-      const kinds: BindingKind[] = [packed.binding("read"), grad.binding("read"), "rw"];
-      const gradQuery = engine.kernel(
-        "attention_grad_query",
-        gradQueryWgsl(s, packed, grad, tiling, dqkv.accumulate),
-        kinds,
-      );
-      const gradKeyValue = engine.kernel(
-        "attention_grad_key_value",
-        gradKeyValueWgsl(s, packed, grad, tiling, dqkv.accumulate),
-        kinds,
-      );
-      const grid = [rowGroups(tiling), s.H, B] as const;
-      const resources = [packed.resource, grad.resource, dqkv.tensor];
-      return [
+      const reads: BindingKind[] = [packed.binding("read"), grad.binding("read")];
+      const commands: Command[] = [
         engine.dispatch("attention pack grad", packGrad, [
           ctx.gradOutput(0),
           out,
           lse,
           grad.resource,
         ], gradGrid.workgroups),
-        engine.dispatch("attention grad query", gradQuery, resources, grid),
-        engine.dispatch("attention grad key value", gradKeyValue, resources, grid),
       ];
+      if (q) {
+        const gradQuery = engine.kernel(
+          "attention_grad_query",
+          gradQueryWgsl(s, packed, grad, tiling, q.output),
+          [...reads, "rw"],
+        );
+        commands.push(engine.dispatch(
+          "attention grad query",
+          gradQuery,
+          [packed.resource, grad.resource, q.tensor],
+          [rowGroups(tiling), s.H, B],
+        ));
+      }
+      if (k || v) {
+        // One binding per output array (GPT-2's dk and dv are both in dqkv).
+        const targets = new Map([k, v].filter((w) => w !== null).map((w) => [w.output.name, w]));
+        const gradKeyValue = engine.kernel(
+          "attention_grad_key_value",
+          gradKeyValueWgsl(s, packed, grad, tiling, k?.output ?? null, v?.output ?? null),
+          [...reads, ...[...targets.keys()].map(() => "rw" as const)],
+        );
+        commands.push(engine.dispatch(
+          "attention grad key value",
+          gradKeyValue,
+          [packed.resource, grad.resource, ...[...targets.values()].map((w) => w.tensor)],
+          [rowGroups(tiling), s.KV, B],
+        ));
+      }
+      return commands;
     },
   });
   return out;

@@ -81,7 +81,9 @@ export function alignedChunks(
 
 /**
  * The row ranges of a [rows, cols] f32 tensor whose views each fit in `maxBytes` and start at an
- * offset `engine` can bind; one range when the whole tensor fits.
+ * offset `engine` can bind; one range when the whole tensor fits. Every range also starts at a
+ * multiple of `quantum` rows, so that work over blocks of `quantum` rows (a kernel's partial
+ * sums, or a second tensor's rows that must be viewed too) never straddles two ranges.
  */
 export function rowChunks(
   engine: Engine,
@@ -89,9 +91,15 @@ export function rowChunks(
   cols: number,
   maxBytes: number,
   what: string,
+  quantum = 1,
 ): Range[] {
-  const granule = rowGranule(engine.limits.minStorageBufferOffsetAlignment, cols);
+  const granule = lcm(rowGranule(engine.limits.minStorageBufferOffsetAlignment, cols), quantum);
   return alignedChunks(rows, Math.floor(maxBytes / (4 * cols)), granule, what);
+}
+
+/** The elements of rows `range` of a tensor whose rows hold `cols` elements. */
+export function rowElements([start, end]: Range, cols: number): Chunk {
+  return { start: start * cols, count: (end - start) * cols };
 }
 
 /** A range of elements [start, start + count) of a tensor. */

@@ -1,5 +1,6 @@
-// The skeleton of the elementwise kernels (add, gelu, fill, scale and their backward passes), so
-// that each op is a table entry: its bindings and the WGSL value of element i. One invocation
+// The skeleton of the elementwise kernels (add, gelu, fill, scale, swiglu and their backward
+// passes), so that each op is a table entry: its bindings and the WGSL value of element i of each
+// output (a backward pass may write several gradients from shared work). One invocation
 // per element, or per vec4 when the length allows (lavapipe pays per load instruction, and a
 // vec4 load costs what a scalar one does); a tensor over the binding limit is processed in
 // aligned chunks, one dispatch each, every chunk but the last a whole number of vec4s.
@@ -13,21 +14,26 @@ import { declareKernel } from "./kernel.ts";
 
 const WORKGROUP = 64;
 
-/** One elementwise kernel: `output`[i] (+)= `value`, reading `inputs`[i]. */
+/** A binding an elementwise kernel writes: `name`[i] (+)= `value`. */
+export interface ElementwiseOutput {
+  name: string;
+  /** The WGSL value of element i, given the element type (f32, vec4f, u32 or vec4u). */
+  value: (type: string) => string;
+}
+
+/** One elementwise kernel: each of `outputs`[i] (+)= its value, reading `inputs`[i]. */
 export interface Elementwise {
   /** The kernel's label. */
   name: string;
-  /** Bindings read, in order, then `output`, all arrays of the same length. */
+  /** Bindings read, in order, then `outputs`, all arrays of the same length. */
   inputs: readonly string[];
-  output: string;
+  outputs: readonly ElementwiseOutput[];
   /** The element: f32 data, or u32 bits (fill writes any bits through u32). */
   scalar?: "f32" | "u32";
   /** Module-scope WGSL (constants, functions) for the element type `type`. */
   prelude?: (type: string) => string;
-  /** `let` statements before the value, over element i. */
+  /** `let` statements before the values, over element i. */
   setup?: string;
-  /** The WGSL value of element i, given the element type (f32, vec4f, u32 or vec4u). */
-  value: (type: string) => string;
 }
 
 export interface ElementwiseOptions {
@@ -40,28 +46,30 @@ function elementwiseWgsl(
   type: string,
   units: number,
   index: string,
-  accumulate: boolean,
+  accumulate: readonly boolean[],
 ): string {
-  const out = `${op.output}[i]`;
+  const stores = op.outputs.map(({ name, value }, k) => {
+    const out = `${name}[i]`;
+    return `\n  ${out} = ${accumulate[k] ? `${out} + ` : ""}${value(type)};`;
+  });
   return `${op.prelude?.(type) ?? ""}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let i = ${index};
-  if (i >= ${units}u) { return; }${op.setup ? `\n  ${op.setup}` : ""}
-  ${out} = ${accumulate ? `${out} + ` : ""}${op.value(type)};
+  if (i >= ${units}u) { return; }${op.setup ? `\n  ${op.setup}` : ""}${stores.join("")}
 }`;
 }
 
 /**
- * The dispatches of `op` over `tensors` (its inputs, then its output, all of one size), one per
- * binding chunk; with `accumulate` the output is added to rather than overwritten.
+ * The dispatches of `op` over `tensors` (its inputs, then its outputs, all of one size), one per
+ * binding chunk; an output whose entry of `accumulate` is true is added to, not overwritten.
  */
 export function elementwise(
   engine: Engine,
   label: string,
   op: Elementwise,
   tensors: readonly Tensor[],
-  opts: ElementwiseOptions & { accumulate?: boolean } = {},
+  opts: ElementwiseOptions & { accumulate?: readonly boolean[] } = {},
 ): Command[] {
   const scalar = op.scalar ?? "f32";
   return bindingChunks(engine, tensors[0].size, opts.maxBindingBytes).map((chunk) => {
@@ -72,8 +80,8 @@ export function elementwise(
     const array = `array<${type}>`;
     const kernel = declareKernel(engine, op.name, [
       ...op.inputs.map((name) => [name, "read", array] as const),
-      [op.output, "rw", array],
-    ], elementwiseWgsl(op, type, units, grid.index, opts.accumulate ?? false));
+      ...op.outputs.map(({ name }) => [name, "rw", array] as const),
+    ], elementwiseWgsl(op, type, units, grid.index, opts.accumulate ?? []));
     const views = tensors.map((t) => chunkView(engine, t, chunk));
     return engine.dispatch(label, kernel, views, grid.workgroups);
   });
@@ -114,7 +122,7 @@ export function unary(
       const inputs = op.backward.inputs.map((name) => given[name]);
       return elementwise(engine, `${op.name} backward`, op.backward, [...inputs, dx.tensor], {
         ...opts,
-        accumulate: dx.accumulate,
+        accumulate: [dx.accumulate],
       });
     },
   });

@@ -29,9 +29,8 @@ export function fill(
   return elementwise(engine, label, {
     name: "fill",
     inputs: [],
-    output: "out",
+    outputs: [{ name: "out", value: (type) => `${type}(0x${bits.toString(16)}u)` }],
     scalar: "u32",
-    value: (type) => `${type}(0x${bits.toString(16)}u)`,
   }, [t]);
 }
 
@@ -56,13 +55,17 @@ export function scale(tape: Tape, x: Tensor, alpha: number, opts: ElementwiseOpt
     tape,
     {
       name: "scale",
-      forward: { name: "scale", inputs: ["x"], output: "y", setup, value: () => "alpha * x[i]" },
+      forward: {
+        name: "scale",
+        inputs: ["x"],
+        outputs: [{ name: "y", value: () => "alpha * x[i]" }],
+        setup,
+      },
       backward: {
         name: "scale_backward",
         inputs: ["dy"],
-        output: "dx",
+        outputs: [{ name: "dx", value: () => "alpha * dy[i]" }],
         setup,
-        value: () => "alpha * dy[i]",
       },
     },
     x,

@@ -42,22 +42,20 @@ const GELU: UnaryOp = {
   forward: {
     name: "gelu",
     inputs: ["x"],
-    output: "y",
+    outputs: [{ name: "y", value: () => "gelu(v)" }],
     prelude: geluWgsl,
     setup: "let v = x[i];",
-    value: () => "gelu(v)",
   },
   backward: {
     name: "gelu_backward",
     inputs: ["x", "dy"],
-    output: "dx",
+    outputs: [{ name: "dx", value: () => "dy[i] * slope" }],
     prelude: geluWgsl,
     setup: `let v = x[i];
   let z = two_u(v);
   let half_one_plus_t = sigmoid(z);
   let one_minus_t2 = 4.0 * half_one_plus_t * sigmoid(-z);
   let slope = half_one_plus_t + 0.5 * v * one_minus_t2 * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);`,
-    value: () => "dy[i] * slope",
   },
 };
 

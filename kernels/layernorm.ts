@@ -5,53 +5,28 @@
 //   dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂))
 //   dw = Σ_rows dy ⊙ x̂,  db = Σ_rows dy  (column sums: two-phase, fixed order, no atomics)
 //
-// One invocation normalises one row: on lavapipe every storage load is a loop over the SIMD
-// lanes, so the cost is the number of load instructions, and a row per invocation needs no
-// workgroup barriers (coroutine switches there). Rows are read as vec4 when C allows.
+// A row kernel as kernels/row_norm.ts lays them out: one invocation per row, vec4 loads when C
+// allows, the column sums from per-block partials added in block order.
 import type { Binding } from "../engine/bindings.ts";
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { grid1d } from "./grid.ts";
-import { declareKernel } from "./kernel.ts";
-import { floatLiteral } from "./literals.ts";
-
-const WORKGROUP = 64;
-/** Rows summed by one invocation in the first phase of the dw/db column sums. */
-const ROWS_PER_PARTIAL = 64;
-
-/** The shapes a layer norm kernel is specialised for. */
-interface Dims {
-  rows: number;
-  /** Normalised length C. */
-  cols: number;
-  /** Vectors per row: C/4 when rows are read as vec4, else C. */
-  vecs: number;
-}
-
-/** WGSL shared by all kernels: the row element type and its horizontal sum. */
-function prelude({ rows, cols, vecs }: Dims): string {
-  const vec4 = vecs !== cols;
-  return `
-alias V = ${vec4 ? "vec4f" : "f32"};
-fn total(v: V) -> f32 { return ${vec4 ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
-const ROWS = ${rows}u;
-const C: f32 = ${floatLiteral(cols)};
-const VECS = ${vecs}u;
-`;
-}
+import {
+  type ColumnOutput,
+  columnPartials,
+  columnTotals,
+  type EachColumn,
+  type PartialSumsCode,
+  type RowDims,
+  rowDims,
+  rowPass,
+  ROWS_PER_PARTIAL,
+  store,
+} from "./row_norm.ts";
 
 /** Two passes over the row for the statistics (mean, then squared deviations: no cancellation). */
-function forwardWgsl(dims: Dims, eps: number, index: string): string {
-  return `${prelude(dims)}
-const EPS: f32 = ${floatLiteral(eps)};
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  var sum = V(0.0);
+const FORWARD = `  var sum = V(0.0);
   for (var j = 0u; j < VECS; j++) { sum += x[base + j]; }
   let mu = total(sum) / C;
   var squares = V(0.0);
@@ -64,18 +39,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     y[base + j] = (x[base + j] - mu) * r * weight[j] + bias[j];
   }
   mean[row] = mu;
-  rstd[row] = r;
-}`;
-}
+  rstd[row] = r;`;
 
-function inputGradWgsl(dims: Dims, accumulate: boolean, index: string): string {
-  return `${prelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let row = ${index};
-  if (row >= ROWS) { return; }
-  let base = row * VECS;
-  let mu = mean[row];
+function inputGradBody(accumulate: boolean): string {
+  return `  let mu = mean[row];
   let r = rstd[row];
   var sum_g = V(0.0);
   var sum_g_xhat = V(0.0);
@@ -90,14 +57,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let g = dy[base + j] * weight[j];
     let xhat = (x[base + j] - mu) * r;
     dx[base + j] = ${accumulate ? "dx[base + j] + " : ""}r * (g - mean_g - xhat * mean_g_xhat);
-  }
-}`;
-}
-
-/** Where one column sum (dw or db) goes: a partial-sum buffer or the gradient itself. */
-interface ColumnOutput {
-  tensor: Tensor;
-  accumulate: boolean;
+  }`;
 }
 
 /** The column sums wanted: dw = Σ dy⊙x̂ and/or db = Σ dy, each with where it goes. */
@@ -112,66 +72,26 @@ function columnsWanted(sums: ColumnSums): [string, ColumnOutput][] {
     .filter((entry): entry is [string, ColumnOutput] => entry[1] !== null);
 }
 
-function store(name: string, out: ColumnOutput, at: string, value: string): string {
-  return `${name}[${at}] = ${out.accumulate ? `${name}[${at}] + ` : ""}${value};`;
-}
-
 /**
- * Phase 1 of the column sums: invocation (row block, column group) sums dy⊙x̂ and/or dy over its
- * block of rows, in row order, for `group` consecutive vector columns, so that the per-row loads
- * of mean and rstd are shared by several columns. Consecutive invocations take consecutive
- * column groups of the same block, so the SIMD lanes run loops of equal length.
+ * Phase 1 of the column sums, per row: dy⊙x̂ and/or dy, sharing the loads of mean and rstd (see
+ * columnPartials).
  */
-function columnPartialsWgsl(
-  dims: Dims,
-  blocks: number,
-  group: number,
-  sums: ColumnSums,
-  index: string,
-): string {
+function columnPartialsCode(sums: ColumnSums) {
   const { dweight, dbias } = sums;
-  const columns = Array.from({ length: group }, (_, k) => k);
-  const each = (line: (k: number) => string, indent = "\n    ") => columns.map(line).join(indent);
-  const groups = dims.vecs / group;
-  return `${prelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let i = ${index};
-  if (i >= ${blocks * groups}u) { return; }
-  let block = i / ${groups}u;
-  let first = (i % ${groups}u) * ${group}u;
-  ${each((k) => `var dw${k} = V(0.0);\n  var db${k} = V(0.0);`, "\n  ")}
-  let last = min((block + 1u) * ${ROWS_PER_PARTIAL}u, ROWS);
-  for (var row = block * ${ROWS_PER_PARTIAL}u; row < last; row++) {
-    let at = row * VECS + first;
-    let mu = mean[row];
-    let r = rstd[row];
-    ${each((k) => `let d${k} = dy[at + ${k}u];`)}
-    ${dweight ? each((k) => `dw${k} += d${k} * (x[at + ${k}u] - mu) * r;`) : ""}
-    ${dbias ? each((k) => `db${k} += d${k};`) : ""}
-  }
-  let out = block * VECS + first;
-  ${dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : ""}
-  ${dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : ""}
-}`;
-}
-
-/** Phase 2: each vector column adds up its partials over the row blocks, in block order. */
-function columnTotalsWgsl(dims: Dims, blocks: number, sums: ColumnSums, index: string): string {
-  const wanted = columnsWanted(sums);
-  const lines = (line: (name: string, out: ColumnOutput) => string, indent = "\n  ") =>
-    wanted.map(([name, out]) => line(name, out)).join(indent);
-  return `${prelude(dims)}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let j = ${index};
-  if (j >= VECS) { return; }
-  ${lines((name) => `var ${name}_sum = V(0.0);`)}
-  for (var block = 0u; block < ${blocks}u; block++) {
-    ${lines((name) => `${name}_sum += ${name}_partials[block * VECS + j];`, "\n    ")}
-  }
-  ${lines((name, out) => store(name, out, "j", `${name}_sum`))}
-}`;
+  return (each: EachColumn): PartialSumsCode => ({
+    declare: each((k) => `var dw${k} = V(0.0);\n  var db${k} = V(0.0);`, "\n  "),
+    perRow: [
+      "let mu = mean[row];",
+      "let r = rstd[row];",
+      each((k) => `let d${k} = dy[at + ${k}u];`),
+      dweight ? each((k) => `dw${k} += d${k} * (x[at + ${k}u] - mu) * r;`) : "",
+      dbias ? each((k) => `db${k} += d${k};`) : "",
+    ],
+    stores: [
+      dweight ? each((k) => store("dweight", dweight, `out + ${k}u`, `dw${k}`), "\n  ") : "",
+      dbias ? each((k) => store("dbias", dbias, `out + ${k}u`, `db${k}`), "\n  ") : "",
+    ],
+  });
 }
 
 /** y = layer_norm(x, [C], weight, bias, eps) over the last dimension of x. */
@@ -195,45 +115,53 @@ export function layerNorm(
     throw new RangeError(`layerNorm: eps ${eps} must be finite and ≥ 0`);
   }
   const engine = tape.engine;
-  const dims: Dims = { rows: x.size / cols, cols, vecs: cols % 4 === 0 ? cols / 4 : cols };
+  const dims = rowDims(x.size / cols, cols);
   const y = tape.tensor(x.shape, `ln(${x.label})`);
   const mean = tape.tensor([dims.rows], `ln mean(${x.label})`);
   const rstd = tape.tensor([dims.rows], `ln rstd(${x.label})`);
-  const rowGrid = grid1d(dims.rows, WORKGROUP);
-  const forward = declareKernel(engine, "layernorm", [
-    ["x", "read", "array<V>"],
-    ["weight", "read", "array<V>"],
-    ["bias", "read", "array<V>"],
-    ["y", "rw", "array<V>"],
-    ["mean", "rw", "array<f32>"],
-    ["rstd", "rw", "array<f32>"],
-  ], forwardWgsl(dims, eps, rowGrid.index));
+  const forward = rowPass(
+    engine,
+    {
+      name: "layernorm",
+      label: "layernorm",
+      dims,
+      bindings: [
+        ["x", "read", "array<V>"],
+        ["weight", "read", "array<V>"],
+        ["bias", "read", "array<V>"],
+        ["y", "rw", "array<V>"],
+        ["mean", "rw", "array<f32>"],
+        ["rstd", "rw", "array<f32>"],
+      ],
+      resources: [x, weight, bias, y, mean, rstd],
+    },
+    FORWARD,
+    eps,
+  );
   tape.record({
     name: "layerNorm",
     inputs: [x, weight, bias],
     outputs: [y],
-    forward: [
-      engine.dispatch("layernorm", forward, [x, weight, bias, y, mean, rstd], rowGrid.workgroups),
-    ],
+    forward: [forward],
     backward: (ctx) => {
       const dy = ctx.gradOutput(0);
       const [dx, dweight, dbias] = [0, 1, 2].map((i) => ctx.gradInput(i));
       const commands: Command[] = [];
       if (dx) {
-        const kernel = declareKernel(engine, "layernorm_backward_x", [
-          ["x", "read", "array<V>"],
-          ["weight", "read", "array<V>"],
-          ["mean", "read", "array<f32>"],
-          ["rstd", "read", "array<f32>"],
-          ["dy", "read", "array<V>"],
-          ["dx", "rw", "array<V>"],
-        ], inputGradWgsl(dims, dx.accumulate, rowGrid.index));
-        commands.push(engine.dispatch(
-          "layernorm backward dx",
-          kernel,
-          [x, weight, mean, rstd, dy, dx.tensor],
-          rowGrid.workgroups,
-        ));
+        commands.push(rowPass(engine, {
+          name: "layernorm_backward_x",
+          label: "layernorm backward dx",
+          dims,
+          bindings: [
+            ["x", "read", "array<V>"],
+            ["weight", "read", "array<V>"],
+            ["mean", "read", "array<f32>"],
+            ["rstd", "read", "array<f32>"],
+            ["dy", "read", "array<V>"],
+            ["dx", "rw", "array<V>"],
+          ],
+          resources: [x, weight, mean, rstd, dy, dx.tensor],
+        }, inputGradBody(dx.accumulate)));
       }
       if (dweight || dbias) {
         commands.push(...columnSums(tape, dims, { x, mean, rstd, dy }, { dweight, dbias }));
@@ -250,7 +178,7 @@ export function layerNorm(
  */
 function columnSums(
   tape: Tape,
-  dims: Dims,
+  dims: RowDims,
   saved: { x: Tensor; mean: Tensor; rstd: Tensor; dy: Tensor },
   targets: ColumnSums,
 ): Command[] {
@@ -265,41 +193,40 @@ function columnSums(
     dweight: partialOf(targets.dweight, "dweight"),
     dbias: partialOf(targets.dbias, "dbias"),
   };
-  const group = [4, 2, 1].find((k) => dims.vecs % k === 0)!;
-  const grid = grid1d(blocks * dims.vecs / group, WORKGROUP);
   const outputs = columnsWanted(partials);
-  const kernel = declareKernel(engine, "layernorm_backward_columns", [
-    ["x", "read", "array<V>"],
-    ["mean", "read", "array<f32>"],
-    ["rstd", "read", "array<f32>"],
-    ["dy", "read", "array<V>"],
-    ...outputs.map(([name]): Binding => [name, "rw", "array<V>"]),
-  ], columnPartialsWgsl(dims, blocks, group, partials, grid.index));
   const { x, mean, rstd, dy } = saved;
   const commands: Command[] = [
-    engine.dispatch(
-      "layernorm backward dweight/dbias",
-      kernel,
-      [x, mean, rstd, dy, ...outputs.map(([, output]) => output.tensor)],
-      grid.workgroups,
+    columnPartials(
+      engine,
+      {
+        name: "layernorm_backward_columns",
+        label: "layernorm backward dweight/dbias",
+        dims,
+        bindings: [
+          ["x", "read", "array<V>"],
+          ["mean", "read", "array<f32>"],
+          ["rstd", "read", "array<f32>"],
+          ["dy", "read", "array<V>"],
+          ...outputs.map(([name]): Binding => [name, "rw", "array<V>"]),
+        ],
+        resources: [x, mean, rstd, dy, ...outputs.map(([, output]) => output.tensor)],
+      },
+      0,
+      columnPartialsCode(partials),
     ),
   ];
   if (blocks === 1) return commands;
-  const totalGrid = grid1d(dims.vecs, WORKGROUP);
-  const pairs = [[partials.dweight, targets.dweight], [partials.dbias, targets.dbias]]
-    .filter(([partial]) => partial !== null)
-    .flatMap(([partial, target]) => [partial!.tensor, target!.tensor]);
-  const total = declareKernel(
+  const sums = (["dweight", "dbias"] as const).flatMap((name) => {
+    const [partial, target] = [partials[name], targets[name]];
+    return partial && target ? [{ name, partials: partial.tensor, target }] : [];
+  });
+  commands.push(columnTotals(
     engine,
     "layernorm_backward_column_totals",
-    columnsWanted(targets).flatMap(([name]): Binding[] => [
-      [`${name}_partials`, "read", "array<V>"],
-      [name, "rw", "array<V>"],
-    ]),
-    columnTotalsWgsl(dims, blocks, targets, totalGrid.index),
-  );
-  commands.push(
-    engine.dispatch("layernorm backward column totals", total, pairs, totalGrid.workgroups),
-  );
+    "layernorm backward column totals",
+    dims,
+    blocks,
+    sums,
+  ));
   return commands;
 }

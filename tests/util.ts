@@ -44,6 +44,18 @@ export class Rng extends Mulberry32 {
   }
 }
 
+/** A tensor holding `data` that requires gradients: a leaf whose gradient lands in `.grad`. */
+export function leaf(
+  engine: Engine,
+  shape: readonly number[],
+  data: ArrayLike<number>,
+  label: string,
+): Tensor {
+  const t = engine.tensor(shape, { data, label });
+  t.requiresGrad = true;
+  return t;
+}
+
 /** Rounds to float32, so references see exactly the inputs the GPU sees. */
 export function f32(values: ArrayLike<number>): Float64Array {
   const out = new Float64Array(values.length);

@@ -1,6 +1,7 @@
 // The device, its limits, the pipeline cache, the buffer pool and views.
 import assert from "node:assert/strict";
 import { ShapeError } from "../../engine/errors.ts";
+import { sharesMemory } from "../../engine/tensor.ts";
 import { gpuTest } from "../util.ts";
 
 gpuTest(
@@ -105,4 +106,28 @@ gpuTest("views must start at an aligned byte offset and stay inside their base",
   assert.equal(engine.pool.bytesInUse, inUse);
   assert.equal((await engine.readF32(base))[0], 0);
   base.dispose();
+});
+
+gpuTest("tensors share memory exactly when their bytes overlap", (engine) => {
+  const align = engine.limits.minStorageBufferOffsetAlignment / 4;
+  const base = engine.tensor([4 * align]);
+  const other = engine.tensor([4 * align]);
+  const [first, second, firstTwo] = [
+    engine.view(base, 0, [align]),
+    engine.view(base, align, [align]),
+    engine.view(base, 0, [2 * align]),
+  ];
+  const pairs: [string, boolean, boolean][] = [
+    ["a tensor and itself", sharesMemory(base, base), true],
+    ["a tensor and its view", sharesMemory(base, second), true],
+    ["a view and its base", sharesMemory(second, base), true],
+    ["overlapping views", sharesMemory(second, firstTwo), true],
+    ["adjacent views", sharesMemory(first, second), false],
+    ["adjacent views, reversed", sharesMemory(second, first), false],
+    ["two tensors", sharesMemory(base, other), false],
+  ];
+  for (const [what, got, expected] of pairs) assert.equal(got, expected, what);
+  base.dispose();
+  other.dispose();
+  return Promise.resolve();
 });

@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { add } from "../../kernels/add.ts";
-import type { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
 import { addBackwardRef, addRef } from "../ref/add.ts";
 import { assertThrows } from "../assert.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, leaf, Rng } from "../util.ts";
 
 // One f32 addition: the result is the float64 sum of the f32 inputs correctly rounded, so it
 // equals f32(reference) exactly; the gradients are copies or single additions likewise.
@@ -18,12 +17,6 @@ Deno.test("add reference gradients match finite differences", () => {
   assertGradMatchesFD((v) => dot(addRef(v, b), dout), a, da, "add da");
   assertGradMatchesFD((v) => dot(addRef(a, v), dout), b, db, "add db");
 });
-
-function leaf(engine: Engine, shape: number[], data: ArrayLike<number>, label: string) {
-  const t = engine.tensor(shape, { data, label });
-  t.requiresGrad = true;
-  return t;
-}
 
 // Scalar path for sizes that are not multiples of 4, vec4 otherwise; 1024×768 is GPT-2's
 // residual stream at T = 1024, 1024×256 the reference config's (8×128 tokens).

@@ -8,7 +8,7 @@ import type { Tensor } from "../../engine/tensor.ts";
 import { attentionBackwardRef, attentionRef, type AttentionShape } from "../ref/attention.ts";
 import { addRef } from "../ref/add.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, leaf, Rng } from "../util.ts";
 
 // out is a convex combination of v rows (|v| ≲ 4): f32 rounding of the hs-term scores, exp and
 // the running sums gives ≤ 1e-6 (measured 6e-7 at T=1024); 5× headroom.
@@ -39,12 +39,6 @@ function inputs(s: AttentionShape, seed: number, spread = 1) {
     qkv: f32(rng.normal(s.B * s.T * 3 * s.C, spread)),
     dout: f32(rng.normal(s.B * s.T * s.C)),
   };
-}
-
-function leaf(engine: Engine, shape: readonly number[], data: ArrayLike<number>, label: string) {
-  const t = engine.tensor(shape, { data, label });
-  t.requiresGrad = true;
-  return t;
 }
 
 /** Forward and accumulated backward of one shape against the float64 reference. */

@@ -9,6 +9,7 @@ import {
   lcm,
   type Range,
   rowChunks,
+  rowElements,
   rowGranule,
   vec4Granule,
 } from "../../kernels/chunks.ts";
@@ -100,4 +101,31 @@ gpuTest("row chunks and binding chunks follow the adapter's alignment", (engine)
   );
   assert.deepEqual(bindingChunks(engine, 1003), [{ start: 0, count: 1003 }]);
   return Promise.resolve();
+});
+
+gpuTest("row chunks with a quantum start at multiples of it and of the granule", (engine) => {
+  const align = engine.limits.minStorageBufferOffsetAlignment;
+  // Rows of 768 are aligned each (granule 1): the quantum alone sets the starts.
+  const blocks = rowChunks(engine, 1000, 768, 4 * 768 * 200, "t", 64);
+  assertSplit(blocks, 1000, 200, 64);
+  assert.deepEqual(blocks.map(([start]) => start), [0, 192, 384, 576, 768, 960]);
+  // Rows of 17 and a quantum of 6: starts at multiples of lcm(granule, 6).
+  const granule = lcm(rowGranule(align, 17), 6);
+  assertSplit(rowChunks(engine, 5000, 17, 4 * 17 * 1000, "t", 6), 5000, 1000, granule);
+  // A quantum of 1 leaves the split as it was; a tensor that fits stays whole.
+  assert.deepEqual(
+    rowChunks(engine, 300, 17, 4096, "t", 1),
+    rowChunks(engine, 300, 17, 4096, "t"),
+  );
+  assert.deepEqual(rowChunks(engine, 100, 768, 4 * 768 * 100, "t", 64), [[0, 100]]);
+  assert.throws(
+    () => rowChunks(engine, 100, 768, 4 * 768 * 50, "blocks", 64),
+    (e: Error) => e instanceof LimitError && /^blocks: cannot split 100/.test(e.message),
+  );
+  return Promise.resolve();
+});
+
+Deno.test("rowElements: the element range of a row range", () => {
+  assert.deepEqual(rowElements([3, 7], 5), { start: 15, count: 20 });
+  assert.deepEqual(rowElements([0, 1], 768), { start: 0, count: 768 });
 });

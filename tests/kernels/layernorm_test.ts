@@ -7,7 +7,7 @@ import { layerNormBackwardRef, layerNormRef } from "../ref/layernorm.ts";
 import { addRef } from "../ref/add.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { assertEquals, assertThrows } from "../assert.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, leaf, Rng } from "../util.ts";
 
 // GPT-2's layer_norm_epsilon.
 const EPS = 1e-5;
@@ -46,12 +46,6 @@ function inputs(shape: readonly number[], seed: number) {
     bias: f32(rng.uniform(cols)),
     dy: f32(rng.uniform(size)),
   };
-}
-
-function leaf(engine: Engine, shape: readonly number[], data: ArrayLike<number>, label: string) {
-  const t = engine.tensor(shape, { data, label });
-  t.requiresGrad = true;
-  return t;
 }
 
 async function readAll(engine: Engine, tensors: Tensor[]): Promise<Float32Array[]> {

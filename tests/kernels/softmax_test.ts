@@ -5,7 +5,7 @@ import type { Tensor } from "../../engine/tensor.ts";
 import { Tape } from "../../engine/tape.ts";
 import { softmaxBackwardRef, softmaxRef } from "../ref/softmax.ts";
 import { assertEquals } from "../assert.ts";
-import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, Rng } from "../util.ts";
+import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, leaf, Rng } from "../util.ts";
 
 // y: exp and a sum of up to 50257 f32 terms in a fixed order; measured relative error ≤ 1e-6
 // (y ≤ 1), so a 1e-5 relative bound plus an absolute floor far below any y that matters.
@@ -28,12 +28,6 @@ Deno.test("softmax reference gradient matches finite differences", () => {
     { count: x.length },
   );
 });
-
-function leaf(engine: Engine, shape: readonly number[], data: ArrayLike<number>, label: string) {
-  const t = engine.tensor(shape, { data, label });
-  t.requiresGrad = true;
-  return t;
-}
 
 /**
  * `size` f32 values uniform in [lo, hi). Past 2^20 values they are drawn from a pool of 2^20

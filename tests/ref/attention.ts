@@ -1,6 +1,8 @@
 // Float64 reference for causal multi-head self-attention on qkv [B, T, 3C] (GPT-2's layout:
 // q, k, v are the three C-wide thirds; head h uses columns h·hs .. (h+1)·hs of each), written
 // the plain way: the full probability matrix of each (sequence, head), then its products.
+// Grouped-query attention (Llama, Qwen2) reuses it as Hugging Face computes it: keys and values
+// repeated per query head (repeat_kv), their gradients summed back over the copies.
 
 export interface AttentionShape {
   B: number;
@@ -128,4 +130,86 @@ export function attentionBackwardRef(
     }
   }
   return dqkv;
+}
+
+/** Grouped-query attention: H query heads of size D, KV key/value heads (KV divides H). */
+export interface GroupedAttentionShape {
+  B: number;
+  T: number;
+  heads: number;
+  kvHeads: number;
+  D: number;
+}
+
+/**
+ * q [B, T, H·D], k and v [B, T, KV·D] → GPT-2's qkv [B, T, 3·H·D] with each key/value head
+ * repeated for its H/KV query heads, as Hugging Face's repeat_kv does (query head h uses
+ * key/value head h div (H/KV)).
+ */
+function repeatKv(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  s: GroupedAttentionShape,
+): Float64Array {
+  const { B, T, heads, kvHeads, D } = s;
+  const C = heads * D, group = heads / kvHeads;
+  const qkv = new Float64Array(B * T * 3 * C);
+  for (let row = 0; row < B * T; row++) {
+    for (let h = 0; h < heads; h++) {
+      const kv = Math.floor(h / group);
+      for (let d = 0; d < D; d++) {
+        qkv[row * 3 * C + h * D + d] = q[row * C + h * D + d];
+        qkv[row * 3 * C + C + h * D + d] = k[(row * kvHeads + kv) * D + d];
+        qkv[row * 3 * C + 2 * C + h * D + d] = v[(row * kvHeads + kv) * D + d];
+      }
+    }
+  }
+  return qkv;
+}
+
+/** out [B, T, H·D]: multi-head attention over the repeated keys and values. */
+export function groupedAttentionRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  s: GroupedAttentionShape,
+): Float64Array {
+  const { B, T, heads, D } = s;
+  return attentionRef(repeatKv(q, k, v, s), { B, T, C: heads * D, nHead: heads });
+}
+
+export interface GroupedAttentionGrads {
+  dq: Float64Array;
+  dk: Float64Array;
+  dv: Float64Array;
+}
+
+/**
+ * dq, dk, dv for upstream dout [B, T, H·D]: the multi-head gradients of the repeated operands,
+ * each key/value head's summed over its copies (the transpose of repeat_kv).
+ */
+export function groupedAttentionBackwardRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  dout: ArrayLike<number>,
+  s: GroupedAttentionShape,
+): GroupedAttentionGrads {
+  const { B, T, heads, kvHeads, D } = s;
+  const C = heads * D, group = heads / kvHeads;
+  const dqkv = attentionBackwardRef(repeatKv(q, k, v, s), dout, { B, T, C, nHead: heads });
+  const dq = new Float64Array(B * T * C);
+  const dk = new Float64Array(B * T * kvHeads * D), dv = new Float64Array(dk.length);
+  for (let row = 0; row < B * T; row++) {
+    for (let h = 0; h < heads; h++) {
+      const kv = Math.floor(h / group);
+      for (let d = 0; d < D; d++) {
+        dq[row * C + h * D + d] = dqkv[row * 3 * C + h * D + d];
+        dk[(row * kvHeads + kv) * D + d] += dqkv[row * 3 * C + C + h * D + d];
+        dv[(row * kvHeads + kv) * D + d] += dqkv[row * 3 * C + 2 * C + h * D + d];
+      }
+    }
+  }
+  return { dq, dk, dv };
 }
