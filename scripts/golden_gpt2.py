@@ -14,10 +14,12 @@ Run: /usr/bin/python3 scripts/golden_gpt2.py [OUT_DIR]
 import json
 import math
 import os
-import struct
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import base_debug_metadata, base_debug_state, stored, write_safetensors  # noqa: E402
 
 torch.manual_seed(1234)
 torch.set_default_dtype(torch.float64)
@@ -83,26 +85,6 @@ def forward(p, c, idx):
     return ln(x, "ln_f") @ p["wte.weight"].T
 
 
-def loss_of(logits, targets):
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-def write_safetensors(path, tensors, metadata=None):
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, t in tensors.items():
-        data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-    os.replace(path + ".tmp", path)
-
-
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/golden/gpt2-tiny"
     os.makedirs(out, exist_ok=True)
@@ -113,7 +95,7 @@ def main():
     # The base model is stored in f32; the reference computes from exactly those f32 values.
     with torch.no_grad():
         for t in params.values():
-            t.copy_(t.to(torch.float32).to(torch.float64))
+            t.copy_(stored(t))
 
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"model_type": "gpt2", **c}, f, indent=2)
@@ -121,28 +103,9 @@ def main():
     with open(os.path.join(out, "tokens.json"), "w") as f:
         json.dump(tokens.tolist(), f)
 
-    logits = forward(params, c, idx)
-    loss = loss_of(logits, targets)
-    loss.backward()
-    debug = {"loss": loss.reshape(1), "lb_loss": torch.zeros(1), "logits": logits}
-    # Cloned: the AdamW loop below zeroes and refills these same .grad tensors in place.
-    debug.update({f"grad.{n}": t.grad.detach().clone() for n, t in params.items()})
-
-    opt = torch.optim.AdamW(params.values(), lr=ADAMW["lr"], betas=(ADAMW["beta1"], ADAMW["beta2"]),
-                            eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"])
-    losses = []
-    for _ in range(ADAMW["steps"]):
-        opt.zero_grad()
-        step_loss = loss_of(forward(params, c, idx), targets)
-        step_loss.backward()
-        opt.step()
-        losses.append(step_loss.item())
-    debug["train_losses"] = torch.tensor(losses)
-    meta = {k: str(v) for k, v in ADAMW.items()}
-    meta.update({"adamw_applies_to": "all parameters", "batch": str(B), "seq": str(T),
-                 "reference_dtype": "float64", "torch": torch.__version__})
-    write_safetensors(os.path.join(out, "debug.safetensors"), debug, meta)
-    print(f"wrote {out}: loss {loss.item():.6f}, 10-step losses {[round(l, 5) for l in losses]}")
+    debug, loss, losses = base_debug_state(params, lambda p: forward(p, c, idx), targets, ADAMW)
+    write_safetensors(os.path.join(out, "debug.safetensors"), debug, base_debug_metadata(ADAMW, targets))
+    print(f"wrote {out}: loss {loss:.6f}, 10-step losses {[round(l, 5) for l in losses]}")
 
 
 if __name__ == "__main__":
