@@ -37,7 +37,8 @@ export { mean, sum, sumRows } from "./kernels/sum.ts";
 export { topkGate } from "./kernels/topk_gate.ts";
 
 // Models: GPT-2, checkpoints, tokenizers, optimiser, schedule, progress, errors.
-export { type BlockAdapters, GPT2, GPT2Batch, type GPT2Output } from "./model/gpt2.ts";
+export { type BlockAdapters, GPT2, type GPT2Output } from "./model/gpt2.ts";
+export { TokenBatch } from "./model/batch.ts";
 export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
 export {
   type BaseCheckpoint,

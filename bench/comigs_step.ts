@@ -13,7 +13,8 @@ import { loraLinear } from "../kernels/lora.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapters.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { AttentionLora, forwardAdapted } from "../model/comigs.ts";
-import { GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import { TokenBatch } from "../model/batch.ts";
 
 const MODEL = new URL("../models/base", import.meta.url).pathname;
 const B = 8, T = 128;
@@ -47,7 +48,7 @@ interface Step {
   dispose: () => void;
 }
 
-function buildStep(engine: Engine, model: GPT2, batch: GPT2Batch, experts: number): Step {
+function buildStep(engine: Engine, model: GPT2, batch: TokenBatch, experts: number): Step {
   const config: AdapterConfig = {
     rank: 8,
     alpha: 16,
@@ -96,7 +97,7 @@ export async function comigsVsLoraStep(
 ): Promise<Record<string, unknown>[]> {
   const { config, weights } = await loadBaseCheckpoint(MODEL);
   const model = new GPT2(engine, config, weights);
-  const batch = new GPT2Batch(engine, config, B, T);
+  const batch = new TokenBatch(engine, config, B, T);
   let seed = 7;
   const next = () => (seed = (seed * 1103515245 + 12345) >>> 0) % config.vocab_size;
   batch.set(Array.from({ length: B }, () => Array.from({ length: T + 1 }, next)));

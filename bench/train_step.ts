@@ -14,7 +14,8 @@ import { type Command, Engine } from "../engine/device.ts";
 import { AdamW } from "../model/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
-import { GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import { TokenBatch } from "../model/batch.ts";
 import { initWeights } from "../model/init.ts";
 import { kernelVariant } from "../kernels/variant.ts";
 import { Mulberry32 } from "../model/rng.ts";
@@ -90,7 +91,7 @@ async function measureStep(
   const model = new GPT2(engine, config, initWeights(config, 1));
   model.setTrainable(true);
   const params = [...model.params.values()];
-  const batch = new GPT2Batch(engine, config, B, T);
+  const batch = new TokenBatch(engine, config, B, T);
   batch.set(randomSequences(B, T + 1, config.vocab_size, 42));
   const tape = new Tape(engine);
   const opt = new AdamW(engine, params, { lr: CHECK_LR, betas: [0.9, 0.95], weightDecay: 0.1 });

@@ -7,7 +7,8 @@ import { adapterShapes, AdapterTensors, loadAdapters } from "../model/adapters.t
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { forwardAdapted } from "../model/comigs.ts";
 import { type GPT2Config, parameterShapes } from "../model/config.ts";
-import { GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import { TokenBatch } from "../model/batch.ts";
 import { type NamedTensor, writeSafetensors } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 
@@ -71,7 +72,7 @@ async function main(): Promise<void> {
   const engine = await startEngine();
   const model = new GPT2(engine, config, weights);
   const B = sequences.length, T = sequences[0].length - 1;
-  const batch = new GPT2Batch(engine, config, B, T);
+  const batch = new TokenBatch(engine, config, B, T);
   batch.set(sequences);
   const tape = new Tape(engine);
   let output: { loss: Tensor; lb?: Tensor; logits: Tensor };

@@ -14,7 +14,8 @@ import { type AdapterConfig, adapterRole, AdapterTensors } from "../model/adapte
 import { forwardAdapted } from "../model/comigs.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { cosineLr } from "../model/schedule.ts";
-import { type GPT2, GPT2Batch } from "../model/gpt2.ts";
+import { type GPT2 } from "../model/gpt2.ts";
+import { TokenBatch } from "../model/batch.ts";
 import { BatchSampler } from "../model/pretrain_data.ts";
 import { mix } from "../model/rng.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
@@ -81,7 +82,7 @@ export class Client {
   readonly adapters: AdapterTensors;
   /** Expert steps taken over all rounds. */
   step = 0;
-  readonly #batch: GPT2Batch;
+  readonly #batch: TokenBatch;
   readonly #trainSampler: BatchSampler;
   readonly #routerSampler: BatchSampler;
   readonly #tapes: Tape[] = [];
@@ -111,7 +112,7 @@ export class Client {
   ) {
     const { batch: B, seq: T } = schedule;
     this.adapters = new AdapterTensors(engine, model.config, config, init);
-    this.#batch = new GPT2Batch(engine, model.config, B, T);
+    this.#batch = new TokenBatch(engine, model.config, B, T);
     this.#trainSampler = new BatchSampler(data.train, B, T, mix(seed, id, 1));
     this.#routerSampler = new BatchSampler(data.router, B, T, mix(seed, id, 2));
     const lora = this.adapters.loraParams();

@@ -3,7 +3,7 @@
 // schedule, and the server's strategy holding the initial shared tensors.
 import type { Engine } from "../engine/device.ts";
 import { type AdapterConfig, adapterRole, adapterShapes, initAdapters } from "../model/adapters.ts";
-import type { GPT2Config } from "../model/config.ts";
+import type { BaseConfig } from "../model/base.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import { mix } from "../model/rng.ts";
@@ -72,7 +72,7 @@ const LOCAL_NOISE = 4;
 /** The adapters' configuration of client `id` under the run's method. */
 export function clientAdapterConfig(
   options: TrainOptions,
-  base: GPT2Config,
+  base: BaseConfig,
   id: number,
 ): AdapterConfig {
   const { rank, alpha, scaling, topK, lbCoef, lbRho } = options;
@@ -86,7 +86,7 @@ export function clientAdapterConfig(
 
 /** The server of a run, holding the initial shared tensors every client starts from (method.md
  * §2): FedAvg's average, or PCL's bundle. It needs the base model's config, not its weights. */
-export function makeStrategy(options: TrainOptions, base: GPT2Config): Strategy {
+export function makeStrategy(options: TrainOptions, base: BaseConfig): Strategy {
   const spec = METHOD_SPECS[options.method];
   const config = clientAdapterConfig(options, base, 0);
   const serverInit = initAdapters(base, config, options.seed);

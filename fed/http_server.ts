@@ -25,13 +25,13 @@ import type { StepReport } from "./client.ts";
 import type { ClientEndpoint, EvaluateReply, FitReply } from "./endpoint.ts";
 import type { TrainOptions } from "./options.ts";
 import type { Join, Reply } from "./server_link.ts";
-import type { GPT2Config } from "../model/config.ts";
+import type { BaseConfig } from "../model/base.ts";
 
 /** What a client learns from GET /run. */
 export interface RunInfo {
   options: TrainOptions;
   /** The base model's config on the server: the client's must be the same. */
-  base: GPT2Config;
+  base: BaseConfig;
   /** Whether the server still needs the frozen base's test perplexity (not on a resumed run). */
   needPretrained: boolean;
 }

@@ -3,7 +3,7 @@
 // and never trained, with k = E: the top-k softmax of E equal logits is exactly the uniform mean
 // of the experts, and the adapters file keeps interfaces.md's layout.
 import { type AdapterConfig, initAdapters } from "../model/adapters.ts";
-import type { GPT2Config } from "../model/config.ts";
+import { type BaseConfig, dimsOf } from "../model/base.ts";
 import { OptionError } from "../model/option_error.ts";
 
 export const METHODS = [
@@ -141,21 +141,21 @@ export function methodAdapterConfig(
   spec: MethodSpec,
   lora: LoraSettings,
   experts: number,
-  base: GPT2Config,
+  base: BaseConfig,
 ): AdapterConfig {
   const uniform = spec.router === "uniform";
   return {
     ...lora,
     topK: uniform ? experts : lora.topK,
     lbCoef: uniform ? 0 : lora.lbCoef,
-    experts: new Array(base.n_layer).fill(experts),
+    experts: new Array(dimsOf(base).layers).fill(experts),
   };
 }
 
 /** Fresh adapters for a client under `spec` (methods without a router get a zero router). */
 export function methodInitAdapters(
   spec: MethodSpec,
-  base: GPT2Config,
+  base: BaseConfig,
   config: AdapterConfig,
   seed: number,
 ): Map<string, Float32Array> {

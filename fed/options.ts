@@ -3,7 +3,7 @@
 // GPU; the paper's values are reachable) and their checks. Errors name the option
 // (OptionError); the CLI says the same with its flag.
 import { MAX_EXPERTS } from "../model/adapters.ts";
-import type { GPT2Config } from "../model/config.ts";
+import { type BaseConfig, dimsOf } from "../model/base.ts";
 import { checkChoice, checkInteger, checkReal, OptionError } from "../model/option_error.ts";
 import { type Aggregation, AGGREGATIONS, DEFAULT_TRIM } from "./aggregate.ts";
 import { DP_MODES, type DpMode } from "./privacy.ts";
@@ -245,12 +245,13 @@ export function withCurrentDefaults(saved: TrainOptions): TrainOptions {
 }
 
 /** Checks `options` against the base model they will train (before anything is created). */
-export function checkAgainstBase(options: TrainOptions, base: GPT2Config): void {
-  if (options.seq > base.n_positions) {
+export function checkAgainstBase(options: TrainOptions, base: BaseConfig): void {
+  const { context } = dimsOf(base);
+  if (options.seq > context) {
     throw new OptionError(
       "seq",
       `${options.seq} exceeds the context of the base model ({model} ${options.model}): ` +
-        `${base.n_positions} tokens`,
+        `${context} tokens`,
     );
   }
 }

@@ -4,7 +4,7 @@
 // a browser tab runs it from fetched bytes (cli/browser_page.ts). Both compute the same thing.
 import type { Engine } from "../engine/device.ts";
 import type { AdapterConfig } from "../model/adapters.ts";
-import type { GPT2Config } from "../model/config.ts";
+import type { BaseConfig } from "../model/base.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { type BatchProgress, evaluationProgress } from "../model/progress.ts";
@@ -53,7 +53,7 @@ export async function federate(
   engine: Engine,
   run: {
     options: TrainOptions;
-    config: GPT2Config;
+    config: BaseConfig;
     weights: Map<string, Float32Array>;
     categories: readonly Streams[];
     resume?: Checkpoint;

@@ -1,11 +1,19 @@
 // The adapters of one client (method.md §1, interfaces.md "Adapters of one client"): attention
-// LoRA on c_attn and c_proj of every block, E_i LoRA experts on every MLP (expert 0 is the
-// generalist) and, when E_i > 1, a router. On the CPU they are a map from canonical names to
-// f32 data (what files, messages and aggregation see); on the GPU each block's experts are
-// stacked into one tensor per LoRA matrix, so the fused MoE kernel binds all experts at once.
+// LoRA on every block (GPT-2: c_attn and c_proj; Llama family: the adapted q/k/v/o projections),
+// E_i LoRA experts on every MLP (expert 0 is the generalist) and, when E_i > 1, a router. On the
+// CPU they are a map from canonical names to f32 data (what files, messages and aggregation see);
+// on the GPU each block's experts are stacked into one tensor per LoRA matrix, so the fused
+// mixture kernel binds all experts at once (model/adapter_layout.ts says where each name lives).
 import type { Engine } from "../engine/device.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import type { GPT2Config } from "./config.ts";
+import {
+  adapterLayout,
+  type BlockLayout,
+  layoutShapes,
+  LORA_TARGETS,
+  type LoraTarget,
+} from "./adapter_layout.ts";
+import { type BaseConfig, dimsOf, isLlama } from "./base.ts";
 import { NormalSource } from "./init.ts";
 import {
   CheckpointError,
@@ -31,6 +39,8 @@ export interface AdapterConfig {
   lbCoef: number;
   /** ρ, the generalist's importance in the load-balancing loss. */
   lbRho: number;
+  /** Llama family: the attention projections with LoRA (absent: all four). */
+  targets?: LoraTarget[];
 }
 
 import { MAX_EXPERTS } from "../kernels/topk_gate.ts";
@@ -46,40 +56,18 @@ export function loraScale(config: AdapterConfig): number {
 }
 
 /** Canonical adapter names → shapes, in file order (expert 0 first in every block). */
-export function adapterShapes(base: GPT2Config, config: AdapterConfig): Map<string, number[]> {
-  const C = base.n_embd, H = 4 * C, r = config.rank;
-  const shapes = new Map<string, number[]>();
-  config.experts.forEach((E, i) => {
-    const h = `h.${i}`;
-    shapes.set(`${h}.attn.c_attn.lora_A`, [r, C]);
-    shapes.set(`${h}.attn.c_attn.lora_B`, [3 * C, r]);
-    shapes.set(`${h}.attn.c_proj.lora_A`, [r, C]);
-    shapes.set(`${h}.attn.c_proj.lora_B`, [C, r]);
-    for (let j = 0; j < E; j++) {
-      const e = `${h}.mlp.experts.${j}`;
-      shapes.set(`${e}.c_fc.lora_A`, [r, C]);
-      shapes.set(`${e}.c_fc.lora_B`, [H, r]);
-      shapes.set(`${e}.c_proj.lora_A`, [r, H]);
-      shapes.set(`${e}.c_proj.lora_B`, [C, r]);
-    }
-    if (E > 1) shapes.set(`${h}.mlp.router.weight`, [E, C]);
-  });
-  return shapes;
+export function adapterShapes(base: BaseConfig, config: AdapterConfig): Map<string, number[]> {
+  return layoutShapes(adapterLayout(base, config), config.rank, dimsOf(base).hidden);
 }
 
-/** Whether a name belongs to the attention LoRA, the generalist (expert 0), or the router. */
-export function adapterRole(name: string): "attention" | "generalist" | "specialist" | "router" {
-  if (name.includes(".attn.")) return "attention";
-  if (name.endsWith(".router.weight")) return "router";
-  return /\.mlp\.experts\.0\./.test(name) ? "generalist" : "specialist";
-}
+export { adapterRole } from "./adapter_layout.ts";
 
 /**
  * Fresh adapters, deterministic from `seed`: lora_A ~ U(−1/√in, 1/√in) (PEFT's Kaiming-uniform
  * bound), lora_B = 0 (so the adapted model starts as the base), router N(0, 0.02²).
  */
 export function initAdapters(
-  base: GPT2Config,
+  base: BaseConfig,
   config: AdapterConfig,
   seed: number,
 ): Map<string, Float32Array> {
@@ -106,13 +94,14 @@ export function adapterMetadata(config: AdapterConfig): Record<string, string> {
     n_experts: same ? String(config.experts[0]) : config.experts.join(","),
     lb_coef: String(config.lbCoef),
     lb_rho: String(config.lbRho),
+    ...config.targets ? { lora_targets: config.targets.join(",") } : {},
   };
 }
 
 /** Reads the metadata of an adapters file; every problem is named with the file. */
 export function parseAdapterMetadata(
   metadata: Record<string, string>,
-  base: GPT2Config,
+  base: BaseConfig,
   source: string,
 ): AdapterConfig {
   const fail = (message: string): never => {
@@ -144,10 +133,11 @@ export function parseAdapterMetadata(
   if (experts.some((E) => !Number.isInteger(E) || E < 1 || E > MAX_EXPERTS)) {
     fail(`__metadata__ "n_experts" = "${expertsText}": each count must be 1..${MAX_EXPERTS}`);
   }
-  if (experts.length !== 1 && experts.length !== base.n_layer) {
+  const layers = dimsOf(base).layers;
+  if (experts.length !== 1 && experts.length !== layers) {
     fail(
       `__metadata__ "n_experts" = "${expertsText}" lists ${experts.length} layers; the model ` +
-        `has ${base.n_layer} (give one count for all layers or one per layer)`,
+        `has ${layers} (give one count for all layers or one per layer)`,
     );
   }
   const config: AdapterConfig = {
@@ -155,9 +145,10 @@ export function parseAdapterMetadata(
     alpha: number("lora_alpha"),
     scaling: scaling as LoraScaling,
     topK: integer("top_k", 1),
-    experts: experts.length === 1 ? new Array(base.n_layer).fill(experts[0]) : experts,
+    experts: experts.length === 1 ? new Array(layers).fill(experts[0]) : experts,
     lbCoef: number("lb_coef", "0.01"),
     lbRho: number("lb_rho", "0.5"),
+    ...parseTargets(metadata.lora_targets, base, fail),
   };
   if (!(config.lbCoef >= 0)) fail(`__metadata__ "lb_coef" = ${config.lbCoef} must be ≥ 0`);
   if (!(config.lbRho > 0 && config.lbRho < 1)) {
@@ -166,20 +157,39 @@ export function parseAdapterMetadata(
   return config;
 }
 
+/** `lora_targets`: the adapted attention projections of a Llama-family file (absent: all). */
+function parseTargets(
+  text: string | undefined,
+  base: BaseConfig,
+  fail: (message: string) => never,
+): { targets?: LoraTarget[] } {
+  if (text === undefined) return {};
+  if (!isLlama(base)) fail(`__metadata__ "lora_targets" is for the Llama family, not GPT-2`);
+  const targets = text === "" ? [] : text.split(",");
+  const known = LORA_TARGETS as readonly string[];
+  if (targets.some((t) => !known.includes(t)) || new Set(targets).size !== targets.length) {
+    fail(
+      `__metadata__ "lora_targets" = "${text}": a comma-separated subset of ` +
+        `${LORA_TARGETS.join(",")} without repeats`,
+    );
+  }
+  return { targets: targets as LoraTarget[] };
+}
+
 export interface AdapterFile {
   config: AdapterConfig;
   values: Map<string, Float32Array>;
 }
 
 /** Loads and validates an adapters file against the base model it adapts. */
-export async function loadAdapters(path: string, base: GPT2Config): Promise<AdapterFile> {
+export async function loadAdapters(path: string, base: BaseConfig): Promise<AdapterFile> {
   return decodeAdapters(await readCheckpointBytes(path), base, path);
 }
 
 /** An adapters file's bytes (encodeAdapters), validated against the base model it adapts. */
 export function decodeAdapters(
   bytes: Uint8Array,
-  base: GPT2Config,
+  base: BaseConfig,
   path = "adapters",
 ): AdapterFile {
   const { tensors, metadata } = parseSafetensors(bytes, path);
@@ -200,7 +210,8 @@ export function decodeAdapters(
     throw new CheckpointError(
       path,
       `does not fit ${config.experts.join(",")} experts of rank ${config.rank} on this ` +
-        `${base.n_layer}-layer, ${base.n_embd}-wide model: ${problems.join("; ")}`,
+        `${dimsOf(base).layers}-layer, ${dimsOf(base).hidden}-wide model: ` +
+        problems.join("; "),
     );
   }
   const values = new Map<string, Float32Array>();
@@ -210,7 +221,7 @@ export function decodeAdapters(
 
 export async function saveAdapters(
   path: string,
-  base: GPT2Config,
+  base: BaseConfig,
   file: AdapterFile,
 ): Promise<void> {
   await writeFileAtomic(path, encodeAdapters(base, file));
@@ -218,7 +229,7 @@ export async function saveAdapters(
 
 /** An adapter file's bytes (safetensors with the config in its metadata). */
 export function encodeAdapters(
-  base: GPT2Config,
+  base: BaseConfig,
   { config, values }: AdapterFile,
 ): Uint8Array<ArrayBuffer> {
   const tensors: [string, NamedTensor][] = [];
@@ -232,52 +243,57 @@ export function encodeAdapters(
 
 /** One block's adapter tensors on the GPU. */
 export interface BlockAdapterTensors {
-  attnA: Tensor;
-  attnB: Tensor;
-  projA: Tensor;
-  projB: Tensor;
-  /** The experts' LoRA matrices stacked: [E, r, C], [E, H, r], [E, r, H], [E, C, r]. */
-  experts: { fcA: Tensor; fcB: Tensor; projA: Tensor; projB: Tensor };
-  /** [E, C]; absent when E = 1. */
+  /** Each adapted attention layer's LoRA pair (A [r, in], B [out, r]), by layer name. */
+  attention: Map<string, { A: Tensor; B: Tensor }>;
+  /** The experts' LoRA matrices stacked [E, rows, cols], by the mixture kernel's keys. */
+  experts: Record<string, Tensor>;
+  /** [E, hidden]; absent when E = 1. */
   router?: Tensor;
 }
-
-const EXPERT_PARTS = [
-  ["fcA", "c_fc.lora_A"],
-  ["fcB", "c_fc.lora_B"],
-  ["projA", "c_proj.lora_A"],
-  ["projB", "c_proj.lora_B"],
-] as const;
 
 /** A client's adapters on the GPU, read and written through canonical names. */
 export class AdapterTensors {
   readonly blocks: BlockAdapterTensors[];
   readonly shapes: Map<string, number[]>;
+  /** Canonical name → the GPU tensor holding it (and the expert's index in a stack). */
+  readonly #places = new Map<string, { tensor: Tensor; index?: number }>();
 
   constructor(
     readonly engine: Engine,
-    readonly base: GPT2Config,
+    readonly base: BaseConfig,
     readonly config: AdapterConfig,
     values: ReadonlyMap<string, Float32Array>,
   ) {
     this.shapes = adapterShapes(base, config);
-    const C = base.n_embd, H = 4 * C, r = config.rank;
-    this.blocks = config.experts.map((E, i) => {
-      const h = `h.${i}`;
-      const tensor = (shape: number[], label: string) => engine.tensor(shape, { label });
-      return {
-        attnA: tensor([r, C], `${h}.attn.c_attn.lora_A`),
-        attnB: tensor([3 * C, r], `${h}.attn.c_attn.lora_B`),
-        projA: tensor([r, C], `${h}.attn.c_proj.lora_A`),
-        projB: tensor([C, r], `${h}.attn.c_proj.lora_B`),
-        experts: {
-          fcA: tensor([E, r, C], `${h}.mlp.experts.c_fc.lora_A`),
-          fcB: tensor([E, H, r], `${h}.mlp.experts.c_fc.lora_B`),
-          projA: tensor([E, r, H], `${h}.mlp.experts.c_proj.lora_A`),
-          projB: tensor([E, C, r], `${h}.mlp.experts.c_proj.lora_B`),
-        },
-        router: E > 1 ? tensor([E, C], `${h}.mlp.router.weight`) : undefined,
-      };
+    const r = config.rank;
+    const tensor = (shape: number[], label: string) => engine.tensor(shape, { label });
+    this.blocks = adapterLayout(base, config).map((block: BlockLayout) => {
+      const attention = new Map(block.attention.map((a) => {
+        const pair = {
+          A: tensor([r, a.inputs], a.name("lora_A")),
+          B: tensor([a.outputs, r], a.name("lora_B")),
+        };
+        this.#places.set(a.name("lora_A"), { tensor: pair.A });
+        this.#places.set(a.name("lora_B"), { tensor: pair.B });
+        return [a.layer, pair];
+      }));
+      const experts: Record<string, Tensor> = {};
+      for (const e of block.experts) {
+        const stack = tensor(
+          [block.count, e.rows, e.cols],
+          e.name(0).replace(".experts.0.", ".experts."),
+        );
+        experts[e.key] = stack;
+        for (let j = 0; j < block.count; j++) {
+          this.#places.set(e.name(j), { tensor: stack, index: j });
+        }
+      }
+      let router: Tensor | undefined;
+      if (block.router) {
+        router = tensor([block.count, dimsOf(base).hidden], block.router);
+        this.#places.set(block.router, { tensor: router });
+      }
+      return { attention, experts, router };
     });
     this.load(values);
   }
@@ -285,11 +301,8 @@ export class AdapterTensors {
   /** The LoRA tensors (attention and experts), the experts' optimiser's parameters. */
   loraParams(): Tensor[] {
     return this.blocks.flatMap((b) => [
-      b.attnA,
-      b.attnB,
-      b.projA,
-      b.projB,
-      ...EXPERT_PARTS.map(([key]) => b.experts[key]),
+      ...[...b.attention.values()].flatMap(({ A, B }) => [A, B]),
+      ...Object.values(b.experts),
     ]);
   }
 
@@ -314,7 +327,7 @@ export class AdapterTensors {
       if (data.length !== shape[0] * shape[1]) {
         throw new Error(`adapters: ${name} has ${data.length} values, expected [${shape}]`);
       }
-      const { tensor, index } = this.#locate(name);
+      const { tensor, index } = this.#places.get(name)!;
       if (index === undefined) {
         this.engine.write(tensor, data);
         continue;
@@ -353,7 +366,7 @@ export class AdapterTensors {
     const read = new Map<Tensor, Float32Array>();
     const out = new Map<string, Float32Array>();
     for (const [name, shape] of this.shapes) {
-      const { tensor, index } = this.#locate(name);
+      const { tensor, index } = this.#places.get(name)!;
       let data = read.get(tensor);
       if (!data) {
         data = await this.engine.readF32(source(tensor));
@@ -363,20 +376,6 @@ export class AdapterTensors {
       out.set(name, index === undefined ? data : data.slice(index * size, (index + 1) * size));
     }
     return out;
-  }
-
-  /** The GPU tensor holding `name`, and the expert index inside it for stacked experts. */
-  #locate(name: string): { tensor: Tensor; index?: number } {
-    const match = /^h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.router|mlp\.experts\.(\d+))\.(.+)$/
-      .exec(name);
-    const block = match ? this.blocks[Number(match[1])] : undefined;
-    if (!match || !block) throw new Error(`adapters: unknown tensor ${name}`);
-    const [, , part, expert, leaf] = match;
-    if (part === "attn.c_attn") return { tensor: leaf === "lora_A" ? block.attnA : block.attnB };
-    if (part === "attn.c_proj") return { tensor: leaf === "lora_A" ? block.projA : block.projB };
-    if (part === "mlp.router") return { tensor: block.router! };
-    const key = EXPERT_PARTS.find(([, suffix]) => suffix === leaf)![0];
-    return { tensor: block.experts[key], index: Number(expert) };
   }
 
   dispose(): void {

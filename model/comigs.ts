@@ -13,7 +13,9 @@ import { matmul } from "../kernels/matmul.ts";
 import { moeMlp } from "../kernels/moe_mlp.ts";
 import { topkGate } from "../kernels/topk_gate.ts";
 import { type AdapterTensors, loraScale } from "./adapters.ts";
-import type { BlockAdapters, GPT2, GPT2Batch } from "./gpt2.ts";
+import { dimsOf } from "./base.ts";
+import type { BlockAdapters, GPT2 } from "./gpt2.ts";
+import type { TokenBatch } from "./batch.ts";
 
 export interface AdaptedOutput {
   /** [1]: mean next-token cross-entropy (no auxiliary term). */
@@ -50,9 +52,8 @@ export abstract class AttentionLora implements BlockAdapters {
     x: Tensor,
     frozen: Tensor,
   ): Tensor {
-    const b = this.adapters.blocks[block];
-    const [a, bMatrix] = layer === "c_attn" ? [b.attnA, b.attnB] : [b.projA, b.projB];
-    return loraLinear(tape, x, frozen, a, bMatrix, this.scale);
+    const { A, B } = this.adapters.blocks[block].attention.get(layer)!;
+    return loraLinear(tape, x, frozen, A, B, this.scale);
   }
 }
 
@@ -80,7 +81,10 @@ class MixtureOfExperts extends AttentionLora {
       fcBias: this.model.param(`${mlp}.c_fc.bias`),
       projWeight: this.model.param(`${mlp}.c_proj.weight`),
       projBias: this.model.param(`${mlp}.c_proj.bias`),
-      ...experts,
+      fcA: experts.fcA,
+      fcB: experts.fcB,
+      projA: experts.projA,
+      projB: experts.projB,
     }, this.scale);
   }
 }
@@ -90,12 +94,13 @@ export function forwardAdapted(
   tape: Tape,
   model: GPT2,
   adapters: AdapterTensors,
-  batch: GPT2Batch,
+  batch: TokenBatch,
 ): AdaptedOutput {
   const { n_layer, n_embd } = model.config;
-  if (adapters.config.experts.length !== n_layer || adapters.base.n_embd !== n_embd) {
+  const width = dimsOf(adapters.base).hidden;
+  if (adapters.config.experts.length !== n_layer || width !== n_embd) {
     throw new ShapeError(
-      `adapters for ${adapters.config.experts.length} blocks of width ${adapters.base.n_embd} ` +
+      `adapters for ${adapters.config.experts.length} blocks of width ${width} ` +
         `on a model of ${n_layer} blocks of width ${n_embd}`,
     );
   }

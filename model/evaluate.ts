@@ -2,8 +2,8 @@
 import type { Engine } from "../engine/device.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import type { GPT2Config } from "./config.ts";
-import type { GPT2Batch } from "./gpt2.ts";
+import type { BaseConfig } from "./base.ts";
+import type { TokenBatch } from "./batch.ts";
 import type { BatchProgress } from "./progress.ts";
 import { StreamCapture } from "./stream_capture.ts";
 
@@ -13,12 +13,12 @@ export class StreamEvaluator {
 
   constructor(
     engine: Engine,
-    config: GPT2Config,
+    config: BaseConfig,
     stream: Uint32Array,
     B: number,
     T: number,
     /** Records the forward pass of a batch and returns its per-token losses [B·T]. */
-    tokenLosses: (tape: Tape, batch: GPT2Batch) => Tensor,
+    tokenLosses: (tape: Tape, batch: TokenBatch) => Tensor,
   ) {
     this.#capture = new StreamCapture(
       engine,

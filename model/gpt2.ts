@@ -8,63 +8,16 @@ import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add } from "../kernels/add.ts";
 import { attention } from "../kernels/attention.ts";
-import { checkTargets, crossEntropyWithRowLosses } from "../kernels/cross_entropy.ts";
-import { embedding, IndexInput, splitRows } from "../kernels/embedding.ts";
+import { crossEntropyWithRowLosses } from "../kernels/cross_entropy.ts";
+import { embedding, splitRows } from "../kernels/embedding.ts";
 import { gelu } from "../kernels/gelu.ts";
 import { layerNorm } from "../kernels/layernorm.ts";
 import { matmul } from "../kernels/matmul.ts";
+import type { BaseModel, ModelOutput } from "./base_model.ts";
+import type { TokenBatch } from "./batch.ts";
 import { type GPT2Config, parameterShapes } from "./config.ts";
 
-/** The token ids of one step: B sequences of T+1 ids give inputs and next-token targets. */
-export class GPT2Batch {
-  readonly ids: IndexInput;
-  readonly positions: IndexInput;
-  readonly targets: Tensor;
-
-  constructor(
-    readonly engine: Engine,
-    readonly config: GPT2Config,
-    readonly B: number,
-    readonly T: number,
-  ) {
-    if (!Number.isInteger(B) || B < 1 || !Number.isInteger(T) || T < 1) {
-      throw new ShapeError(`batch: B=${B} and T=${T} must be positive integers`);
-    }
-    if (T > config.n_positions) {
-      throw new ShapeError(`batch: T=${T} exceeds the model's n_positions ${config.n_positions}`);
-    }
-    this.ids = new IndexInput(engine, B * T, config.vocab_size, "token ids");
-    this.positions = new IndexInput(engine, B * T, config.n_positions, "positions");
-    this.positions.set(Array.from({ length: B * T }, (_, n) => n % T));
-    this.targets = engine.tensor([B * T], { dtype: "u32", label: "targets" });
-  }
-
-  /** Writes B sequences of T+1 ids (inputs: all but the last id; targets: all but the first). */
-  set(sequences: readonly (readonly number[])[]): void {
-    const { B, T } = this;
-    if (sequences.length !== B || sequences.some((s) => s.length !== T + 1)) {
-      throw new ShapeError(`batch: expected ${B} sequences of ${T + 1} token ids`);
-    }
-    const targets = sequences.flatMap((s) => s.slice(1));
-    checkTargets(targets, this.config.vocab_size);
-    this.ids.set(sequences.flatMap((s) => s.slice(0, T)));
-    this.engine.write(this.targets, targets);
-  }
-
-  dispose(): void {
-    this.ids.dispose();
-    this.positions.dispose();
-    this.targets.dispose();
-  }
-}
-
-export interface GPT2Output {
-  /** [B·T, V]. */
-  logits: Tensor;
-  /** [1]: mean next-token cross-entropy. */
-  loss: Tensor;
-  /** [B·T]: each position's cross-entropy (no gradient). */
-  tokenLosses: Tensor;
+export interface GPT2Output extends ModelOutput {
   /** The final hidden states after ln_f, [B·T, C]. */
   hidden: Tensor;
 }
@@ -85,7 +38,7 @@ export interface BlockAdapters {
   mlp(tape: Tape, block: number, x: Tensor): Tensor;
 }
 
-export class GPT2 {
+export class GPT2 implements BaseModel {
   /** Base tensors under their canonical Hugging Face names. */
   readonly params = new Map<string, Tensor>();
   /** wte in row blocks that fit one storage binding (one block for small vocabularies). */
@@ -121,7 +74,7 @@ export class GPT2 {
   }
 
   /** Records the forward pass of `batch` on `tape`, through `adapters` when given. */
-  forward(tape: Tape, batch: GPT2Batch, adapters?: BlockAdapters): GPT2Output {
+  forward(tape: Tape, batch: TokenBatch, adapters?: BlockAdapters): GPT2Output {
     const tokens = embedding(tape, this.#wteBlocks, batch.ids);
     let x = add(tape, tokens, embedding(tape, this.param("wpe.weight"), batch.positions));
     for (let i = 0; i < this.config.n_layer; i++) x = this.block(tape, x, i, batch, adapters);
@@ -132,7 +85,7 @@ export class GPT2 {
   }
 
   /** x + attn(ln_1(x)), then x + mlp(ln_2(x)). */
-  block(tape: Tape, x: Tensor, i: number, batch: GPT2Batch, adapters?: BlockAdapters): Tensor {
+  block(tape: Tape, x: Tensor, i: number, batch: TokenBatch, adapters?: BlockAdapters): Tensor {
     const h = `h.${i}`;
     x = add(
       tape,
@@ -147,7 +100,7 @@ export class GPT2 {
     );
   }
 
-  attention(tape: Tape, x: Tensor, i: number, batch: GPT2Batch, adapters?: BlockAdapters): Tensor {
+  attention(tape: Tape, x: Tensor, i: number, batch: TokenBatch, adapters?: BlockAdapters): Tensor {
     const linear = (input: Tensor, layer: "c_attn" | "c_proj") => {
       const frozen = this.linear(tape, input, `h.${i}.attn.${layer}`);
       return adapters ? adapters.attentionLinear(tape, i, layer, input, frozen) : frozen;

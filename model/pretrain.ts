@@ -21,7 +21,8 @@ import { saveBpe, trainBpe } from "./bpe_train.ts";
 import { saveBaseCheckpoint } from "./checkpoint.ts";
 import { type GPT2Config, parameterCount, parameterShapes } from "./config.ts";
 import { StreamEvaluator } from "./evaluate.ts";
-import { GPT2, GPT2Batch } from "./gpt2.ts";
+import { GPT2 } from "./gpt2.ts";
+import { TokenBatch } from "./batch.ts";
 import { initWeights } from "./init.ts";
 import { checkInteger, checkReal, OptionError } from "./option_error.ts";
 import { AdamW } from "./optim.ts";
@@ -192,7 +193,7 @@ export async function pretrain(
   const model = new GPT2(engine, config, saved?.weights ?? initWeights(config, options.seed));
   model.setTrainable(true);
   const params = [...model.params.values()];
-  const trainBatch = new GPT2Batch(engine, config, B, T);
+  const trainBatch = new TokenBatch(engine, config, B, T);
   const tape = new Tape(engine);
   const { loss } = model.forward(tape, trainBatch);
   const forward = tape.forward();

@@ -7,8 +7,8 @@ import type { Engine } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import type { GPT2Config } from "./config.ts";
-import { GPT2Batch } from "./gpt2.ts";
+import type { BaseConfig } from "./base.ts";
+import { TokenBatch } from "./batch.ts";
 import { evalBatches, type EvalWindow, evalWindows } from "./pretrain_data.ts";
 
 /**
@@ -17,7 +17,7 @@ import { evalBatches, type EvalWindow, evalWindows } from "./pretrain_data.ts";
  * copying the recorded tensors into its own slots of one buffer that is read once at the end.
  */
 export class StreamCapture {
-  readonly #batch: GPT2Batch;
+  readonly #batch: TokenBatch;
   readonly #tape: Tape;
   readonly #forward: ReturnType<Tape["forward"]>;
   readonly #tensors: Tensor[];
@@ -31,14 +31,14 @@ export class StreamCapture {
 
   constructor(
     readonly engine: Engine,
-    config: GPT2Config,
+    config: BaseConfig,
     stream: Uint32Array,
     readonly B: number,
     readonly T: number,
     /** Records the forward pass of a batch; returns tensors of B·T rows each ([B·T] or [B·T, width]). */
-    record: (tape: Tape, batch: GPT2Batch) => Tensor[],
+    record: (tape: Tape, batch: TokenBatch) => Tensor[],
   ) {
-    this.#batch = new GPT2Batch(engine, config, B, T);
+    this.#batch = new TokenBatch(engine, config, B, T);
     this.#tape = new Tape(engine);
     try {
       this.#tensors = this.#tape.noGrad(() => record(this.#tape, this.#batch));

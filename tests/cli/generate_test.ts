@@ -6,7 +6,8 @@ import { assert, assertEquals } from "../assert.ts";
 import { Tape } from "../../engine/tape.ts";
 import { type BaseCheckpoint, saveBaseCheckpoint } from "../../model/checkpoint.ts";
 import { type GPT2Config, parameterShapes } from "../../model/config.ts";
-import { GPT2, GPT2Batch } from "../../model/gpt2.ts";
+import { GPT2 } from "../../model/gpt2.ts";
+import { TokenBatch } from "../../model/batch.ts";
 import { saveBpe, trainBpe } from "../../model/bpe_train.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { gpuTest, Rng } from "../util.ts";
@@ -102,7 +103,7 @@ gpuTest("generate: greedy output equals step-by-step argmax through GPT2", async
   for (const [prompt, maxTokens] of cases) {
     const tokens = tokenizer.encode(prompt);
     const T = Math.min(config.n_positions, tokens.length + maxTokens);
-    const batch = new GPT2Batch(engine, config, 1, T);
+    const batch = new TokenBatch(engine, config, 1, T);
     const tape = new Tape(engine);
     const { logits } = gpt2.forward(tape, batch);
     const forward = tape.forward();

@@ -10,7 +10,8 @@ import { Tape } from "../../engine/tape.ts";
 import { adapterRole, AdapterTensors } from "../../model/adapters.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
 import { forwardAdapted } from "../../model/comigs.ts";
-import { GPT2, GPT2Batch } from "../../model/gpt2.ts";
+import { GPT2 } from "../../model/gpt2.ts";
+import { TokenBatch } from "../../model/batch.ts";
 import { makeClient } from "../../fed/factories.ts";
 import type { Method } from "../../fed/methods.ts";
 import { resolveTrainOptions, type TrainOptions } from "../../fed/options.ts";
@@ -79,7 +80,7 @@ async function routerGradient(
 ): Promise<Float32Array[]> {
   const adapters = new AdapterTensors(engine, base.config, config, values);
   for (const p of adapters.routerParams()) p.requiresGrad = true;
-  const batch = new GPT2Batch(engine, base.config, B, T);
+  const batch = new TokenBatch(engine, base.config, B, T);
   batch.set(Array.from({ length: B }, () => new Array(T + 1).fill(id)));
   const tape = new Tape(engine);
   const { objective } = forwardAdapted(tape, model, adapters, batch);

@@ -7,7 +7,8 @@ import { assert, assertEquals } from "../assert.ts";
 import { Tape } from "../../engine/tape.ts";
 import { loadBaseCheckpoint, saveBaseCheckpoint } from "../../model/checkpoint.ts";
 import { type GPT2Config, parameterShapes } from "../../model/config.ts";
-import { GPT2, GPT2Batch } from "../../model/gpt2.ts";
+import { GPT2 } from "../../model/gpt2.ts";
+import { TokenBatch } from "../../model/batch.ts";
 import { initWeights } from "../../model/init.ts";
 import { type NamedTensor, writeSafetensors } from "../../model/safetensors.ts";
 import { assertClose, gpuTest } from "../util.ts";
@@ -120,7 +121,7 @@ gpuTest(
 
       const model = new GPT2(engine, loaded.config, loaded.weights);
       model.setTrainable(true);
-      const batch = new GPT2Batch(engine, GPT2_124M, 1, T);
+      const batch = new TokenBatch(engine, GPT2_124M, 1, T);
       const ids = sequence();
       batch.set([ids]);
       const inputs = ids.slice(0, T), targets = ids.slice(1);

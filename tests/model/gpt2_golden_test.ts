@@ -4,7 +4,8 @@
 import { AdamW } from "../../model/optim.ts";
 import { Tape, zeroGrad } from "../../engine/tape.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
-import { GPT2, GPT2Batch } from "../../model/gpt2.ts";
+import { GPT2 } from "../../model/gpt2.ts";
+import { TokenBatch } from "../../model/batch.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
 import { assertClose, gpuTest } from "../util.ts";
 
@@ -31,7 +32,7 @@ gpuTest("GPT-2 loss, logits and every gradient match PyTorch's debug state", asy
   const { config, weights, tokens, debug } = await setup();
   const model = new GPT2(engine, config, weights);
   model.setTrainable(true);
-  const batch = new GPT2Batch(engine, config, tokens.length, tokens[0].length - 1);
+  const batch = new TokenBatch(engine, config, tokens.length, tokens[0].length - 1);
   batch.set(tokens);
   const tape = new Tape(engine);
   const { loss, logits } = model.forward(tape, batch);
@@ -53,7 +54,7 @@ gpuTest("GPT-2 reproduces PyTorch's first 10 AdamW losses", async (engine) => {
   const model = new GPT2(engine, config, weights);
   model.setTrainable(true);
   const params = [...model.params.values()];
-  const batch = new GPT2Batch(engine, config, tokens.length, tokens[0].length - 1);
+  const batch = new TokenBatch(engine, config, tokens.length, tokens[0].length - 1);
   batch.set(tokens);
   const tape = new Tape(engine);
   const { loss } = model.forward(tape, batch);
