@@ -59,7 +59,12 @@ export { AdamW, type AdamWOptions, type AdamWState, type ParamGroup } from "./mo
 export { cosineLr } from "./model/schedule.ts";
 export { type Progress, type ProgressUpdate, silentProgress } from "./model/progress.ts";
 export { OptionError } from "./model/option_error.ts";
-export { type AdapterSource, type LoadedModel, loadModel } from "./model/load.ts";
+export { type AdapterSource, createModel, type LoadedModel, loadModel } from "./model/load.ts";
+export { type BaseConfig, type BaseDims, dimsOf, type Family, familyOf } from "./model/base.ts";
+export type { BaseModel, ModelOutput } from "./model/base_model.ts";
+export { Llama, type LlamaBlockAdapters } from "./model/llama.ts";
+export { type LlamaConfig, parseLlamaConfig } from "./model/llama_config.ts";
+export { loadModelTokenizer } from "./model/tokenizer.ts";
 export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./model/generate.ts";
 export {
   type EvalRecord,

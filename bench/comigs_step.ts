@@ -11,7 +11,7 @@ import type { Tensor } from "../engine/tensor.ts";
 import { gelu } from "../kernels/gelu.ts";
 import { loraLinear } from "../kernels/lora.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapters.ts";
-import { loadBaseCheckpoint } from "../model/checkpoint.ts";
+import { loadGpt2Checkpoint } from "../model/gpt2_checkpoint.ts";
 import { AttentionLora, forwardAdapted } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { TokenBatch } from "../model/batch.ts";
@@ -95,7 +95,7 @@ export async function comigsVsLoraStep(
   engine: Engine,
   opts: { runs: number },
 ): Promise<Record<string, unknown>[]> {
-  const { config, weights } = await loadBaseCheckpoint(MODEL);
+  const { config, weights } = await loadGpt2Checkpoint(MODEL);
   const model = new GPT2(engine, config, weights);
   const batch = new TokenBatch(engine, config, B, T);
   let seed = 7;

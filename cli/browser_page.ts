@@ -14,7 +14,7 @@ import type { Streams } from "../fed/streams.ts";
 import { encodeAdapters } from "../model/adapters.ts";
 import { parseBaseCheckpoint } from "../model/checkpoint.ts";
 import { kernelVariant } from "../kernels/variant.ts";
-import { GPT2 } from "../model/gpt2.ts";
+import { createModel } from "../model/load.ts";
 import { serializeSafetensors } from "../model/safetensors.ts";
 import type { PageEvent, RunInput } from "./browser_protocol.ts";
 import type { EvaluationUpdate, Progress, ProgressUpdate } from "../model/progress.ts";
@@ -85,7 +85,7 @@ async function main(): Promise<void> {
 
   if (input.mode === "join") {
     // One client of a networked run: its own category, its state in this tab.
-    const model = new GPT2(engine, base.config, base.weights);
+    const model = createModel(engine, base.config, base.weights);
     const client = makeClient(engine, model, options, categories[0], input.client);
     await clientLoop({
       link: new HttpServerLink(input.server, input.client, progress),

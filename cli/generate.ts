@@ -9,8 +9,9 @@ import {
   GENERATE_DEFAULTS,
   type GenerateOptions,
 } from "../model/generate.ts";
-import { GPT2 } from "../model/gpt2.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { dimsOf } from "../model/base.ts";
+import { createModel } from "../model/load.ts";
+import { loadModelTokenizer } from "../model/tokenizer.ts";
 import {
   type Flags,
   type FlagSpec,
@@ -70,13 +71,13 @@ async function main(): Promise<void> {
   const options = parseOptions(flags);
   const modelDir = flags.model as string;
   const { config, weights } = await loadBaseCheckpoint(modelDir);
-  const tokenizer = await loadTokenizer(modelDir, config.vocab_size);
+  const tokenizer = await loadModelTokenizer(modelDir, config);
   // The prompt first, dimmed on a terminal, so the continuation reads on from it.
   await writeAll(Deno.stdout.isTerminal() ? `\x1b[2m${prompt}\x1b[0m` : prompt);
   if (options.maxTokens === 0) return await writeAll("\n");
 
   const engine = await startEngine();
-  const model = new GPT2(engine, config, weights); // parameters stay frozen: inference only
+  const model = createModel(engine, config, weights); // frozen: inference only
   const started = performance.now();
   for await (const token of generate(engine, model, tokenizer, prompt, options)) {
     await writeAll(token.text);
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
   await writeAll("\n");
   const seconds = (performance.now() - started) / 1000;
   const context = contextLength(
-    config.n_positions,
+    dimsOf(config).context,
     tokenizer.encode(prompt).length,
     options.maxTokens,
   );

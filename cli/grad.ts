@@ -6,8 +6,8 @@ import type { Tensor } from "../engine/tensor.ts";
 import { adapterShapes, AdapterTensors, loadAdapters } from "../model/adapters.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { forwardAdapted } from "../model/comigs.ts";
-import { type GPT2Config, parameterShapes } from "../model/config.ts";
-import { GPT2 } from "../model/gpt2.ts";
+import { type BaseConfig, baseParameterShapes, dimsOf } from "../model/base.ts";
+import { createModel } from "../model/load.ts";
 import { TokenBatch } from "../model/batch.ts";
 import { type NamedTensor, writeSafetensors } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
@@ -26,7 +26,8 @@ const FLAGS: FlagSpec = {
 };
 
 /** Reads and validates the --tokens file against the model's config. */
-export async function readTokenFile(path: string, config: GPT2Config): Promise<number[][]> {
+export async function readTokenFile(path: string, config: BaseConfig): Promise<number[][]> {
+  const { context, vocab } = dimsOf(config);
   let json: unknown;
   try {
     json = JSON.parse(await Deno.readTextFile(path));
@@ -40,16 +41,16 @@ export async function readTokenFile(path: string, config: GPT2Config): Promise<n
   const sequences = json as unknown[];
   const length = Array.isArray(sequences[0]) ? sequences[0].length : -1;
   if (length < 2) fail("each sequence needs at least 2 token ids (T+1 with T ≥ 1)");
-  if (length - 1 > config.n_positions) {
-    fail(`sequences of ${length} ids give T=${length - 1} > n_positions ${config.n_positions}`);
+  if (length - 1 > context) {
+    fail(`sequences of ${length} ids give T=${length - 1} > the model's context ${context}`);
   }
   sequences.forEach((s, b) => {
     if (!Array.isArray(s) || s.length !== length) {
       fail(`sequence ${b} does not have ${length} ids like sequence 0`);
     }
     (s as unknown[]).forEach((id, t) => {
-      if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= config.vocab_size) {
-        fail(`sequence ${b}, position ${t}: ${id} is not a token id below ${config.vocab_size}`);
+      if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= vocab) {
+        fail(`sequence ${b}, position ${t}: ${id} is not a token id below ${vocab}`);
       }
     });
   });
@@ -70,7 +71,7 @@ async function main(): Promise<void> {
     ? await loadAdapters(flags.adapters, config)
     : undefined;
   const engine = await startEngine();
-  const model = new GPT2(engine, config, weights);
+  const model = createModel(engine, config, weights);
   const B = sequences.length, T = sequences[0].length - 1;
   const batch = new TokenBatch(engine, config, B, T);
   batch.set(sequences);
@@ -98,9 +99,11 @@ async function main(): Promise<void> {
       shape: [1],
       data: output.lb ? await engine.readF32(output.lb) : new Float32Array(1),
     }],
-    ["logits", { shape: [B, T, config.vocab_size], data: await engine.readF32(output.logits) }],
+    ["logits", { shape: [B, T, dimsOf(config).vocab], data: await engine.readF32(output.logits) }],
   ];
-  const shapes = adapterFile ? adapterShapes(config, adapterFile.config) : parameterShapes(config);
+  const shapes = adapterFile
+    ? adapterShapes(config, adapterFile.config)
+    : baseParameterShapes(config);
   for (const [name, data] of await gradients()) {
     tensors.push([`grad.${name}`, { shape: shapes.get(name)!, data }]);
   }

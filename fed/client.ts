@@ -14,7 +14,7 @@ import { type AdapterConfig, adapterRole, AdapterTensors } from "../model/adapte
 import { forwardAdapted } from "../model/comigs.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { cosineLr } from "../model/schedule.ts";
-import { type GPT2 } from "../model/gpt2.ts";
+import type { BaseModel } from "../model/base_model.ts";
 import { TokenBatch } from "../model/batch.ts";
 import { BatchSampler } from "../model/pretrain_data.ts";
 import { mix } from "../model/rng.ts";
@@ -99,7 +99,7 @@ export class Client {
 
   constructor(
     readonly engine: Engine,
-    readonly model: GPT2,
+    readonly model: BaseModel,
     readonly id: number,
     readonly data: ClientData,
     readonly spec: MethodSpec,

@@ -4,7 +4,7 @@
 // run the same loop. Where the client's state is kept is the caller's (StateStore): files in
 // Deno, memory in a tab.
 import { encodeAdapters } from "../model/adapters.ts";
-import type { GPT2 } from "../model/gpt2.ts";
+import type { BaseModel } from "../model/base_model.ts";
 import { evaluationProgress, type Progress } from "../model/progress.ts";
 import type { Client } from "./client.ts";
 import { LocalEndpoint } from "./endpoint.ts";
@@ -55,7 +55,7 @@ export async function clientLoop(
   { link, options, model, client, data, store, progress, saveAdapters }: {
     link: ServerLink;
     options: TrainOptions;
-    model: GPT2;
+    model: BaseModel;
     client: Client;
     data: Streams;
     store: StateStore;

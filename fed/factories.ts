@@ -4,7 +4,7 @@
 import type { Engine } from "../engine/device.ts";
 import { type AdapterConfig, adapterRole, adapterShapes, initAdapters } from "../model/adapters.ts";
 import type { BaseConfig } from "../model/base.ts";
-import type { GPT2 } from "../model/gpt2.ts";
+import type { BaseModel } from "../model/base_model.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import { mix } from "../model/rng.ts";
 import { Client } from "./client.ts";
@@ -28,7 +28,7 @@ export function localSteps(options: TrainOptions): number {
 /** Client `id` of a run: its adapters from the method's init, its data, its schedule. */
 export function makeClient(
   engine: Engine,
-  model: GPT2,
+  model: BaseModel,
   options: TrainOptions,
   data: Streams,
   id: number,

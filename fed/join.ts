@@ -5,7 +5,7 @@
 // before), and after the last evaluation adapters.safetensors: its specialists never leave it.
 import type { Engine } from "../engine/device.ts";
 import type { BaseCheckpoint } from "../model/checkpoint.ts";
-import { GPT2 } from "../model/gpt2.ts";
+import { createModel } from "../model/load.ts";
 import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/safetensors.ts";
 import type { Progress } from "../model/progress.ts";
 import type { Client, ClientState } from "./client.ts";
@@ -36,7 +36,7 @@ export async function joinRun(
 ): Promise<{ name: string; rounds: number }> {
   const { progress } = hooks;
   const { server, options, config, weights, data } = await openJoin(join, hooks);
-  const model = new GPT2(engine, config, weights);
+  const model = createModel(engine, config, weights);
   const client = makeClient(engine, model, options, data, join.client);
   try {
     const rounds = await clientLoop({

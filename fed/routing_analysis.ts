@@ -10,13 +10,14 @@ import type { Engine } from "../engine/device.ts";
 import { type AdapterFile, AdapterTensors, loadAdapters } from "../model/adapters.ts";
 import { type BaseCheckpoint, loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { forwardAdapted } from "../model/comigs.ts";
-import { GPT2 } from "../model/gpt2.ts";
+import { dimsOf } from "../model/base.ts";
+import { createModel } from "../model/load.ts";
 import { checkInteger, OptionError } from "../model/option_error.ts";
 import { tokenStream } from "../model/pretrain_data.ts";
 import { evaluationProgress, type Progress, silentProgress } from "../model/progress.ts";
 import { type ClientRouting, streamWords, tallyGates } from "../model/routing.ts";
 import { StreamCapture } from "../model/stream_capture.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadModelTokenizer } from "../model/tokenizer.ts";
 import { METHOD_SPECS, METHODS } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
 import { readRunConfig } from "./run_folder.ts";
@@ -65,7 +66,7 @@ export async function planRouting(
     );
   }
   const base = await loadBaseCheckpoint(options.model);
-  const n = base.config.n_layer;
+  const n = dimsOf(base.config).layers;
   if (layer !== undefined && layer >= n) {
     throw new OptionError(
       "layer",
@@ -94,7 +95,7 @@ export async function analyseRouting(
 ): Promise<ClientRouting[]> {
   const { options, base, layers, maxTokens } = plan;
   const { config, weights } = base;
-  const tokenizer = await loadTokenizer(options.model, config.vocab_size);
+  const tokenizer = await loadModelTokenizer(options.model, config);
   const corpora = await loadScenario(options.scenario, {
     clients: options.clients,
     ood: options.ood,
@@ -106,7 +107,7 @@ export async function analyseRouting(
     if (text === undefined) pieces.set(id, text = tokenizer.decode([id]));
     return text;
   };
-  const model = new GPT2(engine, config, weights);
+  const model = createModel(engine, config, weights);
   const results: ClientRouting[] = [];
   try {
     for (const [id, file] of plan.adapters.entries()) {

@@ -8,7 +8,7 @@ import type { Progress } from "../model/progress.ts";
 import { OptionError } from "../model/option_error.ts";
 import { CheckpointError, serializeSafetensors } from "../model/safetensors.ts";
 import { TokenizerError } from "../model/tokenizer_contract.ts";
-import { loadTokenizer } from "../model/tokenizer.ts";
+import { loadModelTokenizer } from "../model/tokenizer.ts";
 import { makeStrategy } from "./factories.ts";
 import { RemoteEndpoint, serverHandler } from "./http_server.ts";
 import { checkFederated } from "./methods.ts";
@@ -115,7 +115,7 @@ export async function loadRunInputs(
 ): Promise<BaseCheckpoint & { categories: Streams[] }> {
   const { config, weights, tokenizer } = await asModelOption(async () => {
     const base = await loadBaseCheckpoint(options.model);
-    return { ...base, tokenizer: await loadTokenizer(options.model, base.config.vocab_size) };
+    return { ...base, tokenizer: await loadModelTokenizer(options.model, base.config) };
   });
   checkAgainstBase(options, config);
   const documents = corpora ?? await loadScenario(options.scenario, {

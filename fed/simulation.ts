@@ -6,7 +6,8 @@ import type { Engine } from "../engine/device.ts";
 import type { AdapterConfig } from "../model/adapters.ts";
 import type { BaseConfig } from "../model/base.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
-import { GPT2 } from "../model/gpt2.ts";
+import type { BaseModel } from "../model/base_model.ts";
+import { createModel } from "../model/load.ts";
 import { type BatchProgress, evaluationProgress } from "../model/progress.ts";
 import { OptionError } from "../model/option_error.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
@@ -77,7 +78,7 @@ export async function federate(
         .join(", ") +
       " train/val/test tokens",
   );
-  const model = new GPT2(engine, config, run.weights);
+  const model = createModel(engine, config, run.weights);
   const record = hooks.record;
 
   // The frozen base on every category's test split: the comparison column (and the whole run
@@ -142,7 +143,7 @@ export async function federate(
 
 /** The frozen base model's perplexity over every token of `stream` (the comparison column). */
 export async function basePerplexity(
-  model: GPT2,
+  model: BaseModel,
   stream: Uint32Array,
   batch: number,
   seq: number,

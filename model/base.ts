@@ -3,8 +3,8 @@
 // families keep their Hugging Face config keys (model/config.ts, model/llama_config.ts); this
 // file only tells them apart and reads the few numbers the rest of the code uses
 // (model/base_model.ts: the model itself).
-import type { GPT2Config } from "./config.ts";
-import type { LlamaConfig } from "./llama_config.ts";
+import { type GPT2Config, parameterShapes } from "./config.ts";
+import { type LlamaConfig, llamaParameterShapes } from "./llama_config.ts";
 
 export type BaseConfig = GPT2Config | LlamaConfig;
 export type Family = "gpt2" | "llama";
@@ -41,4 +41,9 @@ export function dimsOf(config: BaseConfig): BaseDims {
       vocab: config.vocab_size,
       context: config.n_positions,
     };
+}
+
+/** Every base tensor's canonical name and shape, in file order. */
+export function baseParameterShapes(config: BaseConfig): Map<string, number[]> {
+  return isLlama(config) ? llamaParameterShapes(config) : parameterShapes(config);
 }

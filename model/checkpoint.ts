@@ -1,26 +1,52 @@
-// Base-model folders in the Hugging Face GPT-2 layout: config.json + model.safetensors. Reading
-// accepts Hugging Face's quirks (a `transformer.` prefix, an `lm_head.weight` tied to `wte`, the
-// causal-mask buffers) and names every missing, unexpected or mis-shaped tensor at once.
-import { type GPT2Config, parameterShapes, parseConfig } from "./config.ts";
+// Base-model folders of either family in the Hugging Face layout: config.json (its model_type
+// says the family: "llama" or "qwen2" for the Llama family, "gpt2" or none for GPT-2) and the
+// weights (model/gpt2_checkpoint.ts, model/llama_checkpoint.ts read and check each family's).
+import type { BaseConfig } from "./base.ts";
 import {
-  CheckpointError,
-  type NamedTensor,
-  parseSafetensors,
-  readSafetensors,
-  writeFileAtomic,
-  writeSafetensors,
-} from "./safetensors.ts";
+  gpt2ConfigFromText,
+  loadGpt2Checkpoint,
+  parseGpt2Checkpoint,
+  saveGpt2Checkpoint,
+} from "./gpt2_checkpoint.ts";
+import type { GPT2Config } from "./config.ts";
+import {
+  checkLlamaTensors,
+  loadLlamaCheckpoint,
+  parseLlamaConfigText,
+  saveLlamaCheckpoint,
+} from "./llama_checkpoint.ts";
+import { isLlama } from "./base.ts";
+import { CheckpointError, parseSafetensors } from "./safetensors.ts";
 
 export interface BaseCheckpoint {
-  config: GPT2Config;
-  /** Canonical names (no prefix) to f32 data in the tensor's own shape. */
+  config: BaseConfig;
+  /** Canonical names to f32 data in the tensor's own shape. */
   weights: Map<string, Float32Array>;
 }
 
-/** Causal-mask buffers Hugging Face stores in some GPT-2 files; they carry no parameters. */
-const MASK_BUFFER = /^h\.\d+\.attn\.(bias|masked_bias)$/;
+const LLAMA_TYPES = ["llama", "qwen2"];
 
-export async function readConfig(dir: string): Promise<GPT2Config> {
+/** Whether the text of a config.json is of the Llama family (else it is read as GPT-2). */
+function isLlamaText(text: string, path: string): boolean {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError(path, `not valid JSON (${(e as Error).message})`);
+  }
+  const type = (json as { model_type?: unknown } | null)?.model_type;
+  return typeof type === "string" && LLAMA_TYPES.includes(type);
+}
+
+/** The configuration of a config.json's text, of either family. */
+export function configFromText(text: string, path: string): BaseConfig {
+  return isLlamaText(text, path)
+    ? parseLlamaConfigText(text, path)
+    : gpt2ConfigFromText(text, path);
+}
+
+/** A base folder's configuration. */
+export async function readConfig(dir: string): Promise<BaseConfig> {
   const path = `${dir}/config.json`;
   let text: string;
   try {
@@ -31,102 +57,30 @@ export async function readConfig(dir: string): Promise<GPT2Config> {
   return configFromText(text, path);
 }
 
+/** A base folder's configuration and weights, checked against each other. */
 export async function loadBaseCheckpoint(dir: string): Promise<BaseCheckpoint> {
-  const config = await readConfig(dir);
-  const path = `${dir}/model.safetensors`;
-  const { tensors } = await readSafetensors(path);
-  return { config, weights: checkBaseTensors(config, tensors, path) };
+  return isLlama(await readConfig(dir))
+    ? await loadLlamaCheckpoint(dir)
+    : await loadGpt2Checkpoint(dir);
 }
 
-/** A base model from the contents of its two files (a browser tab fetches them). */
+/** A base model from the contents of config.json and one model.safetensors (a browser tab). */
 export function parseBaseCheckpoint(
   configText: string,
   safetensors: Uint8Array,
   dir: string,
 ): BaseCheckpoint {
-  const config = configFromText(configText, `${dir}/config.json`);
-  const path = `${dir}/model.safetensors`;
-  const { tensors } = parseSafetensors(safetensors, path);
-  return { config, weights: checkBaseTensors(config, tensors, path) };
+  const path = `${dir}/config.json`;
+  if (!isLlamaText(configText, path)) return parseGpt2Checkpoint(configText, safetensors, dir);
+  const config = parseLlamaConfigText(configText, path);
+  const source = `${dir}/model.safetensors`;
+  const { tensors } = parseSafetensors(safetensors, source);
+  return { config, weights: checkLlamaTensors(config, tensors, source) };
 }
 
-function configFromText(text: string, path: string): GPT2Config {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new CheckpointError(path, `not valid JSON (${(e as Error).message})`);
-  }
-  return parseConfig(json, path);
-}
-
-/** Maps file tensors to canonical names and checks them against the config's layout. */
-export function checkBaseTensors(
-  config: GPT2Config,
-  tensors: Map<string, NamedTensor>,
-  source: string,
-): Map<string, Float32Array> {
-  const expected = parameterShapes(config);
-  const found = new Map<string, NamedTensor>();
-  let lmHead: NamedTensor | undefined;
-  const unexpected: string[] = [];
-  for (const [fileName, tensor] of tensors) {
-    const name = fileName.startsWith("transformer.") ? fileName.slice(12) : fileName;
-    if (MASK_BUFFER.test(name)) continue;
-    if (name === "lm_head.weight") lmHead = tensor;
-    else if (expected.has(name)) found.set(name, tensor);
-    else unexpected.push(fileName);
-  }
-  const problems: string[] = [];
-  const missing = [...expected.keys()].filter((name) => !found.has(name));
-  if (missing.length) problems.push(`missing tensors: ${missing.join(", ")}`);
-  if (unexpected.length) problems.push(`unexpected tensors: ${unexpected.join(", ")}`);
-  for (const [name, tensor] of found) {
-    const shape = expected.get(name)!;
-    if (tensor.shape.join() !== shape.join()) {
-      problems.push(`${name} has shape [${tensor.shape}], expected [${shape}]`);
-    }
-  }
-  const wte = found.get("wte.weight");
-  if (lmHead && wte && !sameValues(lmHead.data, wte.data)) {
-    problems.push("lm_head.weight differs from wte.weight (only tied embeddings are supported)");
-  }
-  if (problems.length) {
-    throw new CheckpointError(
-      source,
-      `does not match the GPT-2 layout of its config.json:\n  ${problems.join("\n  ")}`,
-    );
-  }
-  return new Map([...expected.keys()].map((name) => [name, found.get(name)!.data]));
-}
-
-function sameValues(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-/** Writes config.json and model.safetensors (canonical names, F32), each atomically. */
+/** Writes config.json and one F32 model.safetensors (canonical names), each atomically. */
 export async function saveBaseCheckpoint(dir: string, checkpoint: BaseCheckpoint): Promise<void> {
   const { config, weights } = checkpoint;
-  const shapes = parameterShapes(config);
-  for (const [name, shape] of shapes) {
-    const size = shape.reduce((a, b) => a * b, 1);
-    if (weights.get(name)?.length !== size) {
-      throw new CheckpointError(
-        dir,
-        `cannot save: ${name} needs ${size} values of shape [${shape}]`,
-      );
-    }
-  }
-  await Deno.mkdir(dir, { recursive: true });
-  const hfConfig = { model_type: "gpt2", architectures: ["GPT2LMHeadModel"], ...config };
-  await writeFileAtomic(
-    `${dir}/config.json`,
-    new TextEncoder().encode(JSON.stringify(hfConfig, null, 2) + "\n"),
-  );
-  await writeSafetensors(
-    `${dir}/model.safetensors`,
-    [...shapes].map(([name, shape]) => [name, { shape, data: weights.get(name)! }]),
-  );
+  if (isLlama(config)) await saveLlamaCheckpoint(dir, { config, weights });
+  else await saveGpt2Checkpoint(dir, { config: config as GPT2Config, weights });
 }

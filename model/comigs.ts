@@ -14,7 +14,8 @@ import { moeMlp } from "../kernels/moe_mlp.ts";
 import { topkGate } from "../kernels/topk_gate.ts";
 import { type AdapterTensors, loraScale } from "./adapters.ts";
 import { dimsOf } from "./base.ts";
-import type { BlockAdapters, GPT2 } from "./gpt2.ts";
+import type { BaseModel } from "./base_model.ts";
+import { type BlockAdapters, GPT2 } from "./gpt2.ts";
 import type { TokenBatch } from "./batch.ts";
 
 export interface AdaptedOutput {
@@ -92,10 +93,13 @@ class MixtureOfExperts extends AttentionLora {
 /** Records the adapted model's forward pass of `batch`, with its training objective. */
 export function forwardAdapted(
   tape: Tape,
-  model: GPT2,
+  model: BaseModel,
   adapters: AdapterTensors,
   batch: TokenBatch,
 ): AdaptedOutput {
+  if (!(model instanceof GPT2)) {
+    throw new ShapeError("CoMiGS adapters on the Llama family are not wired in yet");
+  }
   const { n_layer, n_embd } = model.config;
   const width = dimsOf(adapters.base).hidden;
   if (adapters.config.experts.length !== n_layer || width !== n_embd) {

@@ -7,7 +7,8 @@ import type { Engine } from "../engine/device.ts";
 import { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { roundDown, viewAlignment } from "../kernels/chunks.ts";
-import { type GPT2 } from "./gpt2.ts";
+import { dimsOf } from "./base.ts";
+import type { BaseModel } from "./base_model.ts";
 import { TokenBatch } from "./batch.ts";
 import { checkInteger, checkReal } from "./option_error.ts";
 import { Mulberry32 } from "./rng.ts";
@@ -51,7 +52,7 @@ export function checkGenerateOptions(options: GenerateOptions): void {
  */
 export async function* generate(
   engine: Engine,
-  model: GPT2,
+  model: BaseModel,
   tokenizer: Tokenizer,
   prompt: string,
   options: GenerateOptions,
@@ -60,7 +61,7 @@ export async function* generate(
   const tokens = tokenizer.encode(prompt);
   if (tokens.length === 0) throw new RangeError("generate: the prompt encodes to no tokens");
   if (options.maxTokens === 0) return;
-  const T = contextLength(model.config.n_positions, tokens.length, options.maxTokens);
+  const T = contextLength(dimsOf(model.config).context, tokens.length, options.maxTokens);
   const batch = new TokenBatch(engine, model.config, 1, T); // targets stay zero: never read
   const tape = new Tape(engine);
   try {

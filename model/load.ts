@@ -3,16 +3,31 @@
 // adapter configuration, or a client's adapters file.
 import type { Engine } from "../engine/device.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters, loadAdapters } from "./adapters.ts";
+import { type BaseConfig, isLlama } from "./base.ts";
+import type { BaseModel } from "./base_model.ts";
 import { loadBaseCheckpoint } from "./checkpoint.ts";
+import type { GPT2Config } from "./config.ts";
 import { GPT2 } from "./gpt2.ts";
-import { loadTokenizer } from "./tokenizer.ts";
+import { Llama } from "./llama.ts";
+import { loadModelTokenizer } from "./tokenizer.ts";
 import type { Tokenizer } from "./tokenizer_contract.ts";
+
+/** The base model of `config`'s family on the engine, with `weights`. */
+export function createModel(
+  engine: Engine,
+  config: BaseConfig,
+  weights: ReadonlyMap<string, Float32Array>,
+): BaseModel {
+  return isLlama(config)
+    ? new Llama(engine, config, weights)
+    : new GPT2(engine, config as GPT2Config, weights);
+}
 
 /** Which adapters to put on the base: fresh (deterministic from `seed`), or a file's. */
 export type AdapterSource = { config: AdapterConfig; seed?: number } | { file: string };
 
 export interface LoadedModel {
-  base: GPT2;
+  base: BaseModel;
   tokenizer: Tokenizer;
   /** The adapters, when asked for (run forwardAdapted with them). */
   adapters: AdapterTensors | null;
@@ -27,9 +42,9 @@ export async function loadModel(
   adapters?: AdapterSource,
 ): Promise<LoadedModel> {
   const { config, weights } = await loadBaseCheckpoint(dir);
-  const tokenizer = await loadTokenizer(dir, config.vocab_size);
+  const tokenizer = await loadModelTokenizer(dir, config);
   const file = adapters && "file" in adapters ? await loadAdapters(adapters.file, config) : null;
-  const base = new GPT2(engine, config, weights);
+  const base = createModel(engine, config, weights);
   let tensors: AdapterTensors | null = null;
   if (file) tensors = new AdapterTensors(engine, config, file.config, file.values);
   else if (adapters && "config" in adapters) {

@@ -4,7 +4,9 @@
 // the literal characters "<|endoftext|>" encode as ordinary tokens and never as `eotId`; callers
 // insert `eotId` themselves (between documents). This keeps user text from smuggling in control
 // tokens. Decoding `eotId` gives the text "<|endoftext|>".
+import { type BaseConfig, dimsOf, isLlama } from "./base.ts";
 import { BpeTokenizer, EOT, TokenBytes } from "./bpe.ts";
+import { loadHfTokenizer } from "./hf_tokenizer.ts";
 import { type TextStream, type Tokenizer, TokenizerError } from "./tokenizer_contract.ts";
 
 export { type TextStream, type Tokenizer, TokenizerError };
@@ -31,6 +33,20 @@ export async function loadTokenizer(modelDir: string, vocabSize: number): Promis
     );
   }
   return tokenizer;
+}
+
+/**
+ * The tokenizer beside a base model of either family: Hugging Face's tokenizer.json when there
+ * is one (the Llama family's, model/hf_tokenizer.ts; its end-of-text and begin ids from the
+ * config when tokenizer_config.json names none), else as loadTokenizer finds it.
+ */
+export async function loadModelTokenizer(modelDir: string, config: BaseConfig): Promise<Tokenizer> {
+  const { vocab } = dimsOf(config);
+  if (!await exists(`${modelDir}/tokenizer.json`)) return await loadTokenizer(modelDir, vocab);
+  return await loadHfTokenizer(modelDir, {
+    vocabSize: vocab,
+    ...isLlama(config) ? { eosTokenId: config.eos_token_id, bosTokenId: config.bos_token_id } : {},
+  });
 }
 
 async function r50kOrFail(modelDir: string, vocabSize: number): Promise<Tokenizer> {

@@ -108,7 +108,7 @@ Deno.test("grad rejects bad inputs with one clear message", async () => {
     [["--model", GOLDEN, "--tokens", tokens({}), "--out", "o"], "non-empty JSON array"],
     [
       ["--model", GOLDEN, "--tokens", tokens([Array(26).fill(0)]), "--out", "o"],
-      "T=25 > n_positions 24",
+      "T=25 > the model's context 24",
     ],
     [["--model", `${dir}/none`, "--tokens", `${GOLDEN}/tokens.json`, "--out", "o"], "cannot read"],
     [

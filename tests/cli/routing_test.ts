@@ -14,6 +14,7 @@ import {
 import { TRAIN_DEFAULTS as DEFAULTS, type TrainOptions } from "../../fed/options.ts";
 import { loadScenario } from "../../fed/scenarios.ts";
 import { saveAdapters } from "../../model/adapters.ts";
+import { dimsOf } from "../../model/base.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { tokenStream } from "../../model/pretrain_data.ts";
 import { type RoutingRow, streamWords } from "../../model/routing.ts";
@@ -107,7 +108,7 @@ Deno.test({
     const markdown = await Deno.readTextFile(join(dir, "routing.md"));
     assertEquals(stdout, markdown + "\n");
     const report: Report = JSON.parse(await Deno.readTextFile(join(dir, "routing.json")));
-    const n = (await readConfig(MODEL)).n_layer;
+    const n = dimsOf(await readConfig(MODEL)).layers;
     assertEquals(
       report.rows.map((r) => [r.client, r.layer, r.experts]),
       [0, 1].flatMap((c) => [...Array(n).keys()].map((l) => [c, l, [1, 3][c]])),

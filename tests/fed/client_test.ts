@@ -13,7 +13,7 @@ import {
 } from "../../fed/methods.ts";
 import type { Engine } from "../../engine/device.ts";
 import { type AdapterConfig, adapterRole, initAdapters } from "../../model/adapters.ts";
-import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint } from "../../model/gpt2_checkpoint.ts";
 import { StreamEvaluator } from "../../model/evaluate.ts";
 import { PclStrategy } from "../../fed/pcl.ts";
 import { Guard } from "../../fed/guard.ts";
@@ -24,7 +24,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";
 
 const GOLDEN = new URL("../golden/gpt2-tiny", import.meta.url).pathname;
-const base = await loadBaseCheckpoint(GOLDEN);
+const base = await loadGpt2Checkpoint(GOLDEN);
 
 function stream(seed: number, length: number): Uint32Array {
   const rng = new Rng(seed);

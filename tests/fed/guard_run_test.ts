@@ -4,7 +4,7 @@
 // untouched and resume bit-identically; DP runs spend a privacy that grows with the rounds,
 // report it, and resume bit-identically.
 import type { Engine } from "../../engine/device.ts";
-import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint } from "../../model/gpt2_checkpoint.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { silentProgress } from "../../model/progress.ts";
 import { type ClientEndpoint, LocalEndpoint } from "../../fed/endpoint.ts";
@@ -19,7 +19,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";
 
 const GOLDEN = new URL("../golden/gpt2-tiny", import.meta.url).pathname;
-const base = await loadBaseCheckpoint(GOLDEN);
+const base = await loadGpt2Checkpoint(GOLDEN);
 
 function randomStream(seed: number, length = 300): Uint32Array {
   const rng = new Rng(seed);

@@ -8,7 +8,7 @@
 import type { Engine } from "../../engine/device.ts";
 import { Tape } from "../../engine/tape.ts";
 import { adapterRole, AdapterTensors } from "../../model/adapters.ts";
-import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint } from "../../model/gpt2_checkpoint.ts";
 import { forwardAdapted } from "../../model/comigs.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { TokenBatch } from "../../model/batch.ts";
@@ -22,7 +22,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { gpuTest, Rng } from "../util.ts";
 
 const GOLDEN = new URL("../golden/gpt2-tiny", import.meta.url).pathname;
-const base = await loadBaseCheckpoint(GOLDEN);
+const base = await loadGpt2Checkpoint(GOLDEN);
 const V = base.config.vocab_size;
 const B = 2, T = 8;
 

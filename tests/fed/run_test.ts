@@ -8,6 +8,7 @@ import { ProgressBar } from "../../cli/progress.ts";
 import { METHODS } from "../../fed/methods.ts";
 import { RunStopped, runTraining } from "../../fed/run.ts";
 import { adapterRole, loadAdapters } from "../../model/adapters.ts";
+import { dimsOf } from "../../model/base.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
@@ -106,7 +107,7 @@ gpuTest(
         join(out, "clients", String(id), "adapters.safetensors"),
         base,
       );
-      assertEquals(config.experts, new Array(base.n_layer).fill([1, 3][id]));
+      assertEquals(config.experts, new Array(dimsOf(base).layers).fill([1, 3][id]));
       for (const [name, t] of global.tensors) {
         assertEquals([...values.get(name)!], [...t.data], `client ${id} ${name}`);
       }

@@ -2,7 +2,7 @@
 // must load as a Hugging Face GPT-2 folder with its own tokenizer, and its training log must
 // show the held-out perplexity falling, so `deno task train` can start from it after a clone.
 import { assert, assertEquals } from "../assert.ts";
-import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint as loadBaseCheckpoint } from "../../model/gpt2_checkpoint.ts";
 import { parameterCount } from "../../model/config.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 

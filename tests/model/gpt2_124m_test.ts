@@ -5,7 +5,7 @@
 // loaded back, then run forward and backward on one short sequence.
 import { assert, assertEquals } from "../assert.ts";
 import { Tape } from "../../engine/tape.ts";
-import { loadBaseCheckpoint, saveBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint, saveGpt2Checkpoint } from "../../model/gpt2_checkpoint.ts";
 import { type GPT2Config, parameterShapes } from "../../model/config.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { TokenBatch } from "../../model/batch.ts";
@@ -107,9 +107,9 @@ gpuTest(
       const { n_embd: C, vocab_size: V, n_positions: P } = GPT2_124M;
       const weights = initWeights(GPT2_124M, 124);
       // config.json (and a canonical file), then the file replaced by Hugging Face's layout.
-      await saveBaseCheckpoint(dir, { config: GPT2_124M, weights });
+      await saveGpt2Checkpoint(dir, { config: GPT2_124M, weights });
       await writeHuggingFaceLayout(dir, weights);
-      const loaded = await loadBaseCheckpoint(dir);
+      const loaded = await loadGpt2Checkpoint(dir);
       assertEquals(loaded.config, GPT2_124M);
       assertEquals([...loaded.weights.keys()], [...weights.keys()]);
       for (const name of ["wte.weight", "h.11.mlp.c_proj.weight", "ln_f.weight"]) {

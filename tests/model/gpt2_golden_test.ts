@@ -3,7 +3,7 @@
 // (2 layers, 3 heads of 12, vocab 101, 3 sequences of 13 tokens).
 import { AdamW } from "../../model/optim.ts";
 import { Tape, zeroGrad } from "../../engine/tape.ts";
-import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
+import { loadGpt2Checkpoint } from "../../model/gpt2_checkpoint.ts";
 import { GPT2 } from "../../model/gpt2.ts";
 import { TokenBatch } from "../../model/batch.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
@@ -22,7 +22,7 @@ const GRAD_TOL = { atol: 2e-7, rtol: 1e-4 };
 const TRAIN_TOL = { atol: 5e-5, rtol: 0 };
 
 async function setup() {
-  const { config, weights } = await loadBaseCheckpoint(GOLDEN);
+  const { config, weights } = await loadGpt2Checkpoint(GOLDEN);
   const tokens: number[][] = JSON.parse(await Deno.readTextFile(`${GOLDEN}/tokens.json`));
   const debug = await readSafetensors(`${GOLDEN}/debug.safetensors`);
   return { config, weights, tokens, debug };
