@@ -277,7 +277,7 @@ Deno.test("report: mean ± sample std over seeds, the best mean of each column i
   // `experts` differs between methods and `out` between runs: only shared settings are listed.
   assert(
     text.includes(
-      "settings: rounds 2, localSteps 5, batch 8, seq 128, lr 0.001, model models/base, clients 2.",
+      "settings: rounds 2, localSteps 5, batch 8, seq 128, lr 0.001, model models/base, clients 2,",
     ),
     text,
   );
