@@ -120,13 +120,19 @@ Deno.test("network: unknown clients, a second process joining as one, non-federa
   response = await call("/join?client=0", { method: "POST", body: "{not json" });
   assertEquals(response.status, 400);
   assert((await response.text()).startsWith("bad request: "));
-  const first =
-    (await (await call("/join?client=0", { method: "POST", body: JSON.stringify(join) })).json())
-      .session;
-  const second =
-    (await (await call("/join?client=0", { method: "POST", body: JSON.stringify(join) })).json())
-      .session;
-  response = await call(`/task?client=0&session=${first}`);
+  const joinAs = (body: unknown) =>
+    call("/join?client=0", { method: "POST", body: JSON.stringify(body) });
+  const first = await (await joinAs(join)).json();
+  assert(typeof first.credential === "string" && first.credential.length > 20, "no credential");
+  // Nobody else can take client 0 over: a join without (or with a wrong) credential is refused.
+  for (const credential of [undefined, "guessed"]) {
+    response = await joinAs({ ...join, credential });
+    assertEquals(response.status, 403);
+    assert((await response.text()).includes("only that device"));
+  }
+  // The same device, restarted, shows its credential: its new session replaces the old one.
+  const second = (await (await joinAs({ ...join, credential: first.credential })).json()).session;
+  response = await call(`/task?client=0&session=${first.session}`);
   assertEquals(
     [response.status, await response.text()],
     [409, "another process joined as client 0 after this one"],
