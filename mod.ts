@@ -39,7 +39,7 @@ export { topkGate } from "./kernels/topk_gate.ts";
 // Models: GPT-2, checkpoints, tokenizers, optimiser, schedule, progress, errors.
 export { type BlockAdapters, GPT2, type GPT2Output } from "./model/gpt2.ts";
 export { TokenBatch } from "./model/batch.ts";
-export { type GPT2Config, parameterCount, parameterShapes } from "./model/config.ts";
+export { type GPT2Config, parameterShapes } from "./model/config.ts";
 export {
   type BaseCheckpoint,
   loadBaseCheckpoint,
@@ -60,7 +60,15 @@ export { cosineLr } from "./model/schedule.ts";
 export { type Progress, type ProgressUpdate, silentProgress } from "./model/progress.ts";
 export { OptionError } from "./model/option_error.ts";
 export { type AdapterSource, createModel, type LoadedModel, loadModel } from "./model/load.ts";
-export { type BaseConfig, type BaseDims, dimsOf, type Family, familyOf } from "./model/base.ts";
+export {
+  type BaseConfig,
+  type BaseDims,
+  baseParameterShapes,
+  dimsOf,
+  type Family,
+  familyOf,
+  parameterCount,
+} from "./model/base.ts";
 export type { BaseModel, ModelOutput } from "./model/base_model.ts";
 export { Llama, type LlamaBlockAdapters } from "./model/llama.ts";
 export { type LlamaConfig, parseLlamaConfig } from "./model/llama_config.ts";

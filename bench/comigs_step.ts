@@ -12,7 +12,7 @@ import { gelu } from "../kernels/gelu.ts";
 import { loraLinear } from "../kernels/lora.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapters.ts";
 import { loadGpt2Checkpoint } from "../model/gpt2_checkpoint.ts";
-import { AttentionLora, forwardAdapted } from "../model/comigs.ts";
+import { forwardAdapted, Gpt2Mixture } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { TokenBatch } from "../model/batch.ts";
 
@@ -22,8 +22,8 @@ const B = 8, T = 128;
 const SAME_LOSS = 1e-4;
 
 /** LoRA on attention and on both MLP layers: the usual single-adapter fine-tuning. */
-class SingleLora extends AttentionLora {
-  mlp(tape: Tape, block: number, x: Tensor): Tensor {
+class SingleLora extends Gpt2Mixture {
+  override mlp(tape: Tape, block: number, x: Tensor): Tensor {
     const { fcA, fcB, projA, projB } = this.adapters.blocks[block].experts;
     const flat = (t: Tensor) => tape.reshape(t, t.shape.slice(1));
     const fc = `h.${block}.mlp.c_fc`, proj = `h.${block}.mlp.c_proj`;

@@ -38,6 +38,9 @@ const FLAG_KEYS: [string, keyof PretrainOptions][] = [
   ["layers", "layers"],
   ["heads", "heads"],
   ["embd", "embd"],
+  ["arch", "arch"],
+  ["kv-heads", "kvHeads"],
+  ["intermediate", "intermediate"],
 ];
 
 const USAGE = "deno task pretrain [--out DIR] [--steps N] ... | --resume DIR";
@@ -61,6 +64,19 @@ const FLAGS: FlagSpec = {
   layers: { type: "string", help: `transformer blocks, ≥ 1 (default ${DEFAULTS.layers})` },
   heads: { type: "string", help: `attention heads, dividing --embd (default ${DEFAULTS.heads})` },
   embd: { type: "string", help: `embedding width, ≥ 1 (default ${DEFAULTS.embd})` },
+  arch: {
+    type: "string",
+    help: `gpt2 | llama (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied ` +
+      `embeddings) (default ${DEFAULTS.arch})`,
+  },
+  "kv-heads": {
+    type: "string",
+    help: `llama: key/value heads, dividing --heads (default ${DEFAULTS.kvHeads})`,
+  },
+  intermediate: {
+    type: "string",
+    help: `llama: the SwiGLU MLP's width (default ${DEFAULTS.intermediate})`,
+  },
   resume: { type: "string", help: "continue the run in DIR (no other flag allowed)" },
   help: { type: "boolean", help: "show this help" },
 };
@@ -82,10 +98,11 @@ export function parseInvocation(args: string[]): Invocation {
   }
   const options = { ...DEFAULTS };
   for (const [flag, key] of FLAG_KEYS) {
-    if (key === "out") options.out = (flags.out as string | undefined) ?? options.out;
-    else {
+    if (key === "out" || key === "arch") {
+      (options[key] as string) = (flags[flag] as string | undefined) ?? options[key];
+    } else {
       const kind = key === "lr" ? "number" : "integer";
-      options[key] = numberFlag(flags, flag, kind) ?? options[key] as never;
+      options[key] = numberFlag(flags, flag, kind) ?? options[key];
     }
   }
   withFlags(FLAGS, () => checkPretrainOptions(options));

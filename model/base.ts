@@ -47,3 +47,10 @@ export function dimsOf(config: BaseConfig): BaseDims {
 export function baseParameterShapes(config: BaseConfig): Map<string, number[]> {
   return isLlama(config) ? llamaParameterShapes(config) : parameterShapes(config);
 }
+
+/** How many numbers the base model holds. */
+export function parameterCount(config: BaseConfig): number {
+  let n = 0;
+  for (const shape of baseParameterShapes(config).values()) n += shape.reduce((a, b) => a * b, 1);
+  return n;
+}

@@ -64,9 +64,3 @@ export function parameterShapes(config: GPT2Config): Map<string, number[]> {
   shapes.set("ln_f.bias", [C]);
   return shapes;
 }
-
-export function parameterCount(config: GPT2Config): number {
-  let n = 0;
-  for (const shape of parameterShapes(config).values()) n += shape.reduce((a, b) => a * b, 1);
-  return n;
-}

@@ -1,7 +1,10 @@
-// GPT-2's initialisation for training from scratch (as Hugging Face's GPT2PreTrainedModel and
-// nanoGPT do it): every weight matrix N(0, 0.02), the two residual projections of each block
-// (attn.c_proj, mlp.c_proj) N(0, 0.02/√(2·n_layer)) so the residual stream's variance does not
-// grow with depth, biases 0, LayerNorm weights 1 and biases 0. Deterministic from the seed.
+// Initialisations for training from scratch, deterministic from the seed, as Hugging Face's
+// PreTrainedModel classes do them. GPT-2 (GPT2PreTrainedModel, nanoGPT): every weight matrix
+// N(0, 0.02), the two residual projections of each block (attn.c_proj, mlp.c_proj)
+// N(0, 0.02/√(2·n_layer)) so the residual stream's variance does not grow with depth, biases 0,
+// LayerNorm weights 1 and biases 0. The Llama family (LlamaPreTrainedModel): every weight matrix
+// and the embeddings N(0, initializer_range = 0.02), biases 0, RMSNorm weights 1.
+import { type BaseConfig, baseParameterShapes, isLlama } from "./base.ts";
 import { type GPT2Config, parameterShapes } from "./config.ts";
 import { Mulberry32 } from "./rng.ts";
 
@@ -25,6 +28,20 @@ export function initWeights(config: GPT2Config, seed: number): Map<string, Float
       normal.fill(data, residual ? residualStd(config.n_layer) : INIT_STD);
     }
     // Biases (and LayerNorm biases) stay 0.
+    weights.set(name, data);
+  }
+  return weights;
+}
+
+/** Fresh weights of `config`'s family (see the header). */
+export function initBaseWeights(config: BaseConfig, seed: number): Map<string, Float32Array> {
+  if (!isLlama(config)) return initWeights(config as GPT2Config, seed);
+  const normal = new NormalSource(seed);
+  const weights = new Map<string, Float32Array>();
+  for (const [name, shape] of baseParameterShapes(config)) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (/layernorm\.weight$|^model\.norm\.weight$/.test(name)) data.fill(1);
+    else if (name.endsWith(".weight")) normal.fill(data, INIT_STD);
     weights.set(name, data);
   }
   return weights;

@@ -237,12 +237,6 @@ export function llamaParameterShapes(config: LlamaConfig): Map<string, number[]>
   return shapes;
 }
 
-export function llamaParameterCount(config: LlamaConfig): number {
-  let n = 0;
-  for (const shape of llamaParameterShapes(config).values()) n += shape.reduce((a, b) => a * b, 1);
-  return n;
-}
-
 /** The config.json transformers would write for this model (read back by parseLlamaConfig). */
 export function llamaConfigJson(config: LlamaConfig): Record<string, unknown> {
   return {

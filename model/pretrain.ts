@@ -19,12 +19,12 @@ import type { Engine } from "../engine/device.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import { saveBpe, trainBpe } from "./bpe_train.ts";
 import { saveBaseCheckpoint } from "./checkpoint.ts";
-import { type GPT2Config, parameterCount, parameterShapes } from "./config.ts";
+import { type BaseConfig, baseParameterShapes, parameterCount } from "./base.ts";
 import { StreamEvaluator } from "./evaluate.ts";
-import { GPT2 } from "./gpt2.ts";
 import { TokenBatch } from "./batch.ts";
-import { initWeights } from "./init.ts";
-import { checkInteger, checkReal, OptionError } from "./option_error.ts";
+import { initBaseWeights } from "./init.ts";
+import { createModel } from "./load.ts";
+import { checkChoice, checkInteger, checkReal, OptionError } from "./option_error.ts";
 import { AdamW } from "./optim.ts";
 import { BatchSampler, tokenStream } from "./pretrain_data.ts";
 import { evaluationProgress, type Progress, silentProgress } from "./progress.ts";
@@ -51,6 +51,12 @@ export interface PretrainOptions {
   layers: number;
   heads: number;
   embd: number;
+  /** gpt2, or llama (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied head). */
+  arch: "gpt2" | "llama";
+  /** llama: key/value heads, dividing heads (grouped-query attention). */
+  kvHeads: number;
+  /** llama: the SwiGLU MLP's width. */
+  intermediate: number;
 }
 
 export const PRETRAIN_DEFAULTS: PretrainOptions = {
@@ -67,6 +73,10 @@ export const PRETRAIN_DEFAULTS: PretrainOptions = {
   layers: 4,
   heads: 4,
   embd: 128,
+  arch: "gpt2",
+  kvHeads: 2,
+  // ≈ 8/3 of embd (Llama's ratio), a multiple of 8: a parameter count like GPT-2's 4·embd MLP.
+  intermediate: 344,
 };
 
 /** Checks every option (OptionError names the first bad one). */
@@ -83,6 +93,8 @@ export function checkPretrainOptions(options: PretrainOptions): void {
     ["layers", 1, Infinity],
     ["heads", 1, Infinity],
     ["embd", 1, Infinity],
+    ["kvHeads", 1, Infinity],
+    ["intermediate", 1, Infinity],
   ];
   for (const [key, min, max] of limits) checkInteger(key, options[key] as number, min, max);
   checkReal("lr", options.lr, (x) => x > 0, "> 0");
@@ -93,9 +105,39 @@ export function checkPretrainOptions(options: PretrainOptions): void {
   if (options.embd % options.heads !== 0) {
     throw new OptionError("embd", `${options.embd} must be divisible by {heads} ${options.heads}`);
   }
+  checkChoice("arch", options.arch, ["gpt2", "llama"] as const);
+  if (options.arch === "llama") {
+    if (options.heads % options.kvHeads !== 0) {
+      throw new OptionError("kvHeads", `${options.kvHeads} must divide {heads} ${options.heads}`);
+    }
+    if ((options.embd / options.heads) % 2 !== 0) {
+      throw new OptionError("embd", `/ {heads} must be even: rotary positions rotate pairs`);
+    }
+  }
 }
 
-export function modelConfig(options: PretrainOptions): GPT2Config {
+export function modelConfig(options: PretrainOptions): BaseConfig {
+  if (options.arch === "llama") {
+    return {
+      model_type: "llama",
+      hidden_size: options.embd,
+      intermediate_size: options.intermediate,
+      num_hidden_layers: options.layers,
+      num_attention_heads: options.heads,
+      num_key_value_heads: options.kvHeads,
+      head_dim: options.embd / options.heads,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      rope_scaling: null,
+      max_position_embeddings: options.seq,
+      vocab_size: options.vocab,
+      tie_word_embeddings: true,
+      attention_bias: false,
+      bos_token_id: null,
+      // Our BPE's end-of-text token is its last.
+      eos_token_id: options.vocab - 1,
+    };
+  }
   return {
     n_layer: options.layers,
     n_head: options.heads,
@@ -190,7 +232,11 @@ export async function pretrain(
       `(${train.length} documents), ${heldOutStream.length} held-out (${heldOut.length})`,
   );
 
-  const model = new GPT2(engine, config, saved?.weights ?? initWeights(config, options.seed));
+  const model = createModel(
+    engine,
+    config,
+    saved?.weights ?? initBaseWeights(config, options.seed),
+  );
   model.setTrainable(true);
   const params = [...model.params.values()];
   const trainBatch = new TokenBatch(engine, config, B, T);
@@ -325,7 +371,7 @@ async function writeResumeState(
 ): Promise<void> {
   const tensors: [string, NamedTensor][] = [];
   const config = modelConfig(meta.options);
-  const shapes = [...parameterShapes(config)];
+  const shapes = [...baseParameterShapes(config)];
   shapes.forEach(([name, shape], i) => {
     tensors.push([`param.${name}`, { shape, data: weights.get(name)! }]);
     tensors.push([`adam_m.${name}`, { shape, data: optimizer.m[i] }]);
@@ -358,8 +404,13 @@ async function readResumeState(dir: string) {
   if (metadata.format !== "comigs-pretrain-resume-1") {
     throw new OptionError("resume", `${dir}: ${path} is not a pretraining resume state`);
   }
-  const options = { ...JSON.parse(metadata.options), out: dir } as PretrainOptions;
-  const names = [...parameterShapes(modelConfig(options)).keys()];
+  // States written before an option existed ran with its default.
+  const options = {
+    ...PRETRAIN_DEFAULTS,
+    ...JSON.parse(metadata.options),
+    out: dir,
+  } as PretrainOptions;
+  const names = [...baseParameterShapes(modelConfig(options)).keys()];
   const tensor = (name: string) => {
     const t = tensors.get(name);
     if (!t) throw new Error(`${path}: tensor ${name} missing`);

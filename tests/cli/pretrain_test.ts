@@ -7,7 +7,7 @@ import { UsageError } from "../../cli/args.ts";
 import { commandLine, parseInvocation } from "../../cli/pretrain.ts";
 import { readPretrainCorpora, splitDocuments } from "../../fed/corpora.ts";
 import { loadBaseCheckpoint } from "../../model/checkpoint.ts";
-import { parameterCount } from "../../model/config.ts";
+import { dimsOf, familyOf, parameterCount } from "../../model/base.ts";
 import {
   learningRate,
   modelConfig,
@@ -15,7 +15,7 @@ import {
   PRETRAIN_DEFAULTS as DEFAULTS,
   type PretrainOptions,
 } from "../../model/pretrain.ts";
-import { loadTokenizer } from "../../model/tokenizer.ts";
+import { loadModelTokenizer } from "../../model/tokenizer.ts";
 import { gpuTest } from "../util.ts";
 
 Deno.test("flags: defaults, bad values and --resume with other flags are usage errors", () => {
@@ -59,7 +59,7 @@ async function tinyTexts() {
   };
 }
 
-const TINY: Omit<PretrainOptions, "out"> = {
+const TINY_GPT2: Omit<PretrainOptions, "out"> = {
   steps: 6,
   batch: 2,
   seq: 16,
@@ -72,48 +72,60 @@ const TINY: Omit<PretrainOptions, "out"> = {
   layers: 2,
   heads: 2,
   embd: 32,
+  arch: "gpt2",
+  kvHeads: 1,
+  intermediate: 64,
 };
 
-gpuTest("a tiny pretraining run learns, loads back and resumes bit for bit", async (engine) => {
-  const texts = await tinyTexts();
-  const straight = await Deno.makeTempDir({ prefix: "pretrain-straight-" });
-  const halves = await Deno.makeTempDir({ prefix: "pretrain-halves-" });
-  try {
-    const log = await pretrain(engine, { options: { ...TINY, out: straight } }, texts, {
-      commandLine,
-    });
-    assertEquals(log.map((r) => r.step), [0, 3, 6]);
-    assert(log[2].val_loss < log[0].val_loss - 0.3, `held-out loss ${log.map((r) => r.val_loss)}`);
-    assert(log[0].val_loss < Math.log(300) + 0.5, "initial loss far above ln(vocab)");
+for (const arch of ["gpt2", "llama"] as const) {
+  gpuTest(
+    `${arch}: a tiny pretraining run learns, loads back and resumes bit for bit`,
+    async (engine) => {
+      const TINY = { ...TINY_GPT2, arch };
+      const texts = await tinyTexts();
+      const straight = await Deno.makeTempDir({ prefix: "pretrain-straight-" });
+      const halves = await Deno.makeTempDir({ prefix: "pretrain-halves-" });
+      try {
+        const log = await pretrain(engine, { options: { ...TINY, out: straight } }, texts, {
+          commandLine,
+        });
+        assertEquals(log.map((r) => r.step), [0, 3, 6]);
+        assert(
+          log[2].val_loss < log[0].val_loss - 0.3,
+          `held-out loss ${log.map((r) => r.val_loss)}`,
+        );
+        assert(log[0].val_loss < Math.log(300) + 0.5, "initial loss far above ln(vocab)");
 
-    const { config, weights } = await loadBaseCheckpoint(straight);
-    assertEquals(config.vocab_size, 300);
-    const tokenizer = await loadTokenizer(straight, config.vocab_size);
-    assertEquals(tokenizer.decode(tokenizer.encode("The Congress")), "The Congress");
-    const logLines = (await Deno.readTextFile(`${straight}/log.jsonl`)).trim().split("\n");
-    assertEquals(Object.keys(JSON.parse(logLines[0])), [
-      "step",
-      "tokens",
-      "train_loss",
-      "val_loss",
-      "val_ppl",
-      "lr",
-      "wall_s",
-    ]);
-    const command = await Deno.readTextFile(`${straight}/train_command.txt`);
-    assert(command.startsWith("deno task pretrain --out ") && command.includes("--steps 6"));
+        const { config, weights } = await loadBaseCheckpoint(straight);
+        assertEquals([familyOf(config), dimsOf(config).vocab], [arch, 300]);
+        const tokenizer = await loadModelTokenizer(straight, config);
+        assertEquals(tokenizer.decode(tokenizer.encode("The Congress")), "The Congress");
+        const logLines = (await Deno.readTextFile(`${straight}/log.jsonl`)).trim().split("\n");
+        assertEquals(Object.keys(JSON.parse(logLines[0])), [
+          "step",
+          "tokens",
+          "train_loss",
+          "val_loss",
+          "val_ppl",
+          "lr",
+          "wall_s",
+        ]);
+        const command = await Deno.readTextFile(`${straight}/train_command.txt`);
+        assert(command.startsWith("deno task pretrain --out ") && command.includes("--steps 6"));
 
-    await pretrain(engine, { options: { ...TINY, out: halves } }, texts, { stopAfter: 4 });
-    const resumedLog = await pretrain(engine, { resume: halves }, texts);
-    const resumed = await loadBaseCheckpoint(halves);
-    for (const [name, data] of weights) {
-      const got = new Uint32Array(resumed.weights.get(name)!.buffer);
-      assertEquals(got, new Uint32Array(data.buffer), `${name} differs after resuming`);
-    }
-    const withoutTime = (r: { wall_s: number }) => ({ ...r, wall_s: 0 });
-    assertEquals(resumedLog.map(withoutTime), log.map(withoutTime));
-  } finally {
-    await Deno.remove(straight, { recursive: true });
-    await Deno.remove(halves, { recursive: true });
-  }
-});
+        await pretrain(engine, { options: { ...TINY, out: halves } }, texts, { stopAfter: 4 });
+        const resumedLog = await pretrain(engine, { resume: halves }, texts);
+        const resumed = await loadBaseCheckpoint(halves);
+        for (const [name, data] of weights) {
+          const got = new Uint32Array(resumed.weights.get(name)!.buffer);
+          assertEquals(got, new Uint32Array(data.buffer), `${name} differs after resuming`);
+        }
+        const withoutTime = (r: { wall_s: number }) => ({ ...r, wall_s: 0 });
+        assertEquals(resumedLog.map(withoutTime), log.map(withoutTime));
+      } finally {
+        await Deno.remove(straight, { recursive: true });
+        await Deno.remove(halves, { recursive: true });
+      }
+    },
+  );
+}

@@ -3,7 +3,7 @@
 // show the held-out perplexity falling, so `deno task train` can start from it after a clone.
 import { assert, assertEquals } from "../assert.ts";
 import { loadGpt2Checkpoint as loadBaseCheckpoint } from "../../model/gpt2_checkpoint.ts";
-import { parameterCount } from "../../model/config.ts";
+import { parameterCount } from "../../model/base.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 
 const BASE = new URL("../../models/base", import.meta.url).pathname;

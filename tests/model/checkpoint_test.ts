@@ -1,6 +1,7 @@
 import { assertEquals, assertRejects } from "../assert.ts";
 import { loadBaseCheckpoint, saveBaseCheckpoint } from "../../model/checkpoint.ts";
-import { type GPT2Config, parameterCount, parameterShapes } from "../../model/config.ts";
+import { parameterCount } from "../../model/base.ts";
+import { type GPT2Config, parameterShapes } from "../../model/config.ts";
 import { CheckpointError, type NamedTensor, writeSafetensors } from "../../model/safetensors.ts";
 import { Rng } from "../util.ts";
 

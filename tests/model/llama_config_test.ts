@@ -1,9 +1,9 @@
+import { parameterCount } from "../../model/base.ts";
 import { assertEquals, assertThrows } from "../assert.ts";
 import {
   attentionBiases,
   type LlamaConfig,
   llamaConfigJson,
-  llamaParameterCount,
   llamaParameterShapes,
   parseLlamaConfig,
 } from "../../model/llama_config.ts";
@@ -127,7 +127,7 @@ Deno.test("published configs parse and give the models' known parameter counts",
     [TINYLLAMA_11B, 1_100_048_384],
   ];
   for (const [json, count] of cases) {
-    assertEquals(llamaParameterCount(parseLlamaConfig(json, "config.json")), count);
+    assertEquals(parameterCount(parseLlamaConfig(json, "config.json")), count);
   }
 });
 
