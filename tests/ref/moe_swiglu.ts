@@ -25,16 +25,8 @@ export interface MoeSwigluInputs {
   downB: Float64Array;
 }
 
-export interface MoeSwigluGrads {
-  x: Float64Array;
-  gate: Float64Array;
-  gateA: Float64Array;
-  gateB: Float64Array;
-  upA: Float64Array;
-  upB: Float64Array;
-  downA: Float64Array;
-  downB: Float64Array;
-}
+/** The differentiable inputs' gradients (the frozen weights have none). */
+export type MoeSwigluGrads = Omit<MoeSwigluInputs, "gateWeight" | "upWeight" | "downWeight">;
 
 interface Expert {
   g: Float64Array;
