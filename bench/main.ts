@@ -8,6 +8,7 @@ import type { BenchCase } from "./case.ts";
 import { allCases } from "./cases/index.ts";
 import { matmulVsReference } from "./ratio.ts";
 import { moeMlpVsLoraMlp } from "./cases/moe_mlp.ts";
+import { moeSwigluVsLoraMlp } from "./cases/moe_swiglu.ts";
 import { comigsVsLoraStep } from "./comigs_step.ts";
 import { trainStepCases } from "./train_step.ts";
 
@@ -104,6 +105,7 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
   },
   { kernel: "train_step", run: () => trainStepCases(engine, { runs }) },
   { kernel: "moe_mlp_vs_lora_mlp", run: () => moeMlpVsLoraMlp(engine, { runs }) },
+  { kernel: "moe_swiglu_vs_lora_mlp", run: () => moeSwigluVsLoraMlp(engine, { runs }) },
   { kernel: "comigs_vs_lora_step", run: () => comigsVsLoraStep(engine, { runs }) },
 ];
 

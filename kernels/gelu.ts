@@ -4,7 +4,8 @@
 // Evaluated as ½(1 + t) = σ(2u) and 1 − t² = 4·σ(2u)·σ(−2u): in f32, 1 − t² computed from t
 // cancels to 0 for |x| ≳ 4 and the gradient's tail is lost; the sigmoid form keeps it.
 // The GELU WGSL of every kernel is here: the elementwise op's, and that of the mixture's fused
-// kernels (kernels/moe_mlp.ts), which get gelu and its slope from one exp (`gelu_and_slope`).
+// kernels (kernels/mixture.ts, through kernels/activation.ts), which get gelu and its slope
+// from one exp (`gelu_and_slope`).
 // The two slopes are equal in exact arithmetic but round differently; each kernel keeps its own
 // so that results stay bit-identical.
 import type { Tape } from "../engine/tape.ts";

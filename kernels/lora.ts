@@ -5,12 +5,13 @@
 //   dbase = dy,  dB = s·dyᵀ·u,  du = s·dy·B,  dA = duᵀ·x,  dx = du·A
 // r is small (1..64), so these are skinny products with the dedicated low-rank kernels of
 // kernels/lowrank.ts (contract, expand, outer; plain LoRA is their one-expert case), which the
-// mixture of experts (kernels/moe_mlp.ts) runs too. Every matrix is read 4 consecutive columns at
+// mixtures of experts (kernels/mixture.ts) run too. Every matrix is read 4 consecutive columns at
 // a time: vec4 loads when its row length is a multiple of 4, masked scalar loads otherwise.
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { IDENTITY } from "./activation.ts";
 import { contract, expand, type LowRank, outer, sumBlocks } from "./lowrank.ts";
 
 /** Shapes of one LoRA-adapted layer. */
@@ -62,9 +63,8 @@ export function loraLinear(
   const plain = {
     ...one,
     actPerExpert: false,
-    actGelu: false,
     bigPerExpert: false,
-    bigGelu: false,
+    activation: IDENTITY,
     gated: false,
     bias: false,
   };
@@ -95,10 +95,7 @@ export function loraLinear(
       tape,
       label,
       { ...plain, wide: big.shape[big.shape.length - 1], layout },
-      {
-        big,
-        small,
-      },
+      { big: [big], small },
       sumScale,
       target,
     );

@@ -9,11 +9,13 @@
 //   outer:    Σ over rows of (big row) ⊗ (small row) → a weight's gradient, as partial sums over
 //             blocks of BLOCK_ROWS rows, then a fixed-order sum over the blocks (`sumBlocks`):
 //             deterministic, no atomics.
+// The big operand of contract and outer may be an activation of stored tensors (the mixture's
+// h_j, recomputed on load from its saved pre-activations: kernels/activation.ts).
 // The tiles and the code fragments are in kernels/tile_codegen.ts.
 import type { Command, Engine } from "../engine/device.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { geluWgsl } from "./gelu.ts";
+import { type Activation, activationInputs } from "./activation.ts";
 import { floatLiteral } from "./literals.ts";
 import {
   BLOCK_ROWS,
@@ -56,29 +58,30 @@ export interface ContractSpec extends LowRank {
   k: number;
   /** act is [E, N, K] (expert e reads its own rows) rather than one [N, K] shared by all. */
   actPerExpert: boolean;
-  /** Contract gelu(act) instead of act. */
-  actGelu: boolean;
+  /** What is contracted of act (and of act_1, ... when the activation reads several tensors). */
+  activation: Activation;
   /** W_e(k, j) = weight[e, j, k] ("rank-major", A [E, r, K]) or weight[e, k, j] (B [E, K, r]). */
   weight: "rank-major" | "k-major";
   scale: number;
 }
 
 /**
- * result [E, N, r]: result[e, n, j] = scale · Σ_k act_e[n, k] · W_e(k, j). An invocation holds
- * CONTRACT_ROWS rows × one rank tile of one expert (acc_t_q: row t, rank group q).
+ * result [E, N, r]: result[e, n, j] = scale · Σ_k act_e[n, k] · W_e(k, j), act_e being the
+ * activation of the stored tensors. An invocation holds CONTRACT_ROWS rows × one rank tile of one
+ * expert (acc_t_q: row t, rank group q).
  */
 function contractWgsl(s: ContractSpec, index: string): KernelSource {
   const { rows, k, rank, experts, stacked } = s;
   const tile = rankTile(rank);
-  const act = new Matrix("act", k, "read");
+  const acts = activationInputs(s.activation, "act", k);
   const w = new Matrix("weight", s.weight === "rank-major" ? k : rank, "read");
   const result = new Matrix("result", rank, "rw");
   const actLoad = (t: number) => {
-    const load = act.load(stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert), "k4");
-    return s.actGelu ? `gelu(${load})` : load;
+    const row = stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert);
+    return s.activation.value(acts.map((act) => act.load(row, "k4")));
   };
-  const code = `${s.actGelu ? geluWgsl("vec4f") : ""}
-${act.functions()}
+  const code = `${s.activation.prelude}
+${acts.map((act) => act.functions()).join("\n")}
 ${w.functions()}
 ${result.functions()}
 @compute @workgroup_size(${WORKGROUP})
@@ -93,10 +96,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   ${contractLoop(k, rank, actLoad, w, s.weight, stacked)}
   ${contractStores(result, rows, s.scale, stacked)}
 }`;
-  return { bindings: [act.binding, w.binding, result.binding], code };
+  return { bindings: [...acts.map((act) => act.binding), w.binding, result.binding], code };
 }
 
-/** The dispatch of a contraction over [act, weight, result]. */
+/** The dispatch of a contraction over [act (, act_1, ...), weight, result]. */
 export function contract(
   engine: Engine,
   label: string,
@@ -189,8 +192,8 @@ export interface OuterSpec extends LowRank {
   wide: number;
   /** big is [E, N, W] (per expert) rather than one [N, W] shared by all. */
   bigPerExpert: boolean;
-  /** Multiply by gelu(big) instead of big. */
-  bigGelu: boolean;
+  /** What is multiplied of big (and of big_1, ... when the activation reads several tensors). */
+  activation: Activation;
   /** small rows are scaled by the gate of their row and expert. */
   gated: boolean;
   /** Each expert's partial is [r, W] (an A's gradient) or [W, r] (a B's). */
@@ -205,16 +208,15 @@ export interface OuterSpec extends LowRank {
 function outerWgsl(s: OuterSpec, index: string): KernelSource {
   const { rows, wide, rank, experts, stacked } = s;
   const tile = rankTile(rank);
-  const big = new Matrix("big", wide, "read");
+  const bigs = activationInputs(s.activation, "big", wide);
   const small = new Matrix("small", rank, "read");
   const partial = new Matrix("partial", s.layout === "wide-major" ? rank : wide, "rw");
-  const wideTiles = Math.ceil(big.groups / WIDE_TILE);
-  const bigLoad = (c4: string) => {
-    const load = big.load(stackRow("n", rows, s.bigPerExpert), c4);
-    return s.bigGelu ? `gelu(${load})` : load;
-  };
-  const code = `${s.bigGelu ? geluWgsl("vec4f") : ""}
-${big.functions()}
+  const groups = bigs[0].groups;
+  const wideTiles = Math.ceil(groups / WIDE_TILE);
+  const bigLoad = (c4: string) =>
+    s.activation.value(bigs.map((big) => big.load(stackRow("n", rows, s.bigPerExpert), c4)));
+  const code = `${s.activation.prelude}
+${bigs.map((big) => big.functions()).join("\n")}
 ${small.functions()}
 ${partial.functions()}
 @compute @workgroup_size(${WORKGROUP})
@@ -229,25 +231,31 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   ${outerZeros(rank)}
   for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${rows}u); n++) {
     ${s.gated ? `let g = ${gateOf("n", experts)};` : ""}
-    ${outerStep(small, stackRow("n", rows, stacked), s.gated, big.groups, bigLoad)}
+    ${outerStep(small, stackRow("n", rows, stacked), s.gated, groups, bigLoad)}
   }
   ${outerStores(partial, s.layout, wide, rank, stacked ? `(b * ${experts}u + e)` : "b")}
 }`;
   return {
-    bindings: [big.binding, small.binding, partial.binding, ...(s.gated ? [GATE] : [])],
+    bindings: [
+      ...bigs.map((big) => big.binding),
+      small.binding,
+      partial.binding,
+      ...(s.gated ? [GATE] : []),
+    ],
     code,
   };
 }
 
 /**
- * target (+)= sumScale · Σ_b partial[b] for the outer product of `big` and `small` (and `gate`
- * when gated): the partial sums over row blocks, then their fixed-order sum.
+ * target (+)= sumScale · Σ_b partial[b] for the outer product of `big` (the tensors the
+ * activation reads) and `small` (and `gate` when gated): the partial sums over row blocks, then
+ * their fixed-order sum.
  */
 export function outer(
   tape: Tape,
   label: string,
   spec: OuterSpec,
-  operands: { big: Tensor; small: Tensor; gate?: Tensor },
+  operands: { big: readonly Tensor[]; small: Tensor; gate?: Tensor },
   sumScale: number,
   target: GradTarget,
 ): Command[] {
@@ -258,7 +266,7 @@ export function outer(
     `${label} partials`,
   );
   const { big, small, gate } = operands;
-  const resources = spec.gated && gate ? [big, small, partial, gate] : [big, small, partial];
+  const resources = [...big, small, partial, ...(spec.gated && gate ? [gate] : [])];
   return [
     launch(
       tape.engine,

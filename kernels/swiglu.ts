@@ -6,15 +6,21 @@
 // is then under 1e-6 of the slope). So both sigmoids come from e = e^(−|g|) ∈ (0, 1]:
 // σ(|g|) = 1/(1 + e) and σ(−|g|) = e/(1 + e), each to a few ulps, picked by the sign of g.
 // Forward and backward are entries of the elementwise skeleton (kernels/elementwise.ts); the
-// backward one writes dg and du from one evaluation of the sigmoids.
+// backward one writes dg and du from one evaluation of the sigmoids. The SiLU WGSL of every
+// kernel is here: the elementwise op's, and that of the mixture of experts over a SwiGLU MLP
+// (kernels/moe_swiglu.ts, through kernels/activation.ts).
 import type { Command } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import { sharesMemory, type Tensor } from "../engine/tensor.ts";
 import { type Elementwise, elementwise, type ElementwiseOptions } from "./elementwise.ts";
 
-/** σ(g) and σ(−g) of the same type, from one exp that cannot overflow. */
-const sigmoids = (type: string) => `
+/**
+ * SiLU on `type` (f32 or vec4f): `sigmoids(g)`, σ(g) and σ(−g) from one exp that cannot
+ * overflow; `silu(g)`; and `silu_and_slope(g)`, (silu(g), silu'(g)) from one evaluation of them.
+ */
+export function siluWgsl(type: string): string {
+  return `
 struct Sigmoids { pos: ${type}, neg: ${type} }
 fn sigmoids(g: ${type}) -> Sigmoids {
   let e = exp(-abs(g));
@@ -22,14 +28,19 @@ fn sigmoids(g: ${type}) -> Sigmoids {
   let small = e * big;
   let positive = g >= ${type}(0.0);
   return Sigmoids(select(small, big, positive), select(big, small, positive));
+}
+fn silu(g: ${type}) -> ${type} { return g * sigmoids(g).pos; }
+fn silu_and_slope(g: ${type}) -> array<${type}, 2> {
+  let s = sigmoids(g);
+  return array<${type}, 2>(g * s.pos, s.pos * (1.0 + g * s.neg));
 }`;
+}
 
 const FORWARD: Elementwise = {
   name: "swiglu",
   inputs: ["gate", "up"],
-  outputs: [{ name: "y", value: () => "g * sigmoids(g).pos * up[i]" }],
-  prelude: sigmoids,
-  setup: "let g = gate[i];",
+  outputs: [{ name: "y", value: () => "silu(gate[i]) * up[i]" }],
+  prelude: siluWgsl,
 };
 
 /** Both gradients; a backward pass keeps those it is asked for. */
@@ -37,12 +48,11 @@ const BACKWARD: Elementwise = {
   name: "swiglu_backward",
   inputs: ["gate", "up", "dy"],
   outputs: [
-    { name: "dgate", value: () => "d * up[i] * (s.pos * (1.0 + g * s.neg))" },
-    { name: "dup", value: () => "d * (g * s.pos)" },
+    { name: "dgate", value: () => "d * up[i] * act[1]" },
+    { name: "dup", value: () => "d * act[0]" },
   ],
-  prelude: sigmoids,
-  setup: `let g = gate[i];
-  let s = sigmoids(g);
+  prelude: siluWgsl,
+  setup: `let act = silu_and_slope(gate[i]);
   let d = dy[i];`,
 };
 

@@ -1,5 +1,5 @@
 // WGSL fragments of the low-rank kernels (kernels/lowrank.ts) and the mixture's fused kernels
-// (kernels/moe_mlp.ts): matrices read 4 columns at a time (Matrix), the register tiles' sizes,
+// (kernels/mixture.ts): matrices read 4 columns at a time (Matrix), the register tiles' sizes,
 // and the pieces of generated code they have in common (accumulator declarations, the inner
 // loops of the contract, expand and outer shapes, their guarded stores, the gates), plus the
 // dispatch of a generated kernel. A fragment reads expert e's matrix of a stack along a leading
@@ -237,20 +237,22 @@ export class RowTile {
 }
 
 /**
- * The loop over the rank's column groups q of an expand into the tile's acc_t_g:
- * s_t = small[row t] (times the gate g_t when `gated`), acc_t_g[c] += Σ_j s_t[j] · M(j, 4·(c0 + g)
- * + c), where M(j, w) is weight[w, j] ("wide-major", B [W, r]) or weight[j, w] ("rank-major",
- * A [r, W]). Each loaded weight vec4 serves every row of the tile.
+ * The loop over the rank's column groups q of an expand into the tile's acc_t_g (registers named
+ * `opts.acc`, "acc" by default): s_t = small[row t] (times the gate g_t when `gated`),
+ * acc_t_g[c] += Σ_j s_t[j] · M(j, 4·(c0 + g) + c), where M(j, w) is weight[w, j] ("wide-major",
+ * B [W, r]) or weight[j, w] ("rank-major", A [r, W]). Each loaded weight vec4 serves every row of
+ * the tile.
  */
 export function expandLoop(
   tile: RowTile,
   small: Matrix,
   weight: Matrix,
   layout: "wide-major" | "rank-major",
-  opts: { stacked: boolean; gated: boolean },
+  opts: { stacked: boolean; gated: boolean; acc?: string },
   indent: string,
 ): string {
   const { rows, cols: wide } = tile;
+  const acc = opts.acc ?? "acc";
   const rank = small.cols;
   const T = range(TILE_ROWS), G = range(TILE_GROUPS), C = range(4);
   const line = `\n${indent}  `;
@@ -260,7 +262,7 @@ export function expandLoop(
         const j = clamp(`4u * q + ${c}u`, rank - 1, rank % 4 !== 0);
         return `let w${g}${c} = ${weight.load(stackRow(j, rank, opts.stacked), tile.group(g))};`;
       }).join(" ") + line +
-      T.map((t) => `acc${t}${g} += ${C.map((c) => `s${t}.${XYZW[c]} * w${g}${c}`).join(" + ")};`)
+      T.map((t) => `${acc}${t}${g} += ${C.map((c) => `s${t}.${XYZW[c]} * w${g}${c}`).join(" + ")};`)
         .join(line)
     ).join(line)
     : G.map((g) =>
@@ -268,7 +270,7 @@ export function expandLoop(
         const w = clamp(`4u * (${tile.group(g)}) + ${c}u`, wide - 1, wide % 4 !== 0);
         return `let w${g}${c} = ${weight.load(stackRow(w, wide, opts.stacked), "q")};`;
       }).join(" ") + line +
-      T.map((t) => `acc${t}${g} += vec4f(${C.map((c) => `dot(s${t}, w${g}${c})`).join(", ")});`)
+      T.map((t) => `${acc}${t}${g} += vec4f(${C.map((c) => `dot(s${t}, w${g}${c})`).join(", ")});`)
         .join(line)
     ).join(line);
   const loads = T.map((t) =>

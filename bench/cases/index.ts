@@ -13,6 +13,7 @@ import { cases as loadBalance } from "./load_balance.ts";
 import { cases as lora } from "./lora.ts";
 import { cases as matmul } from "./matmul.ts";
 import { cases as moeMlp } from "./moe_mlp.ts";
+import { cases as moeSwiglu } from "./moe_swiglu.ts";
 import { cases as rmsnorm } from "./rmsnorm.ts";
 import { cases as rope } from "./rope.ts";
 import { cases as softmax } from "./softmax.ts";
@@ -39,5 +40,6 @@ export const allCases: BenchCase[] = [
   ...lora,
   ...topkGate,
   ...moeMlp,
+  ...moeSwiglu,
   ...loadBalance,
 ];

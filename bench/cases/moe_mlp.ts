@@ -26,13 +26,17 @@ import {
   type MoeMlpShape,
 } from "../../tests/ref/moe_mlp.ts";
 import { assertClose, f32, Rng } from "../../tests/util.ts";
+import {
+  mixtureTolerance as tolerance,
+  pickRows,
+  spreadRows,
+} from "../../tests/kernels/mixture_inputs.ts";
+import { interleaved, round3 } from "../interleave.ts";
 
 const SCALE = 16 / Math.sqrt(8);
 const RANK = 8;
 const EXPERTS = 2;
 const CHECK_ROWS = 8;
-/** As tests/kernels/moe_mlp_test.ts: f32 chains over ≤ 3072 terms, relative to each tensor's max. */
-const TOL = 5e-5;
 const SHAPES: [rows: number, embd: number, hidden: number][] = [[1024, 128, 512], [512, 768, 3072]];
 const GRADS = ["x", "gate", "fcA", "fcB", "projA", "projB"] as const;
 
@@ -55,7 +59,7 @@ function problem(rows: number, embd: number, hidden: number, experts: number): P
     const sum = row.reduce((a, b) => a + b, 0);
     row.forEach((v, j) => gate[n * experts + j] = experts === 1 ? 1 : v / sum);
   }
-  const checked = Array.from({ length: CHECK_ROWS }, (_, i) => Math.floor((i * rows) / CHECK_ROWS));
+  const checked = spreadRows(rows, CHECK_ROWS);
   const dy = new Float64Array(rows * embd);
   for (const n of checked) dy.set(u(embd, 1), n * embd);
   return {
@@ -75,19 +79,6 @@ function problem(rows: number, embd: number, hidden: number, experts: number): P
     dy,
     checked,
   };
-}
-
-/** The rows `checked` of a row-major [N, width] array. */
-function pickRows(values: Float64Array, width: number, checked: number[]): Float64Array {
-  const out = new Float64Array(checked.length * width);
-  checked.forEach((n, i) => out.set(values.subarray(n * width, (n + 1) * width), i * width));
-  return out;
-}
-
-function tolerance(ref: ArrayLike<number>) {
-  let max = 0;
-  for (let i = 0; i < ref.length; i++) max = Math.max(max, Math.abs(ref[i]));
-  return { atol: TOL * max, rtol: TOL };
 }
 
 /** What a built step computed, to compare with the reference after one run from zero grads. */
@@ -233,22 +224,6 @@ export const cases: BenchCase[] = SHAPES.map(([rows, embd, hidden]) => ({
   },
 }));
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[sorted.length >> 1];
-}
-
-const round3 = (x: number) => Math.round(x * 1000) / 1000;
-
-/** ms per repetition of `commands`, repeated in one submit to last at least ~200 ms. */
-async function timeRepeated(engine: Engine, commands: Command[], reps: number): Promise<number> {
-  const repeated = Array.from({ length: reps }, () => commands).flat();
-  const t0 = performance.now();
-  await engine.run(repeated, "moe bench");
-  await engine.sync();
-  return (performance.now() - t0) / reps;
-}
-
 /**
  * The E = 2 mixture MLP against the single-LoRA MLP, interleaved (the machine drifts up to 2×
  * over minutes), one record per shape: ratio = median over rounds of moe ms / LoRA ms.
@@ -268,21 +243,11 @@ export async function moeMlpVsLoraMlp(
       await engine.sync();
       const ok = await passes(() => check(engine, p, moe, EXPERTS)) &&
         await passes(() => check(engine, p, lora, 1));
-      const single = await timeRepeated(engine, lora.commands, 1);
-      const reps = Math.max(1, Math.ceil(200 / single));
-      const moeMs: number[] = [], loraMs: number[] = [], ratios: number[] = [];
-      for (let round = 0; round < opts.runs; round++) {
-        // Alternate who goes first, so a drift within a round favours neither.
-        const order = round % 2 === 0 ? [moe, lora] : [lora, moe];
-        const [first, second] = [
-          await timeRepeated(engine, order[0].commands, reps),
-          await timeRepeated(engine, order[1].commands, reps),
-        ];
-        const [m, l] = round % 2 === 0 ? [first, second] : [second, first];
-        moeMs.push(m);
-        loraMs.push(l);
-        ratios.push(m / l);
-      }
+      const { ms, ratios, reps } = await interleaved(
+        engine,
+        [moe.commands, lora.commands],
+        opts.runs,
+      );
       records.push({
         kernel: "moe_mlp_vs_lora_mlp",
         variant: `E${EXPERTS} fwd+bwd`,
@@ -291,9 +256,9 @@ export async function moeMlpVsLoraMlp(
         hidden,
         rank: RANK,
         experts: EXPERTS,
-        ratio: round3(median(ratios)),
-        ms: round3(median(moeMs)),
-        lora_ms: round3(median(loraMs)),
+        ratio: round3(ratios[1]),
+        ms: round3(ms[0]),
+        lora_ms: round3(ms[1]),
         runs: opts.runs,
         reps,
         ok,

@@ -12,49 +12,13 @@ import {
   type MoeMlpShape,
 } from "../ref/moe_mlp.ts";
 import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, probe, Rng } from "../util.ts";
+import { assertSameBitsTwice, type GateKind, gates, mixtureTolerance } from "./mixture_inputs.ts";
 
-// f32 error budget: every output is a chain of f32 dot products — x·W_f over C (≤ 768 terms),
-// low-rank deltas over r, m·W_p and dm = dy·W_pᵀ over H (≤ 3072), dx over H, dA/dB over N
-// (64-row partials, then a fixed sum of ≤ 16 partials), dgate over H and C. Rounding grows like
-// √K·2⁻²⁴ times the size of the partial sums, which is the size of the largest entries of the
-// tensor, not of each entry (dA, dgate entries cancel to small values among large ones); the
-// GELU between the products passes errors on with slope ≤ 1.13. So the absolute slack is
-// relative to the tensor's largest reference value: √3072·6e-8·(two chained products) ≈ 7e-6,
-// ×~5 margin.
-const RTOL = 5e-5;
-const ATOL_OF_MAX = 5e-5;
-
-function tol(ref: ArrayLike<number>) {
-  let max = 0;
-  for (let i = 0; i < ref.length; i++) max = Math.max(max, Math.abs(ref[i]));
-  return { atol: ATOL_OF_MAX * max, rtol: RTOL };
-}
+// Tolerances: MIXTURE_TOL (tests/kernels/mixture_inputs.ts), relative to each tensor's largest
+// reference value: f32 chains of dot products over C ≤ 768 and H ≤ 3072 terms.
+const tol = mixtureTolerance;
 
 const SCALE = 16 / Math.sqrt(8); // rsLoRA's alpha/√r at alpha 16, r 8
-
-/**
- * How gates look: `softmax`, a dense softmax over all experts (k = E); `sparse`, zeros for about
- * a third of the (row, expert) pairs and rows summing to anything in [0, 1.5] (top-k with
- * unselected experts; k = 1 keeps p_max < 1).
- */
-type GateKind = "softmax" | "sparse";
-
-function gates(rng: Rng, rows: number, experts: number, kind: GateKind): Float64Array {
-  const out = new Float64Array(rows * experts);
-  for (let n = 0; n < rows; n++) {
-    const row = out.subarray(n * experts, (n + 1) * experts);
-    if (kind === "softmax") {
-      const logits = rng.normal(experts, 2);
-      const max = Math.max(...logits);
-      const e = logits.map((v) => Math.exp(v - max));
-      const sum = e.reduce((a, b) => a + b, 0);
-      row.set(e.map((v) => v / sum));
-    } else {
-      for (let j = 0; j < experts; j++) row[j] = rng.next() < 0.35 ? 0 : 1.5 * rng.next();
-    }
-  }
-  return f32(out);
-}
 
 /**
  * Inputs at scales that exercise the whole GELU (pre ≈ N(0, 1)–ish): x, dy ~ U(±1); W_f ~
@@ -259,25 +223,9 @@ gpuTest("MoE MLP gradients give the same bits on two runs", async (e) => {
   const tape = new Tape(e);
   const y = moeMlp(tape, t.x, t.gate, weightsOf(t), SCALE);
   const step = [...tape.forward(), ...tape.backward(y, dy)];
-  const bits: Uint32Array[][] = [];
-  for (let run = 0; run < 2; run++) {
-    for (const name of GRADS) {
-      await e.run([{ kind: "clear", label: "zero", tensor: t[name].grad! }]);
-    }
-    await e.run(step);
-    bits.push(
-      await Promise.all(
-        [y, ...GRADS.map((name) => t[name].grad!)].map(async (g) =>
-          new Uint32Array((await e.readF32(g)).buffer)
-        ),
-      ),
-    );
-  }
-  for (const [i, name] of ["y", ...GRADS].entries()) {
-    if (bits[0][i].some((word, j) => word !== bits[1][i][j])) {
-      throw new Error(`MoE ${name} differs between two runs`);
-    }
-  }
+  const grads = GRADS.map((name) => t[name].grad!);
+  const outputs = { y, ...Object.fromEntries(GRADS.map((name, i) => [`d${name}`, grads[i]])) };
+  await assertSameBitsTwice(e, step, grads, outputs, "MoE");
   tape.dispose();
   for (const tensor of [...Object.values(t), dy]) tensor.dispose();
 });

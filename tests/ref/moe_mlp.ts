@@ -6,14 +6,16 @@
 // fcA [E, r, C], fcB [E, H, r], projA [E, r, H], projB [E, C, r].
 import { geluBackwardRef, geluRef } from "./gelu.ts";
 import { loraBackwardRef, loraRef } from "./lora.ts";
+import {
+  expertSlice as slice,
+  gatedSum,
+  gateGrad,
+  gateRows,
+  matmul,
+  type MixtureShape,
+} from "./mixture.ts";
 
-export interface MoeMlpShape {
-  rows: number;
-  embd: number;
-  hidden: number;
-  rank: number;
-  experts: number;
-}
+export type MoeMlpShape = MixtureShape;
 
 export interface MoeMlpInputs {
   x: Float64Array;
@@ -35,40 +37,6 @@ export interface MoeMlpGrads {
   fcB: Float64Array;
   projA: Float64Array;
   projB: Float64Array;
-}
-
-/** out [M, P] = a [M, K]·b [K, P] (+ bias [P]); with transB, b is stored [P, K]. */
-function matmul(
-  a: ArrayLike<number>,
-  b: ArrayLike<number>,
-  m: number,
-  k: number,
-  p: number,
-  opts: { bias?: ArrayLike<number>; transB?: boolean } = {},
-): Float64Array {
-  const out = new Float64Array(m * p);
-  for (let i = 0; i < m; i++) {
-    for (let o = 0; o < p; o++) {
-      let sum = opts.bias ? opts.bias[o] : 0;
-      for (let l = 0; l < k; l++) {
-        sum += a[i * k + l] * (opts.transB ? b[o * k + l] : b[l * p + o]);
-      }
-      out[i * p + o] = sum;
-    }
-  }
-  return out;
-}
-
-/** Expert j's slice of a stacked [E, ...] tensor. */
-function slice(stacked: Float64Array, j: number, experts: number): Float64Array {
-  const size = stacked.length / experts;
-  return stacked.subarray(j * size, (j + 1) * size);
-}
-
-/** gate[:, j] ⊙ rows of m ([N, width]). */
-function gateRows(m: ArrayLike<number>, gate: ArrayLike<number>, j: number, shape: MoeMlpShape) {
-  const width = m.length / shape.rows;
-  return Float64Array.from(m, (v, i) => gate[Math.floor(i / width) * shape.experts + j] * v);
 }
 
 interface Expert {
@@ -93,12 +61,7 @@ function experts(shape: MoeMlpShape, v: MoeMlpInputs, scale: number): Expert[] {
 }
 
 export function moeMlpRef(shape: MoeMlpShape, v: MoeMlpInputs, scale: number): Float64Array {
-  const y = new Float64Array(shape.rows * shape.embd);
-  experts(shape, v, scale).forEach((expert, j) => {
-    const gated = gateRows(expert.y, v.gate, j, shape);
-    for (let i = 0; i < y.length; i++) y[i] += gated[i];
-  });
-  return y;
+  return gatedSum(shape, experts(shape, v, scale).map((expert) => expert.y), v.gate);
 }
 
 /** The vector-Jacobian products with dy [N, C] for every differentiable input. */
@@ -119,12 +82,9 @@ export function moeMlpBackwardRef(
     projA: new Float64Array(v.projA.length),
     projB: new Float64Array(v.projB.length),
   };
-  experts(shape, v, scale).forEach((expert, j) => {
-    for (let row = 0; row < n; row++) {
-      let sum = 0;
-      for (let col = 0; col < c; col++) sum += dy[row * c + col] * expert.y[row * c + col];
-      grads.gate[row * e + j] = sum;
-    }
+  const all = experts(shape, v, scale);
+  grads.gate.set(gateGrad(shape, all.map((expert) => expert.y), dy));
+  all.forEach((expert, j) => {
     const dyj = gateRows(dy, v.gate, j, shape);
     const proj = loraBackwardRef(
       projShape,

@@ -1,0 +1,408 @@
+// A gated mixture of E LoRA experts over one frozen two-layer MLP whose weights all experts share:
+// the work of kernels/moe_mlp.ts (GPT-2's GELU MLP) and kernels/moe_swiglu.ts (Llama's SwiGLU
+// MLP). Row-vector convention, PEFT shapes, the experts' LoRA tensors stacked along a leading E.
+// The first layer has one branch k (GPT-2: c_fc) or two (Llama: gate, up), the activation takes
+// them all, the second layer o (c_proj, down) takes h:
+//   p_kj = x·W_k (+ b_k) + s·(x·A_kjᵀ)·B_kjᵀ,   h_j = act(p_1j, ..),
+//   y = Σ_j g_j·(h_j·W_o (+ b_o) + s·(h_j·A_ojᵀ)·B_ojᵀ)
+// Fused by linearity, so that every frozen product runs once whatever E is:
+//   base_k = x·W_k (+ b_k) (once per branch),   m = Σ_j g_j·h_j,
+//   y = m·W_o (once) (+ (Σ_j g_j)·b_o) + s·Σ_j (g_j·u_oj)·B_ojᵀ,   u_kj = x·A_kjᵀ, u_oj = h_j·A_ojᵀ.
+// Backward (each gradient only when asked for), with v_oj = dy·B_oj:
+//   dm = dy·W_oᵀ (once),   dh_j = g_j·(dm + s·v_oj·A_oj),   dp_kj = dh_j ⊙ ∂h_j/∂p_kj,
+//   v_kj = s·dp_kj·B_kj,   dx = Σ_k (Σ_j dp_kj)·W_kᵀ (once per branch) + Σ_k Σ_j v_kj·A_kj,
+//   dgate_j = dm·h_j (+ dy·b_o) + s·u_oj·v_oj (row-wise dots: dy·y_j without forming y_j),
+//   dA_kj = v_kjᵀ·x,  dB_kj = s·dp_kjᵀ·u_kj,  dA_oj = s·(g_j·v_oj)ᵀ·h_j,  dB_oj = s·dyᵀ·(g_j·u_oj).
+// (W stands for the weight as applied: a frozen weight is stored [in, out], GPT-2's Conv1D, or
+// [out, in], Hugging Face's Linear with y = x·Wᵀ; the matmul operand transposes it as needed.)
+// The big products go through kernels/matmul.ts; the per-expert low-rank products run in the
+// stacked kernels of kernels/lowrank.ts, the elementwise work in two fused kernels (and the
+// gate's gradient in a third) generated in kernels/mixture_kernels.ts. Forward saves p_kj for
+// every expert ([E, N, H] per branch) and each consumer recomputes h_j on load
+// (kernels/activation.ts).
+import type { Command } from "../engine/device.ts";
+import { LimitError, ShapeError } from "../engine/errors.ts";
+import type { GradTarget, Tape } from "../engine/tape.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { IDENTITY, type MixtureActivation } from "./activation.ts";
+import {
+  contract,
+  type ContractSpec,
+  expand,
+  type ExpandSpec,
+  outer,
+  type OuterSpec,
+} from "./lowrank.ts";
+import { productCommands } from "./matmul.ts";
+import { type Operand, product } from "./matmul_plan.ts";
+import { dgateWgsl, mixBackwardWgsl, mixForwardWgsl, type MixtureDims } from "./mixture_kernels.ts";
+import { launch, range, RowTile } from "./tile_codegen.ts";
+import { MAX_EXPERTS } from "./topk_gate.ts";
+import { type KernelVariant, kernelVariant } from "./variant.ts";
+
+/** One frozen linear layer of the MLP, and the experts' LoRA on it. */
+export interface MixtureLayer {
+  /** Its name in labels (f, p; gate, up, down). */
+  name: string;
+  /** The frozen weight: [in, out], or [out, in] when `outIn` (applied as x·Wᵀ). */
+  weight: Tensor;
+  outIn: boolean;
+  /** The frozen bias [out], or null. */
+  bias: Tensor | null;
+  /** The experts' lora_A [E, r, in] and lora_B [E, out, r]. */
+  a: Tensor;
+  b: Tensor;
+}
+
+export interface MixtureMlp {
+  /** The first layer's branches, one per input of the activation, in its order. */
+  branches: readonly MixtureLayer[];
+  activation: MixtureActivation;
+  /** The second layer, applied to h. */
+  out: MixtureLayer;
+}
+
+export interface MixtureOptions {
+  /** Kernel family of the frozen products; the engine's (kernels/variant.ts) by default. */
+  variant?: KernelVariant;
+  /** Split and refuse as if a binding could hold at most this many bytes (tests of the limit). */
+  maxBindingBytes?: number;
+}
+
+/**
+ * The sizes of an op's tensors, with one clear error for bad input. `layout` lists every tensor
+ * as the messages show it, "x [N, C], gate [N, E], ...", in the letters N (rows), C (embd), E
+ * (experts), r (rank) and `hidden` (the letter of H); each letter takes its size from the first
+ * tensor that has it, and then every tensor must have its shape and be f32, the `frozen` ones
+ * need no gradient, E is at most MAX_EXPERTS and the scale is finite. `op` names the function.
+ */
+export function checkMixture(
+  op: string,
+  layout: string,
+  tensors: Record<string, Tensor>,
+  frozen: readonly string[],
+  scale: number,
+  hidden: string,
+): MixtureDims {
+  const entries = [...layout.matchAll(/(\w+) \[([^\]]*)\]/g)].map(([_, name, letters]) => ({
+    name,
+    tensor: tensors[name],
+    letters: letters.split(", "),
+  }));
+  const sizes: Record<string, number> = {};
+  for (const { tensor, letters } of entries) {
+    letters.forEach((letter, i) => sizes[letter] ??= tensor.shape[i]);
+  }
+  const wrong = entries.filter(({ tensor, letters }) =>
+    tensor.dtype !== "f32" || tensor.shape.join() !== letters.map((l) => sizes[l]).join()
+  );
+  if (wrong.length > 0) {
+    const all = entries.map(({ name, tensor }) => `${name} ${tensor}`).join(", ");
+    throw new ShapeError(
+      `${op}: shapes do not fit together (${all}); expected ${layout}, all f32; ` +
+        `wrong: ${wrong.map(({ name }) => name).join(", ")}`,
+    );
+  }
+  const { N: rows, C: embd, [hidden]: h, r: rank, E: experts } = sizes;
+  if (experts > MAX_EXPERTS) {
+    throw new ShapeError(
+      `${op}: ${experts} experts (gate ${tensors.gate}); at most ${MAX_EXPERTS}`,
+    );
+  }
+  const trainable = entries.filter(({ name, tensor }) =>
+    frozen.includes(name) && tensor.requiresGrad
+  );
+  if (trainable.length > 0) {
+    throw new ShapeError(
+      `${op}: the base MLP weights must be frozen, but ` +
+        `${trainable.map(({ name, tensor }) => `${name} ${tensor}`).join(", ")} require gradients`,
+    );
+  }
+  if (!Number.isFinite(scale)) throw new ShapeError(`${op}: scale ${scale} is not finite`);
+  return { rows, embd, hidden: h, rank, experts };
+}
+
+/**
+ * The mixture's own kernels bind the saved [E, N, H] pre-activations and the [N, C] rows whole:
+ * one that cannot be bound is refused here, before anything is recorded, with the rows that fit.
+ */
+function checkBindings(
+  name: string,
+  mlp: MixtureMlp,
+  d: MixtureDims,
+  maxBindingBytes: number,
+): void {
+  const { rows, embd, hidden, experts } = d;
+  const saved = mlp.branches.map((l) => `p_${l.name}`).join(", ");
+  const whole: [string, number[]][] = [
+    [`the experts' saved pre-activations ${saved}`, [experts, rows, hidden]],
+    ["x and y", [rows, embd]],
+  ];
+  for (const [what, shape] of whole) {
+    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+    if (bytes <= maxBindingBytes) continue;
+    const fit = Math.floor(maxBindingBytes / (bytes / rows));
+    throw new LimitError(
+      `${name}: ${what} [${shape}] take ${bytes} bytes, over the ${maxBindingBytes} bytes one ` +
+        `storage binding may hold; run at most ${fit} rows (tokens) per call, ${rows} given`,
+    );
+  }
+}
+
+/** A stored [rows, cols] tensor as a matmul operand, used as stored. */
+function rowsOf(tensor: Tensor, rows: number, cols: number): Operand {
+  return { tensor, rows, cols, trans: false, batched: false };
+}
+
+/** A layer's frozen weight as the right operand of x·W (or, `transposed`, of d·Wᵀ). */
+function frozenOperand(layer: MixtureLayer, transposed: boolean): Operand {
+  const [rows, cols] = layer.weight.shape;
+  return { tensor: layer.weight, rows, cols, trans: layer.outIn !== transposed, batched: false };
+}
+
+/**
+ * y [N, C] of the mixture (header), recorded on `tape` as the op `name`; its differentiable
+ * inputs, in order: x, gate, each branch's a and b, out's a and b. The caller has checked the
+ * shapes against `d` and that the frozen weights need no gradient.
+ */
+export function mixtureMlp(
+  tape: Tape,
+  name: string,
+  x: Tensor, /*[N, C]*/
+  gate: Tensor, /*[N, E]*/
+  mlp: MixtureMlp,
+  d: MixtureDims,
+  scale: number,
+  opts: MixtureOptions = {},
+): Tensor {
+  const engine = tape.engine;
+  const { rows, embd, hidden, rank, experts } = d;
+  const { branches, activation, out } = mlp;
+  const variant = opts.variant ?? kernelVariant(engine);
+  const maxBindingBytes = opts.maxBindingBytes ?? engine.limits.maxStorageBufferBindingSize;
+  checkBindings(name, mlp, d, maxBindingBytes);
+  /** An unbatched product through kernels/matmul.ts (the frozen MLP's work). */
+  const matmul = (
+    label: string,
+    a: Operand,
+    b: Operand,
+    target: GradTarget,
+    bias: Tensor | null = null,
+  ) =>
+    productCommands(
+      engine,
+      product(`${name} ${label}`, a, b, 1, false, target, bias),
+      variant,
+      maxBindingBytes,
+    );
+  const overwrite = (tensor: Tensor) => ({ tensor, accumulate: false });
+  const K = range(branches.length);
+  const perExpert = (what: string, width: number) =>
+    tape.tensor([experts, rows, width], `${name} ${what}(${x.label})`);
+  const bases = branches.map((l) =>
+    tape.tensor([rows, hidden], `${name} base_${l.name}(${x.label})`)
+  );
+  const us = branches.map((l) => perExpert(`u_${l.name}`, rank));
+  const pres = branches.map((l) => perExpert(`p_${l.name}`, hidden));
+  const mix = tape.tensor([rows, hidden], `${name} mix(${x.label})`);
+  const uo = perExpert(`u_${out.name}`, rank);
+  const y = tape.tensor([rows, embd], `${name}(${x.label})`);
+  // Every low-rank tensor is a stack of the experts' matrices.
+  const stack = { rows, rank, experts, stacked: true };
+  const contractE = (label: string, spec: Omit<ContractSpec, keyof typeof stack>, on: Tensor[]) =>
+    contract(engine, `${name} ${label}`, { ...stack, ...spec }, on);
+  const expandE = (label: string, spec: Omit<ExpandSpec, keyof typeof stack>, on: Tensor[]) =>
+    expand(engine, `${name} ${label}`, { ...stack, ...spec }, on);
+  const tiles = new RowTile(rows, hidden);
+  const forward = [
+    ...branches.flatMap((l, k) => [
+      ...matmul(
+        `base_${l.name} = x·W_${l.name}${l.bias ? ` + b_${l.name}` : ""}`,
+        rowsOf(x, rows, embd),
+        frozenOperand(l, false),
+        overwrite(bases[k]),
+        l.bias,
+      ),
+      contractE(
+        `u_${l.name} = x·A_${l.name}ᵀ`,
+        { k: embd, actPerExpert: false, activation: IDENTITY, weight: "rank-major", scale: 1 },
+        [x, l.a, us[k]],
+      ),
+    ]),
+    launch(
+      engine,
+      `${name} ${branches.map((l) => `p_${l.name}`).join(", ")}, mix`,
+      (index) => mixForwardWgsl(d, scale, activation, index),
+      tiles.invocations,
+      [...K.flatMap((k) => [bases[k], us[k], branches[k].b]), gate, ...pres, mix],
+    ),
+    contractE(
+      `u_${out.name} = h·A_${out.name}ᵀ`,
+      { k: hidden, actPerExpert: true, activation, weight: "rank-major", scale: 1 },
+      [...pres, out.a, uo],
+    ),
+    ...matmul(
+      `y = mix·W_${out.name}`,
+      rowsOf(mix, rows, hidden),
+      frozenOperand(out, false),
+      overwrite(y),
+    ),
+    expandE(
+      `y += ${out.bias ? `Σg·b_${out.name} + ` : ""}s·Σ g·u_${out.name}·B_${out.name}ᵀ`,
+      {
+        wide: embd,
+        weight: "wide-major",
+        scale,
+        gated: true,
+        bias: out.bias !== null,
+        epilogue: "add",
+      },
+      [uo, out.b, y, gate, ...(out.bias ? [out.bias] : [])],
+    ),
+  ];
+
+  /** target (+)= sumScale·Σ_n big_e[n]ᵀ ⊗ (g[n, e]·)small_e[n], for each expert e. */
+  const outerE = (
+    label: string,
+    layout: OuterSpec["layout"],
+    spec: Omit<OuterSpec, keyof typeof stack | "layout">,
+    [big, small]: [Tensor[], Tensor],
+    sumScale: number,
+    target: GradTarget,
+  ): Command[] =>
+    outer(
+      tape,
+      `${name} ${label}`,
+      { ...stack, ...spec, layout },
+      { big, small, gate },
+      sumScale,
+      target,
+    );
+
+  tape.record({
+    name,
+    inputs: [x, gate, ...branches.flatMap((l) => [l.a, l.b]), out.a, out.b],
+    outputs: [y],
+    forward,
+    backward: (ctx) => {
+      const dy = ctx.gradOutput(0);
+      const [dx, dgate] = [ctx.gradInput(0), ctx.gradInput(1)];
+      const dBranch = K.map((k) => ({
+        da: ctx.gradInput(2 + 2 * k),
+        db: ctx.gradInput(3 + 2 * k),
+      }));
+      const [doA, doB] = [ctx.gradInput(2 + 2 * K.length), ctx.gradInput(3 + 2 * K.length)];
+      const commands: Command[] = [];
+      if (doB) {
+        const spec = { wide: embd, bigPerExpert: false, activation: IDENTITY, gated: true };
+        commands.push(...outerE(`dB_${out.name}`, "wide-major", spec, [[dy], uo], scale, doB));
+      }
+      const needBranch = dBranch.map(({ da, db }) => !!(dx || da || db));
+      const anyBranch = needBranch.some(Boolean);
+      if (!anyBranch && !dgate && !doA) return commands;
+      const vo = perExpert(`v_${out.name}`, rank);
+      commands.push(contractE(
+        `v_${out.name} = dy·B_${out.name}`,
+        { k: embd, actPerExpert: false, activation: IDENTITY, weight: "k-major", scale: 1 },
+        [dy, out.b, vo],
+      ));
+      if (doA) {
+        const spec = { wide: hidden, bigPerExpert: true, activation, gated: true };
+        commands.push(...outerE(`dA_${out.name}`, "rank-major", spec, [pres, vo], scale, doA));
+      }
+      if (!anyBranch && !dgate) return commands;
+      const dm = tape.tensor([rows, hidden], `${name} dm(${x.label})`);
+      commands.push(...matmul(
+        `dm = dy·W_${out.name}ᵀ`,
+        rowsOf(dy, rows, embd),
+        frozenOperand(out, true),
+        overwrite(dm),
+      ));
+      const dps = branches.map((l, k) => needBranch[k] ? perExpert(`dp_${l.name}`, hidden) : null);
+      const sums = dx
+        ? branches.map((l) => tape.tensor([rows, hidden], `${name} Σ dp_${l.name}(${x.label})`))
+        : [];
+      const partial = dgate
+        ? tape.tensor([tiles.colTiles, rows, experts], `${name} dgate partials`)
+        : null;
+      commands.push(launch(
+        engine,
+        `${name} ${branches.map((l) => `dp_${l.name}`).join(", ")}`,
+        (index) =>
+          mixBackwardWgsl(d, scale, activation, {
+            grads: needBranch,
+            sums: !!dx,
+            dgate: !!dgate,
+          }, index),
+        tiles.invocations,
+        [
+          dm,
+          ...pres,
+          vo,
+          out.a,
+          gate,
+          ...dps.filter((t): t is Tensor => t !== null),
+          ...sums,
+          ...(partial ? [partial] : []),
+        ],
+      ));
+      if (dgate && partial) {
+        commands.push(launch(
+          engine,
+          `${name} dgate`,
+          (index) => dgateWgsl(d, scale, out.bias !== null, dgate.accumulate, index),
+          rows * experts,
+          [partial, dy, ...(out.bias ? [out.bias] : []), uo, vo, dgate.tensor],
+        ));
+      }
+      const vs: Tensor[] = [];
+      for (const [k, l] of branches.entries()) {
+        const dp = dps[k];
+        if (!dp) continue;
+        const { da, db } = dBranch[k];
+        if (db) {
+          const spec = { wide: hidden, bigPerExpert: true, activation: IDENTITY, gated: false };
+          commands.push(...outerE(`dB_${l.name}`, "wide-major", spec, [[dp], us[k]], scale, db));
+        }
+        if (!dx && !da) continue;
+        vs[k] = perExpert(`v_${l.name}`, rank);
+        commands.push(contractE(
+          `v_${l.name} = s·dp_${l.name}·B_${l.name}`,
+          { k: hidden, actPerExpert: true, activation: IDENTITY, weight: "k-major", scale },
+          [dp, l.b, vs[k]],
+        ));
+        if (da) {
+          const spec = { wide: embd, bigPerExpert: false, activation: IDENTITY, gated: false };
+          commands.push(...outerE(`dA_${l.name}`, "rank-major", spec, [[x], vs[k]], 1, da));
+        }
+      }
+      if (!dx) return commands;
+      // dx = the first branch's product (overwrite or accumulate as asked), then adds.
+      const dxAdd = { tensor: dx.tensor, accumulate: true };
+      for (const [k, l] of branches.entries()) {
+        commands.push(...matmul(
+          `dx ${k === 0 && !dx.accumulate ? "=" : "+="} Σdp_${l.name}·W_${l.name}ᵀ`,
+          rowsOf(sums[k], rows, hidden),
+          frozenOperand(l, true),
+          k === 0 ? dx : dxAdd,
+        ));
+      }
+      for (const [k, l] of branches.entries()) {
+        commands.push(expandE(
+          `dx += Σ v_${l.name}·A_${l.name}`,
+          {
+            wide: embd,
+            weight: "rank-major",
+            scale: 1,
+            gated: false,
+            bias: false,
+            epilogue: "add",
+          },
+          [vs[k], l.a, dx.tensor],
+        ));
+      }
+      return commands;
+    },
+  });
+  return y;
+}

@@ -1,0 +1,256 @@
+// The WGSL of the mixture's own kernels (kernels/mixture.ts has the math and the op): the
+// forward elementwise kernel (each branch's p_kj = base_k + s·u_kj·B_kjᵀ, saved, and the gated
+// mixture m = Σ_j g_j·h_j), the backward one (dh_j, each branch's dp_kj, their sums over experts,
+// the row dots dm·h_j per column tile) and the gate's gradient from those partials. Each is
+// generated for its sizes and activation from the fragments of kernels/tile_codegen.ts.
+import { activationInputs, type MixtureActivation } from "./activation.ts";
+import { floatLiteral } from "./literals.ts";
+import {
+  expandLoop,
+  GATE,
+  gateLoads,
+  type KernelSource,
+  Matrix,
+  range,
+  RowTile,
+  stackRow,
+  TILE_GROUPS,
+  TILE_ROWS,
+  WORKGROUP,
+  zeroRegisters,
+} from "./tile_codegen.ts";
+
+/** The sizes: N rows, C = embd (in and out), H = hidden (between the layers), rank r, E experts. */
+export interface MixtureDims {
+  rows: number;
+  embd: number;
+  hidden: number;
+  rank: number;
+  experts: number;
+}
+
+/**
+ * Forward, per tile of [N, H]: for each expert, p_k = base_k + s·u_kj·B_kjᵀ for every branch
+ * (saved), and the mixture m = Σ_j g_j·act(p_1, ..).
+ */
+export function mixForwardWgsl(
+  d: MixtureDims,
+  scale: number,
+  activation: MixtureActivation,
+  index: string,
+): KernelSource {
+  const { rows, hidden, rank, experts } = d;
+  const K = range(activation.inputs);
+  const bases = K.map((k) => new Matrix(`base${k}`, hidden, "read"));
+  const smalls = K.map((k) => new Matrix(`u${k}`, rank, "read"));
+  const weights = K.map((k) => new Matrix(`b${k}`, rank, "read"));
+  const saved = activationInputs(activation, "pre", hidden, "rw");
+  const mix = new Matrix("mix", hidden, "rw");
+  const tile = new RowTile(rows, hidden);
+  // Each branch's p_k of expert e (saved for backward), then the expert's share g_j·h_j.
+  const perElement = (t: number, g: number) =>
+    [
+      ...K.flatMap((k) => [
+        `let p${k}${t}${g} = base${k}${t}${g} + ${floatLiteral(scale)} * acc${k}${t}${g};`,
+        tile.guard(
+          t,
+          g,
+          saved[k].store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `p${k}${t}${g}`),
+        ),
+      ]),
+      `mix${t}${g} += g${t} * ${activation.value(K.map((k) => `p${k}${t}${g}`))};`,
+    ].join("\n    ");
+  // acc_k_t_g[c] = u_ke[row0 + t, :] · B_ke[4·(c0 + g) + c, :]
+  const expansions = K.map((k) =>
+    `${zeroRegisters(`acc${k}`, TILE_ROWS, TILE_GROUPS, "    ")}
+    ${
+      expandLoop(tile, smalls[k], weights[k], "wide-major", {
+        stacked: true,
+        gated: false,
+        acc: `acc${k}`,
+      }, "    ")
+    }`
+  );
+  const code = `${activation.prelude}
+${[...bases, ...smalls, ...weights, ...saved, mix].map((m) => m.functions()).join("\n")}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  ${tile.start()}
+  ${K.map((k) => tile.load(`base${k}`, bases[k])).join("\n  ")}
+  ${zeroRegisters("mix", TILE_ROWS, TILE_GROUPS, "  ")}
+  for (var e = 0u; e < ${experts}u; e++) {
+    ${expansions.join("\n    ")}
+    ${gateLoads(tile, experts)}
+    ${tile.each(perElement, "    ")}
+  }
+  ${tile.guardEach((t, g) => mix.store(`row0 + ${t}u`, `c0 + ${g}u`, `mix${t}${g}`))}
+}`;
+  const bindings = [
+    ...K.flatMap((k) => [bases[k].binding, smalls[k].binding, weights[k].binding]),
+    GATE,
+    ...saved.map((m) => m.binding),
+    mix.binding,
+  ];
+  return { bindings, code };
+}
+
+/** Which outputs the backward elementwise kernel writes. */
+export interface MixBackwardOutputs {
+  /** Per branch k: dp_kj for every expert [E, N, H] (for dx, dA_k, dB_k). */
+  grads: readonly boolean[];
+  /** Σ_j dp_kj [N, H] of every branch (for dx's big products). */
+  sums: boolean;
+  /** Per column tile, Σ over its columns of dm·h_j [colTiles, N, E] (for dgate). */
+  dgate: boolean;
+}
+
+/**
+ * Backward, per tile of [N, H]: dh_j = g_j·(dm + s·v_oj·A_oj), each branch's dp_kj from the
+ * activation's slopes, their sums over experts, and the tile's share of the row dots dm·h_j.
+ */
+export function mixBackwardWgsl(
+  d: MixtureDims,
+  scale: number,
+  activation: MixtureActivation,
+  out: MixBackwardOutputs,
+  index: string,
+): KernelSource {
+  const { rows, hidden, rank, experts } = d;
+  const K = range(activation.inputs);
+  const wanted = K.filter((k) => out.grads[k]);
+  const dm = new Matrix("dm", hidden, "read");
+  const saved = activationInputs(activation, "pre", hidden);
+  const vo = new Matrix("vo", rank, "read");
+  const ao = new Matrix("ao", hidden, "read");
+  const dp = K.map((k) => new Matrix(`dp${k}`, hidden, "rw"));
+  const sums = K.map((k) => new Matrix(`dp_sum${k}`, hidden, "rw"));
+  const written = [...wanted.map((k) => dp[k]), ...(out.sums ? sums : [])];
+  const tile = new RowTile(rows, hidden);
+  const T = range(TILE_ROWS);
+  // A clamped (duplicate) column group must not count twice in the row dots.
+  const dotTerm = (t: number, g: number, h: string) =>
+    tile.ragged && g > 0
+      ? `select(0.0, dot(dm${t}${g}, ${h}), c0 + ${g}u < ${tile.groups}u)`
+      : `dot(dm${t}${g}, ${h})`;
+  const perElement = (t: number, g: number) => {
+    const id = `${t}${g}`;
+    const act = activation.backward(K.map((k) => `x${k}${id}`), `dh${id}`, id);
+    return [
+      ...K.map((k) =>
+        `let x${k}${id} = ${saved[k].load(stackRow(tile.row(t), rows, true), tile.group(g))};`
+      ),
+      act.setup,
+      `let dh${id} = g${t} * (dm${id} + ${floatLiteral(scale)} * acc${id});`,
+      ...wanted.flatMap((k) => [
+        `let dp${k}${id} = ${act.grads[k]};`,
+        tile.guard(
+          t,
+          g,
+          dp[k].store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `dp${k}${id}`),
+        ),
+      ]),
+      ...(out.sums ? K.map((k) => `dsum${k}${id} += dp${k}${id};`) : []),
+      out.dgate ? `dg${t} += ${dotTerm(t, g, act.h)};` : "",
+    ].filter(Boolean).join("\n    ");
+  };
+  const code = `${activation.prelude}
+${[dm, ...saved, vo, ao, ...written].map((m) => m.functions()).join("\n")}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  if (id >= ${tile.invocations}u) { return; }
+  let row0 = (id / ${tile.colTiles}u) * ${TILE_ROWS}u;
+  let colTile = id % ${tile.colTiles}u;
+  let c0 = colTile * ${TILE_GROUPS}u;
+  ${tile.load("dm", dm)}
+  ${
+    out.sums
+      ? K.map((k) => zeroRegisters(`dsum${k}`, TILE_ROWS, TILE_GROUPS, "  ")).join("\n  ")
+      : ""
+  }
+  for (var e = 0u; e < ${experts}u; e++) {
+    // acc_t_g[c] = v_oe[row0 + t, :] · A_oe[:, 4·(c0 + g) + c]
+    ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "    ")}
+    ${expandLoop(tile, vo, ao, "rank-major", { stacked: true, gated: false }, "    ")}
+    ${gateLoads(tile, experts)}
+    ${out.dgate ? T.map((t) => `var dg${t} = 0.0;`).join(" ") : ""}
+    ${tile.each(perElement, "    ")}
+    ${
+    out.dgate
+      ? T.map((t) =>
+        `if (row0 + ${t}u < ${rows}u) { ` +
+        `dgate_partial[(colTile * ${rows}u + row0 + ${t}u) * ${experts}u + e] = dg${t}; }`
+      ).join("\n    ")
+      : ""
+  }
+  }
+  ${
+    out.sums
+      ? K.map((k) =>
+        tile.guardEach((t, g) => sums[k].store(`row0 + ${t}u`, `c0 + ${g}u`, `dsum${k}${t}${g}`))
+      ).join("\n  ")
+      : ""
+  }
+}`;
+  const bindings = [
+    ...[dm, ...saved, vo, ao].map((m) => m.binding),
+    GATE,
+    ...written.map((m) => m.binding),
+    ...(out.dgate ? [["dgate_partial", "rw", "array<f32>"] as const] : []),
+  ];
+  return { bindings, code };
+}
+
+/**
+ * dgate[n, e] (+)= Σ_tiles partial[tile, n, e] (+ dy[n]·b_o) + s·u_oe[n]·v_oe[n]: dy·y_e, the
+ * terms of expert e's output (frozen product, bias, low-rank delta), in a fixed order.
+ */
+export function dgateWgsl(
+  d: MixtureDims,
+  scale: number,
+  withBias: boolean,
+  accumulate: boolean,
+  index: string,
+): KernelSource {
+  const { rows, embd, rank, experts } = d;
+  const dy = new Matrix("dy", embd, "read");
+  const bias = new Matrix("bias", embd, "read");
+  const up = new Matrix("up", rank, "read");
+  const vo = new Matrix("vo", rank, "read");
+  const matrices = [dy, ...(withBias ? [bias] : []), up, vo];
+  const code = `
+${matrices.map((m) => m.functions()).join("\n")}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  if (id >= ${rows * experts}u) { return; }
+  let n = id / ${experts}u;
+  let e = id % ${experts}u;
+  var frozen = 0.0;
+  for (var t = 0u; t < ${new RowTile(rows, d.hidden).colTiles}u; t++) { frozen += partial[t * ${
+    rows * experts
+  }u + id]; }${
+    withBias
+      ? `
+  var biased = 0.0;
+  for (var c4 = 0u; c4 < ${dy.groups}u; c4++) { biased += dot(${dy.load("n", "c4")}, ${
+        bias.load("0u", "c4")
+      }); }`
+      : ""
+  }
+  var low = 0.0;
+  for (var q = 0u; q < ${up.groups}u; q++) { low += dot(${up.load(`e * ${rows}u + n`, "q")}, ${
+    vo.load(`e * ${rows}u + n`, "q")
+  }); }
+  dgate[id] = ${accumulate ? "dgate[id] + " : ""}frozen + ${withBias ? "biased + " : ""}${
+    floatLiteral(scale)
+  } * low;
+}`;
+  const bindings = [
+    ["partial", "read", "array<f32>"] as const,
+    ...matrices.map((m) => m.binding),
+    ["dgate", "rw", "array<f32>"] as const,
+  ];
+  return { bindings, code };
+}
