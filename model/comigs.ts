@@ -1,7 +1,8 @@
-// GPT-2 adapted the CoMiGS way (method.md §1): the base stays frozen; attention LoRA on c_attn
-// and c_proj; every MLP becomes a mixture of the client's E LoRA experts sharing the frozen MLP
-// (kernels/moe_mlp.ts), weighted per token by a router's top-k gate, plus the load-balancing
-// loss over the blocks that have a router.
+// A base model adapted the CoMiGS way (method.md §1): the base stays frozen; attention LoRA;
+// every MLP becomes a mixture of the client's E LoRA experts sharing the frozen MLP, weighted per
+// token by a router's top-k gate (model/router.ts), plus the load-balancing loss over the blocks
+// that have a router. GPT-2's hooks are here (c_attn, c_proj; kernels/moe_mlp.ts); the Llama
+// family's in model/llama_comigs.ts.
 import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
@@ -9,14 +10,15 @@ import { add } from "../kernels/add.ts";
 import { scale } from "../kernels/fill.ts";
 import { loadBalance } from "../kernels/load_balance.ts";
 import { loraLinear } from "../kernels/lora.ts";
-import { matmul } from "../kernels/matmul.ts";
 import { moeMlp } from "../kernels/moe_mlp.ts";
-import { topkGate } from "../kernels/topk_gate.ts";
-import { type AdapterTensors, loraScale } from "./adapters.ts";
+import type { AdapterTensors } from "./adapters.ts";
 import { dimsOf } from "./base.ts";
-import type { BaseModel } from "./base_model.ts";
-import { type BlockAdapters, GPT2 } from "./gpt2.ts";
+import type { BaseModel, ModelOutput } from "./base_model.ts";
 import type { TokenBatch } from "./batch.ts";
+import { type BlockAdapters, GPT2 } from "./gpt2.ts";
+import { Llama } from "./llama.ts";
+import { LlamaMixture } from "./llama_comigs.ts";
+import { Routing } from "./router.ts";
 
 export interface AdaptedOutput {
   /** [1]: mean next-token cross-entropy (no auxiliary term). */
@@ -36,15 +38,11 @@ export interface AdaptedOutput {
   gates: Tensor[];
 }
 
-/** LoRA on the attention layers; subclasses decide what the MLP is. */
-export abstract class AttentionLora implements BlockAdapters {
-  protected readonly scale: number;
-
-  constructor(readonly model: GPT2, readonly adapters: AdapterTensors) {
-    this.scale = loraScale(adapters.config);
+/** GPT-2's hooks for one client's adapters: attention LoRA and the mixture of experts. */
+export class Gpt2Mixture extends Routing implements BlockAdapters {
+  constructor(readonly model: GPT2, adapters: AdapterTensors) {
+    super(adapters);
   }
-
-  abstract mlp(tape: Tape, block: number, x: Tensor): Tensor;
 
   attentionLinear(
     tape: Tape,
@@ -56,28 +54,11 @@ export abstract class AttentionLora implements BlockAdapters {
     const { A, B } = this.adapters.blocks[block].attention.get(layer)!;
     return loraLinear(tape, x, frozen, A, B, this.scale);
   }
-}
-
-/** The adapters of one client as GPT2's per-block hooks; collects router logits and gates. */
-class MixtureOfExperts extends AttentionLora {
-  readonly routerLogits: Tensor[] = [];
-  readonly gates: Tensor[] = [];
 
   mlp(tape: Tape, block: number, x: Tensor): Tensor {
-    const { experts, router } = this.adapters.blocks[block];
-    let gate: Tensor;
-    if (router) {
-      const logits = matmul(tape, x, router, { transB: true });
-      this.routerLogits.push(logits);
-      gate = topkGate(tape, logits, this.adapters.config.topK);
-    } else {
-      // One expert: its output as it is.
-      gate = tape.tensor([x.shape[0], 1], `gate 1 (block ${block})`);
-      tape.engine.write(gate, new Float32Array(x.shape[0]).fill(1));
-    }
-    this.gates.push(gate);
+    const { experts } = this.adapters.blocks[block];
     const mlp = `h.${block}.mlp`;
-    return moeMlp(tape, x, gate, {
+    return moeMlp(tape, x, this.gate(tape, block, x), {
       fcWeight: this.model.param(`${mlp}.c_fc.weight`),
       fcBias: this.model.param(`${mlp}.c_fc.bias`),
       projWeight: this.model.param(`${mlp}.c_proj.weight`),
@@ -97,19 +78,25 @@ export function forwardAdapted(
   adapters: AdapterTensors,
   batch: TokenBatch,
 ): AdaptedOutput {
-  if (!(model instanceof GPT2)) {
-    throw new ShapeError("CoMiGS adapters on the Llama family are not wired in yet");
-  }
-  const { n_layer, n_embd } = model.config;
-  const width = dimsOf(adapters.base).hidden;
-  if (adapters.config.experts.length !== n_layer || width !== n_embd) {
+  const dims = dimsOf(model.config), width = dimsOf(adapters.base).hidden;
+  if (adapters.config.experts.length !== dims.layers || width !== dims.hidden) {
     throw new ShapeError(
       `adapters for ${adapters.config.experts.length} blocks of width ${width} ` +
-        `on a model of ${n_layer} blocks of width ${n_embd}`,
+        `on a model of ${dims.layers} blocks of width ${dims.hidden}`,
     );
   }
-  const mixture = new MixtureOfExperts(model, adapters);
-  const { loss, logits, tokenLosses } = model.forward(tape, batch, mixture);
+  let mixture: Routing;
+  let output: ModelOutput;
+  if (model instanceof GPT2) {
+    const hooks = new Gpt2Mixture(model, adapters);
+    output = model.forward(tape, batch, hooks);
+    mixture = hooks;
+  } else if (model instanceof Llama) {
+    const hooks = new LlamaMixture(model, adapters);
+    output = model.forward(tape, batch, hooks);
+    mixture = hooks;
+  } else throw new ShapeError(`forwardAdapted: no CoMiGS adapters for ${model.constructor.name}`);
+  const { loss, logits, tokenLosses } = output;
   const { topK, lbRho, lbCoef } = adapters.config;
   const perBlock = mixture.routerLogits.map((logits) => loadBalance(tape, logits, topK, lbRho));
   const gates = mixture.gates;

@@ -91,6 +91,51 @@ for (const name of ["k2", "k1"]) {
   });
 }
 
+// The Llama family with CoMiGS adapters (scripts/golden_llama.py): llama-gqa experts 2,3 with
+// k = 2 on every attention projection; llama-mha experts 3,4, rank 2, LoRA on k_proj and o_proj
+// only (lora_targets), λ and ρ set; qwen2-mqa experts 3,1 (a block without router) with k = 1,
+// standard scaling, LoRA on q_proj and v_proj.
+for (
+  const [model, name] of [["llama-gqa-tiny", "k2"], ["llama-mha-tiny", "k2"], [
+    "qwen2-mqa-tiny",
+    "k1",
+  ]]
+) {
+  Deno.test({
+    name: `grad --adapters on ${model} (${name}) matches PyTorch's debug state`,
+    sanitizeResources: false,
+    fn: async () => {
+      const dir = await Deno.makeTempDir();
+      const golden = `${ROOT}tests/golden/${model}`;
+      const out = `${dir}/debug.safetensors`;
+      const { code, stderr } = await grad([
+        "--model",
+        golden,
+        "--adapters",
+        `${golden}/adapters-${name}.safetensors`,
+        "--tokens",
+        `${golden}/tokens.json`,
+        "--out",
+        out,
+      ]);
+      assertEquals(code, 0, stderr);
+      const ours = await readSafetensors(out);
+      const ref = await readSafetensors(`${golden}/debug-${name}.safetensors`);
+      assertEquals([...ours.tensors.keys()].sort(), [...ref.tensors.keys()].sort());
+      for (const [tensorName, tensor] of ours.tensors) {
+        const expected = ref.tensors.get(tensorName)!;
+        assertEquals(tensor.shape, expected.shape, tensorName);
+        // GPT-2's adapted tolerances above, for the same reasons (sums of comparable length).
+        const tol = tensorName.startsWith("grad.")
+          ? { atol: 1e-6, rtol: 1e-4 }
+          : { atol: 1e-5, rtol: 1e-5 };
+        assertClose(tensor.data, expected.data, tol, tensorName);
+      }
+      await Deno.remove(dir, { recursive: true });
+    },
+  });
+}
+
 Deno.test("grad rejects bad inputs with one clear message", async () => {
   const dir = await Deno.makeTempDir();
   const tokens = (json: unknown) => {
