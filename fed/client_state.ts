@@ -1,6 +1,7 @@
 // A client's state (adapters, both AdamW states, batch PRNG states, steps) as named tensors and
 // counters, for files: a simulated run's resume.safetensors holds every client's under
 // `client.<id>`, a networked client's own state file holds its one.
+import { isAdapterName } from "../model/adapters.ts";
 import type { AdamWState } from "../model/optim.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import type { ClientState } from "./client.ts";
@@ -18,7 +19,7 @@ export interface StateCounters {
   noise?: NoiseState;
 }
 
-/** `state` as tensors named `<prefix>.h.*` (adapters) and `<prefix>.<experts|routers>.<m|v>.k`. */
+/** `state` as tensors named `<prefix>.<adapter name>` and `<prefix>.<experts|routers>.<m|v>.k`. */
 export function stateTensors(
   prefix: string,
   state: ClientState,
@@ -65,7 +66,7 @@ export function stateFromTensors(
     step: counters.step,
     trainRng: counters.trainRng,
     routerRng: counters.routerRng,
-    adapters: new Map(under(`${prefix}.h.`).map(([name, data]) => [`h.${name}`, data])),
+    adapters: new Map(under(`${prefix}.`).filter(([name]) => isAdapterName(name))),
     experts: moments("experts", counters.experts),
     routers: counters.routers === undefined ? undefined : moments("routers", counters.routers),
     noise: counters.noise,

@@ -4,7 +4,7 @@
 // and an update (client tensor minus the global it started from, over all shared tensors
 // together) no larger than an honest client can produce. A refused result is left out of the
 // round with a one-line reason; one bad participant never stops the run.
-import { adapterRole } from "../model/adapters.ts";
+import { adapterRole, isAdapterName } from "../model/adapters.ts";
 import type { NamedTensor } from "../model/safetensors.ts";
 import { decodeMessage, type Message } from "./message.ts";
 import { l2Norm, updateOf } from "./update.ts";
@@ -62,13 +62,9 @@ export function defaultMaxUpdateNorm(lr: number, localSteps: number, values: num
   return ADAM_STEP_BOUND * lr * localSteps * Math.sqrt(values);
 }
 
-/** A canonical adapter tensor name (model/adapters.ts adapterShapes). */
-const ADAPTER_NAME =
-  /^h\.\d+\.(attn\.(c_attn|c_proj)\.lora_[AB]|mlp\.experts\.\d+\.(c_fc|c_proj)\.lora_[AB]|mlp\.router\.weight)$/;
-
 /** Why an unexpected name is refused. */
 function unexpected(name: string): string {
-  if (!ADAPTER_NAME.test(name)) return `sent "${name}", which is not an adapter tensor`;
+  if (!isAdapterName(name)) return `sent "${name}", which is not an adapter tensor`;
   const role = adapterRole(name);
   if (role === "router") return `sent ${name}, a router (routers never leave the device)`;
   if (role === "specialist") {

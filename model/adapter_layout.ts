@@ -119,6 +119,18 @@ export function layoutShapes(layout: readonly BlockLayout[], rank: number, hidde
   return shapes;
 }
 
+/** Whether `name` is a canonical adapter tensor name of either family (its block, expert and
+ * layer not checked against any one layout). */
+export function isAdapterName(name: string): boolean {
+  return ADAPTER_NAME.test(name);
+}
+
+const GPT2_NAME =
+  /h\.\d+\.(attn\.c_(attn|proj)\.lora_[AB]|mlp\.experts\.\d+\.c_(fc|proj)\.lora_[AB]|mlp\.router\.weight)/;
+const LLAMA_NAME =
+  /model\.layers\.\d+\.(self_attn\.[qkvo]_proj\.lora_[AB]|mlp\.experts\.\d+\.(gate|up|down)_proj\.lora_[AB]|mlp\.router\.weight)/;
+const ADAPTER_NAME = new RegExp(`^(${GPT2_NAME.source}|${LLAMA_NAME.source})$`);
+
 /** Whether a name belongs to the attention LoRA, the generalist (expert 0), a specialist, or a
  * router (any family). */
 export function adapterRole(name: string): "attention" | "generalist" | "specialist" | "router" {

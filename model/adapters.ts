@@ -60,7 +60,7 @@ export function adapterShapes(base: BaseConfig, config: AdapterConfig): Map<stri
   return layoutShapes(adapterLayout(base, config), config.rank, dimsOf(base).hidden);
 }
 
-export { adapterRole } from "./adapter_layout.ts";
+export { adapterRole, isAdapterName } from "./adapter_layout.ts";
 
 /**
  * Fresh adapters, deterministic from `seed`: lora_A ~ U(−1/√in, 1/√in) (PEFT's Kaiming-uniform

@@ -148,6 +148,21 @@ Deno.test("validate: every kind of bad result is refused with client, round and 
       'sent "lm_head.weight", which is not an adapter tensor',
     ],
     [
+      // Against a GPT-2 run a Llama-family specialist's name is still named for what it is.
+      withTensor(
+        good,
+        "model.layers.0.mlp.experts.1.up_proj.lora_B",
+        [48, 3],
+        new Float32Array(144),
+      ),
+      "sent model.layers.0.mlp.experts.1.up_proj.lora_B, a specialist's tensor (specialists " +
+      "never leave the device)",
+    ],
+    [
+      withTensor(good, "model.layers.0.self_attn.x_proj.lora_A", [3, 12], new Float32Array(36)),
+      'sent "model.layers.0.self_attn.x_proj.lora_A", which is not an adapter tensor',
+    ],
+    [
       withTensor(good, "h.7.attn.c_attn.lora_A", [3, 12], new Float32Array(36)),
       "sent h.7.attn.c_attn.lora_A, which the server did not send this round",
     ],
