@@ -11,10 +11,11 @@ import { type JoinOptions, openJoin } from "../fed/join.ts";
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import type { TrainOptions } from "../fed/options.ts";
 import { type Measurement, type RunEvent, summarise, summaryTable } from "../fed/records.ts";
-import { loadRunInputs, type RunResult } from "../fed/run.ts";
-import { openRun, planRun, writeRunOutputs } from "../fed/run_folder.ts";
+import { prepareRun, type RunResult } from "../fed/run.ts";
+import { openRun, writeRunOutputs } from "../fed/run_folder.ts";
 import type { ClientCorpus } from "../fed/scenarios.ts";
 import { members, type Streams } from "../fed/streams.ts";
+import { modelFolder } from "../model/model_source.ts";
 import type { Progress } from "../model/progress.ts";
 import { parseSafetensors, writeFileAtomic } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, parsePort, runMain, UsageError } from "./args.ts";
@@ -104,8 +105,12 @@ export async function runInBrowser(
   hooks: { progress: Progress; corpora?: ClientCorpus[] },
 ): Promise<RunResult> {
   if (!browser.serve) await checkExecutable(browser.chromium);
-  const plan = await planRun({ options }, { overwrite: browser.overwrite });
-  const { categories } = await loadRunInputs(options, hooks.corpora);
+  const { plan, inputs: { categories } } = await prepareRun({ options }, {
+    overwrite: browser.overwrite,
+    corpora: hooks.corpora,
+    progress: hooks.progress,
+  });
+  options = plan.options; // its base model pinned
   const run = await openRun(plan);
   hooks.progress.log(`run folder: ${options.out}`);
   const spec = METHOD_SPECS[options.method];
@@ -161,7 +166,7 @@ async function inTab(
   progress: Progress,
   records: { record(m: Measurement): Promise<void>; event(e: RunEvent): Promise<void> },
 ): Promise<{ pretrainedPpl: number[]; adapters: Uint8Array[]; global: Uint8Array | null }> {
-  const model = input.options.model;
+  const model = await modelFolder(input.options.model); // pinned: cached, no download
   const files: Record<string, Uint8Array> = {
     "/": new TextEncoder().encode(PAGE_HTML),
     "/page.js": await bundlePage(),

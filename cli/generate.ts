@@ -11,6 +11,7 @@ import {
 } from "../model/generate.ts";
 import { dimsOf } from "../model/base.ts";
 import { createModel } from "../model/load.ts";
+import { hubProgress, modelFolder } from "../model/model_source.ts";
 import { loadModelTokenizer } from "../model/tokenizer.ts";
 import {
   type Flags,
@@ -28,7 +29,7 @@ const USAGE = 'deno task generate --model DIR --prompt "TEXT" [--max-tokens N] '
 const FLAGS: FlagSpec = {
   model: {
     type: "string",
-    help: "base model folder (config.json + model.safetensors + tokenizer)",
+    help: "base model: a folder (config.json + weights + tokenizer) or hf:ORG/NAME[@REVISION]",
   },
   prompt: { type: "string", help: "the text to continue (non-empty)" },
   "max-tokens": { type: "string", help: "tokens to generate: an integer ≥ 0 (default 64)" },
@@ -69,7 +70,10 @@ async function main(): Promise<void> {
   const prompt = flags.prompt as string;
   if (prompt === "") throw new UsageError("--prompt must be non-empty text");
   const options = parseOptions(flags);
-  const modelDir = flags.model as string;
+  const modelDir = await modelFolder(
+    flags.model as string,
+    hubProgress(flags.model as string, console),
+  );
   const { config, weights } = await loadBaseCheckpoint(modelDir);
   const tokenizer = await loadModelTokenizer(modelDir, config);
   // The prompt first, dimmed on a terminal, so the continuation reads on from it.

@@ -8,6 +8,7 @@ import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { forwardAdapted } from "../model/comigs.ts";
 import { type BaseConfig, baseParameterShapes, dimsOf } from "../model/base.ts";
 import { createModel } from "../model/load.ts";
+import { hubProgress, modelFolder } from "../model/model_source.ts";
 import { TokenBatch } from "../model/batch.ts";
 import { type NamedTensor, writeSafetensors } from "../model/safetensors.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
@@ -15,7 +16,7 @@ import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args
 const USAGE =
   "deno task grad --model DIR [--adapters FILE] --tokens FILE.json --out FILE.safetensors";
 const FLAGS: FlagSpec = {
-  model: { type: "string", help: "base model folder (config.json + model.safetensors)" },
+  model: { type: "string", help: "base model: a folder or hf:ORG/NAME[@REVISION]" },
   adapters: {
     type: "string",
     help: "adapters.safetensors: its tensors become the trainable ones, the base stays frozen",
@@ -65,7 +66,10 @@ async function main(): Promise<void> {
       throw new UsageError(`--${name} is required\n\n${helpText(FLAGS, USAGE)}`);
     }
   }
-  const { config, weights } = await loadBaseCheckpoint(flags.model as string);
+  const spec = flags.model as string;
+  const { config, weights } = await loadBaseCheckpoint(
+    await modelFolder(spec, hubProgress(spec, console)),
+  );
   const sequences = await readTokenFile(flags.tokens as string, config);
   const adapterFile = typeof flags.adapters === "string"
     ? await loadAdapters(flags.adapters, config)

@@ -22,7 +22,7 @@ async function main(): Promise<void> {
   }
   // Every check (flags, folder, base model, data) before the GPU starts or a file is written.
   const overwrite = "overwrite" in invocation && invocation.overwrite;
-  const prepared = await prepareRun(invocation, { overwrite });
+  const prepared = await prepareRun(invocation, { overwrite, progress: console });
   const engine = await startEngine();
   const progress = new ProgressBar(0);
   const { summary, pretrainedPpl, out } = await runTraining(engine, prepared, { progress });

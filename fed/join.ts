@@ -74,7 +74,11 @@ export async function openJoin(
   }
   await Deno.mkdir(join.out, { recursive: true });
   await writeJson(`${join.out}/config.json`, options);
-  const { config, weights, categories } = await loadRunInputs(options, hooks.corpora);
+  const { config, weights, categories } = await loadRunInputs(
+    options,
+    hooks.corpora,
+    hooks.progress,
+  );
   if (JSON.stringify(config) !== JSON.stringify(info.base)) {
     throw new Error(
       `the base model at ${options.model} is not the server's (config ${JSON.stringify(config)}` +

@@ -12,6 +12,7 @@ import { type BaseCheckpoint, loadBaseCheckpoint } from "../model/checkpoint.ts"
 import { forwardAdapted } from "../model/comigs.ts";
 import { dimsOf } from "../model/base.ts";
 import { createModel } from "../model/load.ts";
+import { modelFolder } from "../model/model_source.ts";
 import { checkInteger, OptionError } from "../model/option_error.ts";
 import { tokenStream } from "../model/pretrain_data.ts";
 import { evaluationProgress, type Progress, silentProgress } from "../model/progress.ts";
@@ -65,7 +66,8 @@ export async function planRouting(
           .join(", "),
     );
   }
-  const base = await loadBaseCheckpoint(options.model);
+  // A Hub model is pinned to its commit in config.json: the cached snapshot, no download.
+  const base = await loadBaseCheckpoint(await modelFolder(options.model));
   const n = dimsOf(base.config).layers;
   if (layer !== undefined && layer >= n) {
     throw new OptionError(
@@ -95,7 +97,7 @@ export async function analyseRouting(
 ): Promise<ClientRouting[]> {
   const { options, base, layers, maxTokens } = plan;
   const { config, weights } = base;
-  const tokenizer = await loadModelTokenizer(options.model, config);
+  const tokenizer = await loadModelTokenizer(await modelFolder(options.model), config);
   const corpora = await loadScenario(options.scenario, {
     clients: options.clients,
     ood: options.ood,

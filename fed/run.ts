@@ -6,6 +6,7 @@ import { encodeAdapters } from "../model/adapters.ts";
 import { type BaseCheckpoint, loadBaseCheckpoint, readConfig } from "../model/checkpoint.ts";
 import type { Progress } from "../model/progress.ts";
 import { OptionError } from "../model/option_error.ts";
+import { HubError, hubProgress, modelFolder, pinnedModel } from "../model/model_source.ts";
 import { CheckpointError, serializeSafetensors } from "../model/safetensors.ts";
 import { TokenizerError } from "../model/tokenizer_contract.ts";
 import { loadModelTokenizer } from "../model/tokenizer.ts";
@@ -45,6 +46,9 @@ export interface RunResult {
   pretrainedPpl: number[];
 }
 
+/** Where a Hub download reports (a Progress, or console). */
+type Logger = { log(line: string): void };
+
 /** A run read and checked, with its inputs loaded, before anything is created. */
 export interface PreparedRun {
   plan: RunPlan;
@@ -54,10 +58,21 @@ export interface PreparedRun {
 /** Reads and checks everything a training run needs (its folder, base model and data). */
 export async function prepareRun(
   start: { options: TrainOptions } | { resume: string },
-  hooks: Pick<RunHooks, "corpora" | "overwrite"> = {},
+  hooks: Pick<RunHooks, "corpora" | "overwrite"> & { progress?: Logger } = {},
 ): Promise<PreparedRun> {
-  const plan = await planRun(start, { overwrite: hooks.overwrite });
-  return { plan, inputs: await loadRunInputs(plan.options, hooks.corpora) };
+  const plan = await pinBaseModel(
+    await planRun(start, { overwrite: hooks.overwrite }),
+    hooks.progress,
+  );
+  return { plan, inputs: await loadRunInputs(plan.options, hooks.corpora, hooks.progress) };
+}
+
+/** The plan with a Hub base model pinned to its commit (downloading it if need be): what the
+ * run's config.json records. */
+async function pinBaseModel(plan: RunPlan, progress?: Logger): Promise<RunPlan> {
+  const spec = plan.options.model;
+  const model = await asModelOption(() => pinnedModel(spec, hubProgress(spec, progress)));
+  return model === spec ? plan : { ...plan, options: { ...plan.options, model } };
 }
 
 /** Runs (or continues, `resume`) a training run; `prepared` once checked by prepareRun. */
@@ -112,10 +127,12 @@ export async function runTraining(
 export async function loadRunInputs(
   options: TrainOptions,
   corpora?: readonly ClientCorpus[],
+  progress?: Logger,
 ): Promise<BaseCheckpoint & { categories: Streams[] }> {
   const { config, weights, tokenizer } = await asModelOption(async () => {
-    const base = await loadBaseCheckpoint(options.model);
-    return { ...base, tokenizer: await loadModelTokenizer(options.model, base.config) };
+    const dir = await modelFolder(options.model, hubProgress(options.model, progress));
+    const base = await loadBaseCheckpoint(dir);
+    return { ...base, tokenizer: await loadModelTokenizer(dir, base.config) };
   });
   checkAgainstBase(options, config);
   const documents = corpora ?? await loadScenario(options.scenario, {
@@ -134,6 +151,7 @@ async function asModelOption<T>(read: () => Promise<T>): Promise<T> {
     if (e instanceof CheckpointError || e instanceof TokenizerError) {
       throw new OptionError("model", `is not a base model: ${e.message}`);
     }
+    if (e instanceof HubError) throw new OptionError("model", `cannot be downloaded: ${e.message}`);
     throw e;
   }
 }
@@ -158,10 +176,13 @@ export async function serveRun(
   },
 ): Promise<RunResult> {
   // Everything that can be checked is, before the run folder is made.
-  const plan = await planRun(start, { overwrite: hooks.overwrite });
+  const plan = await pinBaseModel(
+    await planRun(start, { overwrite: hooks.overwrite }),
+    hooks.progress,
+  );
   const { options, saved } = plan;
   checkFederated(options.method);
-  const base = await asModelOption(() => readConfig(options.model));
+  const base = await asModelOption(async () => readConfig(await modelFolder(options.model)));
   checkAgainstBase(options, base);
   const run = await openRun(plan);
   hooks.progress.log(`run folder: ${options.out}`);

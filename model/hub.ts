@@ -72,6 +72,12 @@ export async function downloadModel(
       Deno.env.get("TRANSFORMERS_OFFLINE"),
   );
   if (offline) return await fromCache(ref, cache);
+  // A commit's files never change: a complete snapshot of one needs no request (huggingface_hub
+  // does the same).
+  if (COMMIT.test(ref.revision)) {
+    const dir = cache.snapshot(ref.revision);
+    if ((await missingModelFiles(dir)).length === 0) return dir;
+  }
 
   try {
     return await download(ref, cache, new HubClient(ref, options));
