@@ -111,6 +111,7 @@ export async function runInBrowser(
     progress: hooks.progress,
   });
   options = plan.options; // its base model pinned
+  await tabModelFolder(options.model);
   const run = await openRun(plan);
   hooks.progress.log(`run folder: ${options.out}`);
   const spec = METHOD_SPECS[options.method];
@@ -153,6 +154,19 @@ export async function joinInBrowser(
   return { name: data.name };
 }
 
+/** The folder of base model `spec` (pinned: cached, no download), which a tab can read: one
+ * model.safetensors. */
+async function tabModelFolder(spec: string): Promise<string> {
+  const folder = await modelFolder(spec);
+  if (!(await Deno.stat(`${folder}/model.safetensors`).catch(() => null))?.isFile) {
+    throw new UsageError(
+      `--model ${spec}: a browser tab reads one model.safetensors, and ${folder} has none ` +
+        `(sharded weights are read by deno task train, not by the tab)`,
+    );
+  }
+  return folder;
+}
+
 /**
  * Serves the page with `input`, the base model and `categories`' streams, has a tab open it,
  * relays its events to `progress` and `record`, and returns what it sent: the base model's
@@ -166,7 +180,7 @@ async function inTab(
   progress: Progress,
   records: { record(m: Measurement): Promise<void>; event(e: RunEvent): Promise<void> },
 ): Promise<{ pretrainedPpl: number[]; adapters: Uint8Array[]; global: Uint8Array | null }> {
-  const model = await modelFolder(input.options.model); // pinned: cached, no download
+  const model = await tabModelFolder(input.options.model);
   const files: Record<string, Uint8Array> = {
     "/": new TextEncoder().encode(PAGE_HTML),
     "/page.js": await bundlePage(),

@@ -15,7 +15,8 @@ const FLAGS: FlagSpec = {
   out: { type: "string", help: "this client's folder: its state, then its adapters" },
   model: {
     type: "string",
-    help: "this device's copy of the base model (default: the server's path)",
+    help:
+      "this device's copy of the base model, a folder or hf:ORG/NAME@REVISION (default: the server's)",
   },
   help: { type: "boolean", help: "show this help" },
 };

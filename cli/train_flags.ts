@@ -37,7 +37,12 @@ export const TRAIN_FLAGS: FlagSpec = {
     help: "training tokens kept per client: one cap for all or one per client, e.g. " +
       "20000,all,all,all (default all: the whole split)",
   },
-  model: { type: "string", help: `base model folder ${defaults("model")}` },
+  model: {
+    type: "string",
+    help: `base model: a folder, or hf:ORG/NAME[@REVISION] from the Hugging Face Hub ${
+      defaults("model")
+    }`,
+  },
   rounds: { type: "string", help: `communication rounds R ${defaults("rounds")}` },
   "local-steps": {
     type: "string",
