@@ -3,17 +3,17 @@
 // LayerNorm and the output layer tied to the token embedding. Weights are Conv1D [in, out]
 // (y = x·W + b). One function per layer, llm.c's shape; the tape derives the backward pass.
 import type { Engine } from "../engine/device.ts";
-import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add } from "../kernels/add.ts";
 import { attention } from "../kernels/attention.ts";
 import { crossEntropyWithRowLosses } from "../kernels/cross_entropy.ts";
-import { embedding, splitRows } from "../kernels/embedding.ts";
+import { embedding } from "../kernels/embedding.ts";
 import { gelu } from "../kernels/gelu.ts";
 import { layerNorm } from "../kernels/layernorm.ts";
 import { matmul } from "../kernels/matmul.ts";
 import type { BaseModel, ModelOutput } from "./base_model.ts";
+import { BaseParams } from "./base_params.ts";
 import type { TokenBatch } from "./batch.ts";
 import { type GPT2Config, parameterShapes } from "./config.ts";
 
@@ -38,44 +38,18 @@ export interface BlockAdapters {
   mlp(tape: Tape, block: number, x: Tensor): Tensor;
 }
 
-export class GPT2 implements BaseModel {
-  /** Base tensors under their canonical Hugging Face names. */
-  readonly params = new Map<string, Tensor>();
-  /** wte in row blocks that fit one storage binding (one block for small vocabularies). */
-  #wteBlocks: Tensor[] = [];
-
+export class GPT2 extends BaseParams implements BaseModel {
   constructor(
-    readonly engine: Engine,
+    engine: Engine,
     readonly config: GPT2Config,
     weights: ReadonlyMap<string, Float32Array>,
   ) {
-    for (const [name, shape] of parameterShapes(config)) {
-      const data = weights.get(name);
-      if (!data) throw new ShapeError(`GPT2: weight ${name} missing`);
-      this.params.set(name, engine.tensor(shape, { data, label: name }));
-    }
-    this.#splitWte();
-  }
-
-  /** Makes every base tensor trainable (full training) or frozen (fine-tuning adapters). */
-  setTrainable(trainable: boolean): void {
-    for (const p of this.params.values()) p.requiresGrad = trainable;
-    this.#splitWte();
-  }
-
-  #splitWte(): void {
-    this.#wteBlocks = splitRows(this.engine, this.param("wte.weight"));
-  }
-
-  param(name: string): Tensor {
-    const p = this.params.get(name);
-    if (!p) throw new Error(`GPT2: no parameter ${name}`);
-    return p;
+    super(engine, "GPT2", parameterShapes(config), weights, "wte.weight");
   }
 
   /** Records the forward pass of `batch` on `tape`, through `adapters` when given. */
   forward(tape: Tape, batch: TokenBatch, adapters?: BlockAdapters): GPT2Output {
-    const tokens = embedding(tape, this.#wteBlocks, batch.ids);
+    const tokens = embedding(tape, this.embeddingBlocks, batch.ids);
     let x = add(tape, tokens, embedding(tape, this.param("wpe.weight"), batch.positions));
     for (let i = 0; i < this.config.n_layer; i++) x = this.block(tape, x, i, batch, adapters);
     const hidden = this.layerNorm(tape, x, "ln_f");
@@ -132,17 +106,5 @@ export class GPT2 implements BaseModel {
       this.param(`${prefix}.bias`),
       this.config.layer_norm_epsilon,
     );
-  }
-
-  /** Reads every base tensor back, under its canonical name. */
-  async weights(): Promise<Map<string, Float32Array>> {
-    const out = new Map<string, Float32Array>();
-    for (const [name, p] of this.params) out.set(name, await this.engine.readF32(p));
-    return out;
-  }
-
-  dispose(): void {
-    for (const p of this.params.values()) p.dispose();
-    this.params.clear();
   }
 }

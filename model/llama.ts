@@ -4,19 +4,19 @@
 // (tied to the embeddings or its own). Weights are nn.Linear [out, in] (y = x·Wᵀ + b). One
 // function per layer; the tape derives the backward pass.
 import type { Engine } from "../engine/device.ts";
-import { ShapeError } from "../engine/errors.ts";
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add } from "../kernels/add.ts";
 import { groupedAttention } from "../kernels/attention.ts";
 import { crossEntropyWithRowLosses } from "../kernels/cross_entropy.ts";
-import { embedding, splitRows } from "../kernels/embedding.ts";
+import { embedding } from "../kernels/embedding.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/rmsnorm.ts";
 import { rope, ropeTable } from "../kernels/rope.ts";
 import { ropeInverseFrequencies } from "../kernels/rope_frequencies.ts";
 import { swiglu } from "../kernels/swiglu.ts";
 import type { BaseModel, ModelOutput } from "./base_model.ts";
+import { BaseParams } from "./base_params.ts";
 import type { TokenBatch } from "./batch.ts";
 import { type LlamaConfig, llamaParameterShapes } from "./llama_config.ts";
 
@@ -33,50 +33,27 @@ export interface LlamaBlockAdapters {
   mlp(tape: Tape, block: number, m: Tensor): Tensor;
 }
 
-export class Llama implements BaseModel {
-  readonly params = new Map<string, Tensor>();
-  /** embed_tokens in row blocks that fit one storage binding. */
-  #embedBlocks: Tensor[] = [];
+export class Llama extends BaseParams implements BaseModel {
   /** The rotary cos|sin tables by sequence length (each shared by every layer's q and k). */
   readonly #ropeTables = new Map<number, Tensor>();
   readonly #frequencies: Float64Array;
 
   constructor(
-    readonly engine: Engine,
+    engine: Engine,
     readonly config: LlamaConfig,
     weights: ReadonlyMap<string, Float32Array>,
   ) {
-    for (const [name, shape] of llamaParameterShapes(config)) {
-      const data = weights.get(name);
-      if (!data) throw new ShapeError(`Llama: weight ${name} missing`);
-      this.params.set(name, engine.tensor(shape, { data, label: name }));
-    }
+    super(engine, "Llama", llamaParameterShapes(config), weights, "model.embed_tokens.weight");
     this.#frequencies = ropeInverseFrequencies(
       config.head_dim,
       config.rope_theta,
       config.rope_scaling,
     );
-    this.#splitEmbeddings();
-  }
-
-  setTrainable(trainable: boolean): void {
-    for (const p of this.params.values()) p.requiresGrad = trainable;
-    this.#splitEmbeddings();
-  }
-
-  #splitEmbeddings(): void {
-    this.#embedBlocks = splitRows(this.engine, this.param("model.embed_tokens.weight"));
-  }
-
-  param(name: string): Tensor {
-    const p = this.params.get(name);
-    if (!p) throw new Error(`Llama: no parameter ${name}`);
-    return p;
   }
 
   /** Records the forward pass of `batch` on `tape`, through `adapters` when given. */
   forward(tape: Tape, batch: TokenBatch, adapters?: LlamaBlockAdapters): ModelOutput {
-    let x = embedding(tape, this.#embedBlocks, batch.ids);
+    let x = embedding(tape, this.embeddingBlocks, batch.ids);
     const table = this.#ropeTable(batch.T);
     for (let i = 0; i < this.config.num_hidden_layers; i++) {
       x = this.block(tape, x, i, batch, table, adapters);
@@ -152,15 +129,8 @@ export class Llama implements BaseModel {
     return table;
   }
 
-  async weights(): Promise<Map<string, Float32Array>> {
-    const out = new Map<string, Float32Array>();
-    for (const [name, p] of this.params) out.set(name, await this.engine.readF32(p));
-    return out;
-  }
-
-  dispose(): void {
-    for (const p of this.params.values()) p.dispose();
-    this.params.clear();
+  override dispose(): void {
+    super.dispose();
     for (const table of this.#ropeTables.values()) table.dispose();
     this.#ropeTables.clear();
   }
