@@ -16,7 +16,7 @@ import {
   saveLlamaCheckpoint,
 } from "./llama_checkpoint.ts";
 import { isLlama } from "./base.ts";
-import { CheckpointError, parseSafetensors } from "./safetensors.ts";
+import { CheckpointError, parseSafetensors, readCheckpointText } from "./safetensors.ts";
 
 export interface BaseCheckpoint {
   config: BaseConfig;
@@ -48,13 +48,7 @@ export function configFromText(text: string, path: string): BaseConfig {
 /** A base folder's configuration. */
 export async function readConfig(dir: string): Promise<BaseConfig> {
   const path = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new CheckpointError(path, `cannot read (${(e as Error).message})`);
-  }
-  return configFromText(text, path);
+  return configFromText(await readCheckpointText(path), path);
 }
 
 /** A base folder's configuration and weights, checked against each other. */

@@ -6,6 +6,7 @@ import {
   CheckpointError,
   type NamedTensor,
   parseSafetensors,
+  readCheckpointText,
   readSafetensors,
   writeFileAtomic,
   writeSafetensors,
@@ -22,13 +23,7 @@ const MASK_BUFFER = /^h\.\d+\.attn\.(bias|masked_bias)$/;
 
 export async function readGpt2Config(dir: string): Promise<GPT2Config> {
   const path = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new CheckpointError(path, `cannot read (${(e as Error).message})`);
-  }
-  return gpt2ConfigFromText(text, path);
+  return gpt2ConfigFromText(await readCheckpointText(path), path);
 }
 
 export async function loadGpt2Checkpoint(dir: string): Promise<Gpt2Checkpoint> {

@@ -13,6 +13,7 @@ import {
 import {
   CheckpointError,
   type NamedTensor,
+  readCheckpointText,
   writeFileAtomic,
   writeSafetensors,
 } from "./safetensors.ts";
@@ -29,13 +30,7 @@ const ROTARY_BUFFER = /^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$/
 
 export async function readLlamaConfig(dir: string): Promise<LlamaConfig> {
   const path = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new CheckpointError(path, `cannot read (${(e as Error).message})`);
-  }
-  return parseLlamaConfigText(text, path);
+  return parseLlamaConfigText(await readCheckpointText(path), path);
 }
 
 export function parseLlamaConfigText(text: string, path: string): LlamaConfig {

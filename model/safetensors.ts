@@ -186,6 +186,11 @@ export async function readCheckpointBytes(path: string): Promise<Uint8Array> {
   }
 }
 
+/** A checkpoint's text file (config.json), likewise. */
+export async function readCheckpointText(path: string): Promise<string> {
+  return new TextDecoder().decode(await readCheckpointBytes(path));
+}
+
 /** Writes a file so that readers see either the old or the new contents, never a partial one. */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
   const temp = `${path}.${Deno.pid}.tmp`;
