@@ -15,7 +15,6 @@
 // - Offline (option or HF_HUB_OFFLINE=1): no request at all; the cache must hold the snapshot.
 // - HF_TOKEN (or HUGGING_FACE_HUB_TOKEN) is sent as `Authorization: Bearer`; HF_ENDPOINT sets the
 //   base URL (default https://huggingface.co).
-import { createHash, type Hash } from "node:crypto";
 import {
   COMMIT,
   defaultCacheDir,
@@ -330,7 +329,10 @@ async function sizeOf(path: string): Promise<number | undefined> {
 
 /** sha256 of the bytes, or git's blob sha1 (the sha1 of "blob {size}\0" then the bytes). */
 async function hashFile(path: string, kind: "sha256" | "gitSha1"): Promise<string> {
-  let hash: Hash;
+  // Imported when first needed, so that mod.ts still bundles for browsers (which have no
+  // node:crypto, nor files to hash); WebCrypto cannot hash a file in pieces.
+  const { createHash } = await import("node:crypto");
+  let hash: ReturnType<typeof createHash>;
   if (kind === "sha256") {
     hash = createHash("sha256");
   } else {
