@@ -22,7 +22,7 @@ export {
 
 // Operations (forward and backward), one per kernel file.
 export { add } from "./kernels/add.ts";
-export { attention } from "./kernels/attention.ts";
+export { attention, groupedAttention } from "./kernels/attention.ts";
 export { crossEntropy, crossEntropyWithRowLosses } from "./kernels/cross_entropy.ts";
 export { embedding } from "./kernels/embedding.ts";
 export { copy, fill, scale } from "./kernels/fill.ts";
@@ -32,6 +32,10 @@ export { loadBalance } from "./kernels/load_balance.ts";
 export { loraLinear } from "./kernels/lora.ts";
 export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
 export { moeMlp, type MoeMlpWeights } from "./kernels/moe_mlp.ts";
+export { moeSwiglu, type MoeSwigluWeights } from "./kernels/moe_swiglu.ts";
+export { rmsNorm } from "./kernels/rmsnorm.ts";
+export { rope, ropeTable } from "./kernels/rope.ts";
+export { swiglu } from "./kernels/swiglu.ts";
 export { softmax } from "./kernels/softmax.ts";
 export { mean, sum, sumRows } from "./kernels/sum.ts";
 export { topkGate } from "./kernels/topk_gate.ts";
@@ -73,6 +77,8 @@ export type { BaseModel, ModelOutput } from "./model/base_model.ts";
 export { Llama, type LlamaBlockAdapters } from "./model/llama.ts";
 export { type LlamaConfig, parseLlamaConfig } from "./model/llama_config.ts";
 export { loadModelTokenizer } from "./model/tokenizer.ts";
+export { HubError, modelFolder, pinnedModel } from "./model/model_source.ts";
+export { downloadModel, type HubOptions, type HubProgress } from "./model/hub.ts";
 export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./model/generate.ts";
 export {
   type EvalRecord,
@@ -110,6 +116,8 @@ export { type ClientCorpus, loadScenario, type Scenario, SCENARIOS } from "./fed
 export { runStreams, type Streams } from "./fed/streams.ts";
 export { decodeMessage, encodeMessage, type Message } from "./fed/message.ts";
 export { aggregate, type Weighting } from "./fed/aggregate.ts";
+export { type Refusal, type UpdateExpectation, validateUpdate } from "./fed/validate_update.ts";
+export { RdpAccountant } from "./fed/accountant.ts";
 export { FedAvgStrategy, type Instructions, type Strategy } from "./fed/strategy.ts";
 export { PclStrategy } from "./fed/pcl.ts";
 export {
