@@ -46,7 +46,15 @@ const PASS_THROUGH = [
   "model",
   "router-every",
   "router-steps",
+  "router-on-train",
   "train-tokens",
+  "rank",
+  "alpha",
+  "lora-scaling",
+  "top-k",
+  "lb-coef",
+  "lb-rho",
+  "aggregation",
 ];
 
 const USAGE = "deno task compare --scenario S [--seeds N] [--methods a,b,c] [--ood] [--out DIR] " +
@@ -76,7 +84,8 @@ export interface CompareOptions {
   methods: string[];
   ood: boolean;
   out: string;
-  /** The forwarded training flags, as `--name value` pairs in PASS_THROUGH's order. */
+  /** The forwarded training flags, as `--name value` pairs (`--name` for a switch) in
+   * PASS_THROUGH's order. */
   training: string[];
 }
 
@@ -112,8 +121,9 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
   const ood = flags.ood === true;
   const training: string[] = [];
   for (const name of PASS_THROUGH) {
-    const text = flags[name] as string | undefined;
-    if (text !== undefined) training.push(`--${name}`, text);
+    const value = flags[name] as string | boolean | undefined;
+    if (value === true) training.push(`--${name}`);
+    else if (typeof value === "string") training.push(`--${name}`, value);
   }
   // The runs' options as train will check them (the default method and client count).
   trainOptionsFromFlags({

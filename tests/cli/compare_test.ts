@@ -62,6 +62,9 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     "0",
     "--train-tokens",
     "20000,all,all,all",
+    "--lb-coef",
+    "0",
+    "--router-on-train",
   ]);
   assertEquals(
     [o.out, o.seeds, o.methods, o.training],
@@ -72,8 +75,11 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
       "3e-4",
       "--router-steps",
       "0",
+      "--router-on-train",
       "--train-tokens",
       "20000,all,all,all",
+      "--lb-coef",
+      "0",
     ]],
   );
   assertEquals(parseInvocation(["--help"]), { help: true });
