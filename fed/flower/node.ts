@@ -65,7 +65,9 @@ export interface FlowerNodeOptions extends FleetHttpOptions {
   /**
    * How long activation is retried while the SuperLink refuses it: a previous process of this
    * identity that died without deactivating holds the node online for up to 2 × its heartbeat
-   * interval. Default: 2 × heartbeatIntervalS + 5 for a kept identity, 0 for a fresh one.
+   * interval. Default: 2 × heartbeatIntervalS + 5 for a kept identity, 0 for a fresh one and
+   * for a kept one without `nodeId` when SuperNode authentication is on (it was never active
+   * here, so a refusal means that its key is not registered).
    */
   activationPatienceS?: number;
 }
@@ -101,6 +103,23 @@ export class FlowerNodeError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "FlowerNodeError";
+  }
+}
+
+/** SuperNode authentication is on and the SuperLink does not know this node's public key. */
+export class KeyNotRegisteredError extends FlowerNodeError {
+  /** `publicKeyFile`: where the node's public key is, in OpenSSH form, when it is in a file. */
+  constructor(publicKeyFile?: string) {
+    super(
+      "the SuperLink refused this node: SuperNode authentication is on and its public key is " +
+        "not registered. Register it (" +
+        (publicKeyFile
+          ? `flwr supernode register ${publicKeyFile} <connection>`
+          : "flwr supernode register <key.pub> <connection>; the key in OpenSSH form comes " +
+            "from publicKeyOpenSsh") +
+        "), then retry",
+    );
+    this.name = "KeyNotRegisteredError";
   }
 }
 
@@ -157,7 +176,8 @@ export class FlowerNode {
           if (e.code === ERROR_CODES.SUPERNODE_REGISTRATION_DISABLED) authOn = true;
           else if (e.code !== ERROR_CODES.PUBLIC_KEY_ALREADY_IN_USE) throw e;
         }
-        const patience = opts.activationPatienceS ?? (opts.keys ? 2 * heartbeat + 5 : 0);
+        const returning = opts.keys && (!authOn || opts.nodeId !== undefined);
+        const patience = opts.activationPatienceS ?? (returning ? 2 * heartbeat + 5 : 0);
         nodeId = await activate(http, keys, heartbeat, patience, authOn, log);
       }
       const poll = opts.pollIntervalS ?? 1;
@@ -416,12 +436,9 @@ async function activate(
         throw e;
       }
       if ((Date.now() - start) / 1000 + 2 > patienceS) {
+        if (authOn) throw new KeyNotRegisteredError();
         throw new FlowerNodeError(
-          authOn
-            ? "the SuperLink refused this node: SuperNode authentication is on and its public " +
-              "key is not registered. Register it (flwr supernode register <key.pub> " +
-              "<connection>; the key in OpenSSH form comes from publicKeyOpenSsh), then retry"
-            : "the SuperLink refused to activate this node: a previous session of this " +
+          "the SuperLink refused to activate this node: a previous session of this " +
               "identity is still marked online (it lapses 2 heartbeat intervals after its " +
               "last heartbeat); retry later",
         );

@@ -22,7 +22,7 @@ import { writeJson } from "../run_folder.ts";
 import type { ClientCorpus } from "../scenarios.ts";
 import { StateFiles } from "../state_files.ts";
 import { FlowerServerLink } from "./link.ts";
-import { FlowerNode, type FlowerTask } from "./node.ts";
+import { FlowerNode, type FlowerTask, KeyNotRegisteredError } from "./node.ts";
 import {
   exportPrivateKeyPem,
   generateNodeKeys,
@@ -81,6 +81,7 @@ export async function flowerNodeRun(
   const out = opts.out;
   await Deno.mkdir(out, { recursive: true });
   const keys = await nodeKeys(opts.key ?? `${out}/node-key.pem`, opts.key === undefined);
+  // The public key as `flwr supernode register` takes it (with authentication on).
   await Deno.writeTextFile(`${out}/node-key.pub`, await publicKeyOpenSsh(keys));
   const savedPath = `${out}/flower.json`;
   const saved = await readSaved(savedPath);
@@ -92,6 +93,10 @@ export async function flowerNodeRun(
     heartbeatIntervalS: opts.heartbeatIntervalS,
     pollIntervalS: 0.5,
     log: (line) => progress.log(line),
+  }).catch((e) => {
+    if (!(e instanceof KeyNotRegisteredError)) throw e;
+    // The CLI wrote the key in the form `flwr supernode register` takes: say where.
+    throw new KeyNotRegisteredError(`${out}/node-key.pub`);
   });
   hooks.connected?.(node);
   let first: FlowerTask | undefined;
