@@ -3,8 +3,9 @@
 - result.json, rewritten after every phase: the options, and per phase (query 0, evaluate 0,
   then train r / evaluate r) the nodes sampled, those that replied, those missing (sampled, no
   reply: Flower's round timeout or its error), their errors, each replying node's client id,
-  category and metrics, Flower's aggregated metrics, and after an evaluation the mean test
-  perplexity (the plain mean of the clients', method.md §5);
+  category and metrics, Flower's aggregated metrics, after an evaluation the mean test
+  perplexity (the plain mean of the clients', method.md §5), and `wall_s`: the seconds since the
+  ServerApp started when the phase ended (metrics.jsonl's `wall_s`);
 - final.safetensors at the end: the global shared tensors (global.safetensors of a simulated run);
 - summary.json at the end, the fields of a simulated run's summary.json. The ServerApp holds no
   data and no model, so `scenario`, `ood`, `base_model` and every `clients` entry are the nodes'
@@ -15,6 +16,7 @@ Node ids are uint64: written as strings so JSON readers keep every digit.
 
 import json
 import os
+import time
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -38,6 +40,7 @@ class RunRecord:
         self.out = out
         self.run_id = run_id
         self.options = options
+        self.started = time.monotonic()
         self.phases: list[dict] = []
         # Per reported client id: its latest facts and test perplexity, its base perplexity.
         self.clients: dict[int, dict] = {}
@@ -72,6 +75,7 @@ class RunRecord:
             "errors": {str(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()},
             "nodes": nodes,
             "metrics": dict(metrics) if metrics is not None else None,
+            "wall_s": round(time.monotonic() - self.started, 3),
         }
         evaluated = [v for v in nodes.values() if "test-ppl" in v]
         if phase == "evaluate" and evaluated:
