@@ -42,6 +42,8 @@ export class FlowerServerLink implements ServerLink {
   readonly skipsRounds = true;
   #waiting: FlowerTask | undefined;
   #current: FlowerTask | undefined;
+  /** When the client got the current task (its work time goes to the log). */
+  #startedMs = 0;
   #pretrainedPpl: number | null = null;
   #finished = false;
   /** Why the run ended before this node's last evaluation (null: it did not). */
@@ -95,6 +97,7 @@ export class FlowerServerLink implements ServerLink {
         continue;
       }
       this.#current = task;
+      this.#startedMs = performance.now();
       const parameters = task.arrays && task.arrays.size
         ? encodeMessage({
           round: task.round,
@@ -146,7 +149,8 @@ export class FlowerServerLink implements ServerLink {
       await task.reply({ metrics, config: facts });
       if (reply.round === this.run.options.rounds) this.#finished = true;
     }
-    this.run.log(`answered ${task.kind} ${reply.round}`);
+    const seconds = (performance.now() - this.#startedMs) / 1000;
+    this.run.log(`answered ${task.kind} ${reply.round} (${seconds.toFixed(1)} s of work)`);
   }
 
   /** Flower carries no progress reports: the node shows its own. */

@@ -30,7 +30,7 @@ flowerTest("flower: a comigs node killed after round 1 and restarted continues",
     const sim = await simulate(dir, "comigs-1g1s", [2, 2, 2]);
     const ids = await Promise.all(nodes.map((n) => n.comigsNodeId()));
     const { runId, out } = await link.run({ ...serverConfig("comigs-1g1s"), "min-nodes": 3 });
-    await nodes[1].waitFor(/answered evaluate 1$/, 300, "stderr");
+    await nodes[1].waitFor(/answered evaluate 1 \(/, 300, "stderr");
     await nodes[1].stop("SIGKILL");
     nodes[1] = start(1);
     assertEquals(await nodes[1].comigsNodeId(), ids[1], "the same node, from its folder");
@@ -67,7 +67,7 @@ flowerTest("flower: a comigs node that leaves for good: the run ends, it is reco
       "min-nodes": 2,
       "round-timeout": 15,
     });
-    await nodes[2].waitFor(/answered evaluate 1$/, 300, "stderr");
+    await nodes[2].waitFor(/answered evaluate 1 \(/, 300, "stderr");
     await nodes[2].stop("SIGKILL");
     assertEquals(await link.waitFinished(runId, 600), "finished:completed", await link.log());
     for (const node of nodes.slice(0, 2)) assertEquals((await node.exit()).code, 0, node.stderr);
