@@ -439,8 +439,8 @@ async function activate(
         if (authOn) throw new KeyNotRegisteredError();
         throw new FlowerNodeError(
           "the SuperLink refused to activate this node: a previous session of this " +
-              "identity is still marked online (it lapses 2 heartbeat intervals after its " +
-              "last heartbeat); retry later",
+            "identity is still marked online (it lapses 2 heartbeat intervals after its " +
+            "last heartbeat); retry later",
         );
       }
       log(

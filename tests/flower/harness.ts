@@ -270,7 +270,11 @@ export class NodeProcess {
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    const read = async (s: ReadableStream<Uint8Array>, lines: string[], times: number[]) => {
+    const read = async (
+      s: ReadableStream<Uint8Array<ArrayBuffer>>,
+      lines: string[],
+      times: number[],
+    ) => {
       let buf = "";
       const onLine = (l: string) => (lines.push(l), times.push(Date.now()));
       for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
