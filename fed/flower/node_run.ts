@@ -101,7 +101,8 @@ export async function flowerNodeRun(
   hooks.connected?.(node);
   let first: FlowerTask | undefined;
   try {
-    const runId = saved?.superlink === opts.superlink && saved.runId ? saved.runId : undefined;
+    // A folder that holds a run's state serves that run only, whatever address reaches it.
+    const runId = saved?.runId;
     await writeJson(savedPath, { superlink: opts.superlink, nodeId: String(node.nodeId), runId });
     progress.log(`flower node ${node.nodeId} at ${opts.superlink}: waiting for the ServerApp`);
     if (runId !== undefined) {

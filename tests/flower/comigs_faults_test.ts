@@ -1,9 +1,9 @@
 // Faults with comigs nodes (`deno task flower-node`, comigs_node.ts) on a real flower-superlink
 // and the shipped ServerApp: a node killed (SIGKILL, no sign-off) after round 1 and started again
 // with its folder takes its session back (same node id, no wait), continues from its saved state,
-// and the run still ends with the simulation's bits; a node that leaves for good does not hang
-// the run: Flower's round timeout ends the phases it misses, FedAvg aggregates the others, the
-// run completes, and result.json names the missing node.
+// and the run still ends with the simulation's bits (its folder then serves no other run); a
+// node that leaves for good does not hang the run: Flower's round timeout ends the phases it
+// misses, FedAvg aggregates the others, the run completes, and result.json names the missing node.
 import { assert, assertEquals } from "../assert.ts";
 import { flowerTest, NodeProcess, SuperLink } from "./harness.ts";
 import { assertSameAsSimulation, simulate } from "./comigs_compare.ts";
@@ -46,6 +46,16 @@ flowerTest("flower: a comigs node killed after round 1 and restarted continues",
       assertEquals(r.missing, []);
     }
     await assertSameAsSimulation(out, dirs, sim);
+
+    // A folder whose run is over serves no other run: one clear error.
+    const again = start(0);
+    nodes.push(again);
+    assertEquals((await again.exit(60)).code, 1);
+    assert(
+      again.errLines.at(-1)!.startsWith(`error: run ${runId}, which ${dirs[0]} holds, is over (`) &&
+        !/^\s+at /m.test(again.stderr),
+      again.stderr,
+    );
   } finally {
     await Promise.all(nodes.map((n) => n.stop()));
     await link.stop();

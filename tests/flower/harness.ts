@@ -338,10 +338,24 @@ export class NodeProcess {
     return await this.exit();
   }
 
-  async exit(): Promise<Deno.CommandStatus> {
-    const status = await this.#process.status;
-    await this.#done;
-    return status;
+  /** Waits for the process to end (at most `timeoutS` seconds, when given). */
+  async exit(timeoutS?: number): Promise<Deno.CommandStatus> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      if (timeoutS !== undefined) {
+        timer = setTimeout(
+          () => reject(new Error(`node still running after ${timeoutS} s:\n${this.stderr}`)),
+          timeoutS * 1000,
+        );
+      }
+    });
+    try {
+      const status = await Promise.race([this.#process.status, late]);
+      await this.#done;
+      return status;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 
