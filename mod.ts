@@ -153,3 +153,35 @@ export { clientLoop, MemoryStates, type StateStore } from "./fed/client_loop.ts"
 export { HttpServerLink, runInfo } from "./fed/http_link.ts";
 export { type RunHooks, type RunResult, runTraining, serveRun } from "./fed/run.ts";
 export { type JoinOptions, joinRun } from "./fed/join.ts";
+export { StateFiles } from "./fed/state_files.ts";
+
+// Flower: a comigs client as a node of a Flower SuperLink (the Fleet API of flwr 1.42, no
+// Python on the device), its ServerLink, and the whole node's life in Deno.
+export {
+  FlowerNode,
+  FlowerNodeError,
+  type FlowerNodeOptions,
+  type FlowerReply,
+  type FlowerTask,
+} from "./fed/flower/node.ts";
+export { type FlowerRun, FlowerServerLink } from "./fed/flower/link.ts";
+export {
+  type FlowerNodeResult,
+  flowerNodeRun,
+  type FlowerNodeRunOptions,
+} from "./fed/flower/node_run.ts";
+export {
+  FLOWER_METHODS,
+  type NodeLocalOptions,
+  nodeTrainOptions,
+  RunConfigError,
+} from "./fed/flower/run_options.ts";
+export {
+  exportPrivateKeyPem,
+  generateNodeKeys,
+  importPrivateKeyPem,
+  type NodeKeys,
+  publicKeyOpenSsh,
+} from "./fed/flower/node_keys.ts";
+export { FlowerConnectionError, FlowerRequestError } from "./fed/flower/fleet_http.ts";
+export { FlowerVersionError, FLWR_VERSION } from "./fed/flower/version.ts";

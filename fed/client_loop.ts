@@ -108,7 +108,7 @@ export async function clientLoop(
           }
         } else {
           if (fitted === task.round) fitted = await store.previous();
-          if (fitted !== task.round - 1) {
+          if (fitted > task.round - 1 || (fitted < task.round - 1 && !link.skipsRounds)) {
             throw new Error(
               `its state is after round ${fitted} but the server asks for round ${task.round}; ` +
                 `restart it with this run's folder`,

@@ -6,17 +6,16 @@
 import type { Engine } from "../engine/device.ts";
 import type { BaseCheckpoint } from "../model/checkpoint.ts";
 import { createModel } from "../model/load.ts";
-import { readSafetensors, writeFileAtomic, writeSafetensors } from "../model/safetensors.ts";
+import { writeFileAtomic } from "../model/safetensors.ts";
 import type { Progress } from "../model/progress.ts";
-import type { Client, ClientState } from "./client.ts";
-import { clientLoop, type StateStore } from "./client_loop.ts";
-import { type StateCounters, stateFromTensors, stateTensors } from "./client_state.ts";
+import { clientLoop } from "./client_loop.ts";
 import { makeClient } from "./factories.ts";
 import { type CredentialStore, HttpServerLink, runInfo } from "./http_link.ts";
 import type { TrainOptions } from "./options.ts";
 import { loadRunInputs } from "./run.ts";
 import { writeJson } from "./run_folder.ts";
 import type { ClientCorpus } from "./scenarios.ts";
+import { StateFiles } from "./state_files.ts";
 import type { Streams } from "./streams.ts";
 
 export interface JoinOptions {
@@ -95,61 +94,4 @@ function credentialFile(dir: string): CredentialStore {
     load: () => Deno.readTextFile(path).then((text) => text.trim(), () => null),
     save: (credential) => writeFileAtomic(path, new TextEncoder().encode(credential + "\n")),
   };
-}
-
-/** The client's state after its last fit and the one before, written atomically. */
-class StateFiles implements StateStore {
-  constructor(readonly dir: string, readonly client: Client) {}
-
-  #path(which: "state" | "state.prev") {
-    return `${this.dir}/${which}.safetensors`;
-  }
-
-  /** Loads the latest state there is and returns its round (0, saving it, when there is none). */
-  async restore(): Promise<number> {
-    const latest = await this.#read("state") ?? await this.#read("state.prev");
-    if (!latest) {
-      await this.#write("state", 0);
-      return 0;
-    }
-    this.client.importState(latest.state);
-    return latest.round;
-  }
-
-  /** Goes back to the state before the latest fit (whose result the server lost). */
-  async previous(): Promise<number> {
-    const prev = await this.#read("state.prev");
-    if (!prev) throw new Error(`${this.#path("state.prev")} is missing: cannot redo a fit`);
-    this.client.importState(prev.state);
-    return prev.round;
-  }
-
-  /** After the fit of `round`: the latest state becomes the previous one. */
-  async save(round: number): Promise<void> {
-    await Deno.rename(this.#path("state"), this.#path("state.prev")).catch(() => {});
-    await this.#write("state", round);
-  }
-
-  async #write(which: "state" | "state.prev", round: number): Promise<void> {
-    const { tensors, counters } = stateTensors(
-      `client.${this.client.id}`,
-      await this.client.exportState(),
-    );
-    await writeSafetensors(this.#path(which), tensors, {
-      round: String(round),
-      counters: JSON.stringify(counters),
-    });
-  }
-
-  async #read(
-    which: "state" | "state.prev",
-  ): Promise<{ round: number; state: ClientState } | null> {
-    const path = this.#path(which);
-    if (!(await Deno.stat(path).then(() => true, () => false))) return null;
-    const { tensors, metadata } = await readSafetensors(path);
-    const counters = JSON.parse(metadata.counters ?? "null") as StateCounters | null;
-    const round = Number(metadata.round);
-    if (!counters || !Number.isInteger(round)) throw new Error(`${path}: not a client state`);
-    return { round, state: stateFromTensors(tensors, `client.${this.client.id}`, counters) };
-  }
 }

@@ -27,6 +27,13 @@ export interface Join {
 
 export interface ServerLink {
   /**
+   * Whether the server may leave this client out of rounds (a Flower ServerApp samples the nodes
+   * online, and a message that a killed process had pulled is lost with it): the client then
+   * fits the next round it is asked for from its latest state. Our own server never does (a task
+   * waits until it is answered), so there a gap means a folder of another run.
+   */
+  readonly skipsRounds?: boolean;
+  /**
    * Introduces this client. `hello` builds the introduction, measuring the base model only when
    * the server still needs it; the link calls it again if the server forgets the client (a
    * restarted server).

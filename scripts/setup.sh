@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: npm packages (Deno itself comes from npm, pinned in package.json)
 # and, on Linux without any Vulkan driver, Mesa's lavapipe so WebGPU has a (software) adapter.
-# `--browser` also installs Chromium (Debian's; `deno task browser` and its test drive it).
+# `--browser` also installs Chromium (Debian's; `deno task browser` and its test drive it);
+# `--flower` also installs the pinned Flower into flower/.venv (scripts/setup_flower.sh: the
+# SuperLink, the flwr CLI and the ServerApp's Python, for the Flower tests). `npm test` asks
+# for both; `npm run train` for neither, so training needs no Python.
 set -euo pipefail
 browser=false
-[ "${1:-}" = --browser ] && browser=true
+flower=false
+for flag in "$@"; do
+  case "$flag" in
+  --browser) browser=true ;;
+  --flower) flower=true ;;
+  *)
+    echo "setup: unknown flag $flag (use --browser, --flower)" >&2
+    exit 2
+    ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 if ! command -v npm >/dev/null; then
@@ -42,4 +55,8 @@ if $browser && [ -z "${CHROMIUM:-}" ] && ! [ -x /usr/bin/chromium ]; then
     echo "  or set CHROMIUM to a Chromium or Chrome executable." >&2
     exit 1
   fi
+fi
+
+if $flower; then
+  bash scripts/setup_flower.sh
 fi

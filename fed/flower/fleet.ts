@@ -142,6 +142,8 @@ export const requests = {
       .finish(),
   pullObject: (nodeId: bigint, runId: bigint, objectId: string) =>
     new ProtoWriter().message(1, node(nodeId)).uint64(2, runId).string(3, objectId).finish(),
+  getRun: (nodeId: bigint, runId: bigint) =>
+    new ProtoWriter().message(1, node(nodeId)).uint64(2, runId).finish(),
   confirmMessageReceived: (nodeId: bigint, runId: bigint, messageObjectId: string) =>
     new ProtoWriter().message(1, node(nodeId)).uint64(2, runId).string(3, messageObjectId)
       .finish(),

@@ -2,12 +2,15 @@
 // on the device) the way Flower's own SuperNode does (flwr/supernode/fleet_http_connection.py):
 // register its key (or find it pre-registered when SuperNode authentication is on), activate,
 // keep a heartbeat, pull the ServerApp's messages with their objects, confirm them, push replies
-// with their objects, and deactivate (and unregister an ephemeral identity) when closed.
+// with their objects, and deactivate (and unregister an ephemeral identity) when closed. A kept
+// identity that knows its node id takes its session back at once (a restarted process).
 //
 //   const node = await FlowerNode.connect({ superlink: "http://127.0.0.1:9093" });
 //   for await (const task of node.tasks()) {
 //     await task.reply({ arrays, metrics: { "num-examples": n, loss } });
 //   }
+//
+// fed/flower/link.ts drives a comigs client with it (`pull`, `pause`, `runOver`).
 
 import type { NamedTensor } from "../../model/safetensors.ts";
 import {
@@ -37,8 +40,8 @@ import {
   parseObject,
   postOrder,
 } from "./objects.ts";
-import type { ConfigValue, MetricValue } from "./record_values.ts";
-import { inflateRecordDict, messageObject, replyContent } from "./records.ts";
+import type { ConfigOut, ConfigValue, MetricValue } from "./record_values.ts";
+import { inflateRecordDict, messageObject, replyContent, type ReplyRecords } from "./records.ts";
 
 export interface FlowerNodeOptions extends FleetHttpOptions {
   /**
@@ -48,6 +51,13 @@ export interface FlowerNodeOptions extends FleetHttpOptions {
    * when closed.
    */
   keys?: NodeKeys;
+  /**
+   * The node id `keys` had in an earlier session (a restarted process): the node takes that
+   * session back at once with a heartbeat, instead of waiting until the SuperLink marks the dead
+   * process offline (2 heartbeat intervals), so messages queued for it meanwhile are not lost.
+   * When the SuperLink no longer knows that id, the node registers and activates as usual.
+   */
+  nodeId?: bigint;
   /** Seconds between the heartbeats the SuperLink expects: 10..1800 (Flower's default 30). */
   heartbeatIntervalS?: number;
   /** Seconds between polls for messages when none is waiting (default 1). */
@@ -55,25 +65,35 @@ export interface FlowerNodeOptions extends FleetHttpOptions {
   /**
    * How long activation is retried while the SuperLink refuses it: a previous process of this
    * identity that died without deactivating holds the node online for up to 2 × its heartbeat
-   * interval. Default: 2 × heartbeatIntervalS + 5 for a kept identity, 0 for a fresh one.
+   * interval. Default: 2 × heartbeatIntervalS + 5 for a kept identity, 0 for a fresh one and
+   * for a kept one without `nodeId` when SuperNode authentication is on (it was never active
+   * here, so a refusal means that its key is not registered).
    */
   activationPatienceS?: number;
 }
 
-/** The flags of a reply's MetricRecord: `num-examples` (FedAvg's weight) and measurements. */
-export type ReplyMetrics = { "num-examples": number } & Record<string, number | number[]>;
+/**
+ * A reply's records. Metrics: `num-examples` (FedAvg's weight) is written as an integer, every
+ * other number as a float. Config: text, flags and integers (the node's own facts).
+ */
+export interface FlowerReply {
+  arrays?: Map<string, NamedTensor>;
+  metrics?: Record<string, number | number[]>;
+  config?: Record<string, string | boolean | number>;
+}
 
 export interface FlowerTask {
-  kind: "train" | "evaluate";
-  /** The ServerApp's round (`server-round` in the config). */
+  /** Flower's message type: train, evaluate, or query (a question outside the rounds). */
+  kind: "train" | "evaluate" | "query";
+  /** The ServerApp's round (`server-round` in the config; 0 when absent). */
   round: number;
   /** The ConfigRecord as plain values (the run options, `server-round` included). */
   config: Record<string, ConfigValue>;
   /** The ArrayRecord's tensors (the shared tensors), or null if the message carries none. */
   arrays: Map<string, NamedTensor> | null;
   runId: bigint;
-  /** Answer with arrays (train) and metrics; resolves once the SuperLink holds the reply. */
-  reply(result: { arrays?: Map<string, NamedTensor>; metrics: ReplyMetrics }): Promise<void>;
+  /** Answers with these records; resolves once the SuperLink holds the reply. */
+  reply(result: FlowerReply): Promise<void>;
   /** Answer with a Flower Error instead (the ServerApp counts the node as failed this round). */
   fail(reason: string): Promise<void>;
 }
@@ -83,6 +103,23 @@ export class FlowerNodeError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "FlowerNodeError";
+  }
+}
+
+/** SuperNode authentication is on and the SuperLink does not know this node's public key. */
+export class KeyNotRegisteredError extends FlowerNodeError {
+  /** `publicKeyFile`: where the node's public key is, in OpenSSH form, when it is in a file. */
+  constructor(publicKeyFile?: string) {
+    super(
+      "the SuperLink refused this node: SuperNode authentication is on and its public key is " +
+        "not registered. Register it (" +
+        (publicKeyFile
+          ? `flwr supernode register ${publicKeyFile} <connection>`
+          : "flwr supernode register <key.pub> <connection>; the key in OpenSSH form comes " +
+            "from publicKeyOpenSsh") +
+        "), then retry",
+    );
+    this.name = "KeyNotRegisteredError";
   }
 }
 
@@ -105,7 +142,7 @@ export class FlowerNode {
     private readonly http: FleetHttp,
     private readonly keys: NodeKeys,
     private readonly heartbeatIntervalS: number,
-    private readonly pollIntervalS: number,
+    readonly pollIntervalS: number,
     private readonly unregisterOnClose: boolean,
     private readonly log: (line: string) => void,
   ) {}
@@ -122,29 +159,29 @@ export class FlowerNode {
     try {
       const version = await http.checkVersion();
       const keys = opts.keys ?? await generateNodeKeys();
-      let registered = false;
-      let authOn = false;
-      try {
-        await http.call("register-node", requests.registerNode(keys.publicPem), keys);
-        registered = true;
-      } catch (e) {
-        // A kept identity is registered already; with authentication on, the operator does it.
-        if (!(e instanceof FlowerRequestError)) throw e;
-        if (e.code === ERROR_CODES.SUPERNODE_REGISTRATION_DISABLED) authOn = true;
-        else if (e.code !== ERROR_CODES.PUBLIC_KEY_ALREADY_IN_USE) throw e;
+      let nodeId: bigint, ephemeral = false;
+      if (
+        opts.keys && opts.nodeId !== undefined && await resume(http, keys, opts.nodeId, heartbeat)
+      ) {
+        nodeId = opts.nodeId;
+        log(`flower node: took back the session of node ${nodeId}`);
+      } else {
+        let authOn = false;
+        try {
+          await http.call("register-node", requests.registerNode(keys.publicPem), keys);
+          ephemeral = !opts.keys;
+        } catch (e) {
+          // A kept identity is registered already; with authentication on, the operator does it.
+          if (!(e instanceof FlowerRequestError)) throw e;
+          if (e.code === ERROR_CODES.SUPERNODE_REGISTRATION_DISABLED) authOn = true;
+          else if (e.code !== ERROR_CODES.PUBLIC_KEY_ALREADY_IN_USE) throw e;
+        }
+        const returning = opts.keys && (!authOn || opts.nodeId !== undefined);
+        const patience = opts.activationPatienceS ?? (returning ? 2 * heartbeat + 5 : 0);
+        nodeId = await activate(http, keys, heartbeat, patience, authOn, log);
       }
-      const patience = opts.activationPatienceS ?? (opts.keys ? 2 * heartbeat + 5 : 0);
-      const nodeId = await activate(http, keys, heartbeat, patience, authOn, log);
-      const node = new FlowerNode(
-        nodeId,
-        version,
-        http,
-        keys,
-        heartbeat,
-        opts.pollIntervalS ?? 1,
-        registered && !opts.keys,
-        log,
-      );
+      const poll = opts.pollIntervalS ?? 1;
+      const node = new FlowerNode(nodeId, version, http, keys, heartbeat, poll, ephemeral, log);
       node.#scheduleHeartbeat();
       return node;
     } catch (e) {
@@ -153,34 +190,60 @@ export class FlowerNode {
     }
   }
 
-  /** The ServerApp's train and evaluate messages, as they come, until `close()`. */
+  /** The ServerApp's messages, as they come, until `close()`. One left unanswered is failed. */
   async *tasks(): AsyncGenerator<FlowerTask> {
-    let pending: { answered: boolean; fail: (r: string) => Promise<void> } | undefined;
+    while (!this.#closed) {
+      const task = await this.pull();
+      if (!task) {
+        await this.pause(this.pollIntervalS);
+        continue;
+      }
+      let answered = false;
+      const answer = <A extends unknown[]>(f: (...a: A) => Promise<void>) => (...a: A) => {
+        answered = true;
+        return f(...a);
+      };
+      try {
+        yield { ...task, reply: answer(task.reply), fail: answer(task.fail) };
+      } finally {
+        if (!answered && !this.#closed) await task.fail("the comigs node did not answer");
+      }
+    }
+  }
+
+  /**
+   * The next message waiting for this node, with its objects (undefined: none; a message of a
+   * type comigs does not answer is refused here and gives undefined too).
+   */
+  async pull(): Promise<FlowerTask | undefined> {
+    if (this.#fatal) throw this.#fatal;
+    const pulled = decodePullMessages(
+      await this.http.call("pull-messages", requests.pullMessages(this.nodeId), this.keys),
+    );
+    return pulled.length ? await this.#receive(pulled[0]) : undefined;
+  }
+
+  /** Waits `seconds` (between polls), or less when the node is closed meanwhile. */
+  pause(seconds: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, seconds * 1000);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = done;
+    });
+  }
+
+  /** Why run `runId` is over, in the SuperLink's words, or null while it runs. */
+  async runOver(runId: bigint): Promise<string | null> {
     try {
-      while (!this.#closed) {
-        if (this.#fatal) throw this.#fatal;
-        const pulled = decodePullMessages(
-          await this.http.call("pull-messages", requests.pullMessages(this.nodeId), this.keys),
-        );
-        if (pulled.length === 0) {
-          await this.#idle(this.pollIntervalS);
-          continue;
-        }
-        const task = await this.#receive(pulled[0]);
-        if (!task) continue;
-        pending = { answered: false, fail: task.fail };
-        const answered = pending;
-        const wrap = <A extends unknown[]>(f: (...a: A) => Promise<void>) => (...a: A) => {
-          answered.answered = true;
-          return f(...a);
-        };
-        yield { ...task, reply: wrap(task.reply), fail: wrap(task.fail) };
-        if (!answered.answered) await answered.fail("the comigs node moved on without answering");
-      }
-    } finally {
-      if (pending && !pending.answered && !this.#closed) {
-        await pending.fail("the comigs node stopped before answering");
-      }
+      await this.http.call("get-run", requests.getRun(this.nodeId, runId), this.keys);
+      return null;
+    } catch (e) {
+      // Refused (FLEET_RUN_STATUS_NOT_ALLOWED: finished) or unknown to the SuperLink.
+      if (e instanceof FlowerRequestError) return e.detail;
+      throw e;
     }
   }
 
@@ -201,17 +264,6 @@ export class FlowerNode {
     } finally {
       this.http.close();
     }
-  }
-
-  #idle(seconds: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, seconds * 1000);
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.#wake = done;
-    });
   }
 
   #scheduleHeartbeat(): void {
@@ -259,8 +311,8 @@ export class FlowerNode {
     const fail = (reason: string) => send(null, { code: ERROR_CODE_NODE_FAILED, reason });
 
     const kind = ins.messageType;
-    if (kind !== "train" && kind !== "evaluate") {
-      await fail(`comigs nodes answer train and evaluate messages only, not "${kind}"`);
+    if (kind !== "train" && kind !== "evaluate" && kind !== "query") {
+      await fail(`comigs nodes answer train, evaluate and query messages, not "${kind}"`);
       return undefined;
     }
     const root = objects.get(ins.messageId);
@@ -282,18 +334,7 @@ export class FlowerNode {
       config,
       arrays,
       runId: ins.runId,
-      reply: async ({ arrays, metrics }) => {
-        const values = new Map<string, MetricValue>();
-        for (const [key, value] of Object.entries(metrics)) {
-          if (key === "num-examples") {
-            if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
-              throw new FlowerNodeError(`metric num-examples must be a count, got ${value}`);
-            }
-            values.set(key, { int: BigInt(value) });
-          } else values.set(key, value);
-        }
-        await send(await replyContent(arrays ?? null, values));
-      },
+      reply: async (result) => await send(await replyContent(replyRecords(result))),
       fail,
     };
   }
@@ -395,14 +436,11 @@ async function activate(
         throw e;
       }
       if ((Date.now() - start) / 1000 + 2 > patienceS) {
+        if (authOn) throw new KeyNotRegisteredError();
         throw new FlowerNodeError(
-          authOn
-            ? "the SuperLink refused this node: SuperNode authentication is on and its public " +
-              "key is not registered. Register it (flwr supernode register <key.pub> " +
-              "<connection>; the key in OpenSSH form comes from publicKeyOpenSsh), then retry"
-            : "the SuperLink refused to activate this node: a previous session of this " +
-              "identity is still marked online (it lapses 2 heartbeat intervals after its " +
-              "last heartbeat); retry later",
+          "the SuperLink refused to activate this node: a previous session of this " +
+            "identity is still marked online (it lapses 2 heartbeat intervals after its " +
+            "last heartbeat); retry later",
         );
       }
       log(
@@ -411,5 +449,46 @@ async function activate(
       );
       await sleep(2);
     }
+  }
+}
+
+/** A reply's records as Flower values (see FlowerReply), checked. */
+function replyRecords({ arrays, metrics, config }: FlowerReply): ReplyRecords {
+  const metricValues = metrics && new Map<string, MetricValue>(
+    Object.entries(metrics).map(([key, value]) => {
+      if (key !== "num-examples") return [key, value];
+      if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
+        throw new FlowerNodeError(`metric num-examples must be a count, got ${value}`);
+      }
+      return [key, { int: BigInt(value) }];
+    }),
+  );
+  const configValues = config && new Map<string, ConfigOut>(
+    Object.entries(config).map(([key, value]) => {
+      if (typeof value !== "number") return [key, value];
+      if (!Number.isSafeInteger(value)) {
+        throw new FlowerNodeError(`config ${key} must be an integer, got ${value}`);
+      }
+      return [key, { int: BigInt(value) }];
+    }),
+  );
+  return { arrays, metrics: metricValues, config: configValues };
+}
+
+/** Takes back the session of `nodeId` with a heartbeat; false when the SuperLink refuses it. */
+async function resume(
+  http: FleetHttp,
+  keys: NodeKeys,
+  nodeId: bigint,
+  heartbeat: number,
+): Promise<boolean> {
+  try {
+    return decodeHeartbeatResponse(
+      await http.call("send-node-heartbeat", requests.sendNodeHeartbeat(nodeId, heartbeat), keys),
+    );
+  } catch (e) {
+    // 401: the id is not this key's node (a SuperLink started afresh numbers nodes anew).
+    if (e instanceof FlowerRequestError) return false;
+    throw e;
   }
 }

@@ -66,12 +66,26 @@ export function decodeValueRecord(body: Uint8Array, what: string): Map<string, C
 /** A MetricRecord's values: an integer count or a float measurement (or a list of floats). */
 export type MetricValue = { int: bigint } | number | number[];
 
+/** A ConfigRecord value we send: text, a flag, or a MetricRecord's kind of number. */
+export type ConfigOut = string | boolean | MetricValue;
+
 /** A MetricRecord body, written as Python writes `MetricRecord({...})`. */
 export function encodeMetricRecord(metrics: Map<string, MetricValue>): Uint8Array {
+  return encodeValueRecord(metrics);
+}
+
+/** A ConfigRecord body, written as Python writes `ConfigRecord({...})`. */
+export function encodeConfigRecord(values: Map<string, ConfigOut>): Uint8Array {
+  return encodeValueRecord(values);
+}
+
+function encodeValueRecord(values: Map<string, ConfigOut>): Uint8Array {
   const w = new ProtoWriter();
-  for (const [key, value] of metrics) {
+  for (const [key, value] of values) {
     const v = new ProtoWriter();
     if (typeof value === "number") v.double(1, value, true);
+    else if (typeof value === "boolean") v.bool(4, value, true);
+    else if (typeof value === "string") v.string(5, value, true);
     else if (Array.isArray(value)) {
       v.message(21, new ProtoWriter().packedDoubles(1, value).finish());
     } else if (value.int > I64_MAX) v.uint64(3, value.int, true);

@@ -15,8 +15,10 @@ import {
   refsObject,
 } from "./objects.ts";
 import {
+  type ConfigOut,
   type ConfigValue,
   decodeValueRecord,
+  encodeConfigRecord,
   encodeMetricRecord,
   type MetricValue,
 } from "./record_values.ts";
@@ -101,10 +103,16 @@ function inflateArray(id: string, objects: Map<string, ParsedObject>, what: stri
   return tensor;
 }
 
-/** The content of a train/evaluate reply: {"arrays": ArrayRecord?, "metrics": MetricRecord}. */
+/** What a reply carries: the shared tensors (train), metrics (train, evaluate), a ConfigRecord. */
+export interface ReplyRecords {
+  arrays?: Map<string, NamedTensor> | null;
+  metrics?: Map<string, MetricValue>;
+  config?: Map<string, ConfigOut>;
+}
+
+/** The records of a reply, in a RecordDict: {"arrays"?, "metrics"?, "config"?} (FedAvg's keys). */
 export async function replyContent(
-  arrays: Map<string, NamedTensor> | null,
-  metrics: Map<string, MetricValue>,
+  { arrays, metrics, config }: ReplyRecords,
 ): Promise<FlowerObject> {
   const records: [string, FlowerObject][] = [];
   if (arrays) {
@@ -114,7 +122,12 @@ export async function replyContent(
     }
     records.push(["arrays", await refsObject("ArrayRecord", entries)]);
   }
-  records.push(["metrics", await makeObject("MetricRecord", [], encodeMetricRecord(metrics))]);
+  if (metrics) {
+    records.push(["metrics", await makeObject("MetricRecord", [], encodeMetricRecord(metrics))]);
+  }
+  if (config) {
+    records.push(["config", await makeObject("ConfigRecord", [], encodeConfigRecord(config))]);
+  }
   return await refsObject("RecordDict", records);
 }
 

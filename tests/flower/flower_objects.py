@@ -1,7 +1,7 @@
 """Flower's own object layer (the pinned flwr in flower/.venv), for tests/flower/objects_test.ts.
 
-Deflates a reply the way a Python SuperNode would (RecordDict of an ArrayRecord and a
-MetricRecord, inside a Message) plus a 16 MB zero array (repeated 5 MiB chunks) and a
+Deflates a reply the way a Python SuperNode would (RecordDict of an ArrayRecord, a MetricRecord
+and a ConfigRecord of the node's facts, inside a Message) plus a 16 MB zero array (repeated 5 MiB chunks) and a
 ConfigRecord of every value type, and prints each object's id and content (hex) as JSON.
 """
 
@@ -26,7 +26,8 @@ metrics = MetricRecord(
         for k, v in spec["metrics"].items()
     }
 )
-content = RecordDict({"arrays": arrays, "metrics": metrics})
+facts = ConfigRecord(spec["facts"])
+content = RecordDict({"arrays": arrays, "metrics": metrics, "config": facts})
 meta = spec["metadata"]
 message = make_message(
     Metadata(
@@ -74,6 +75,7 @@ print(
             "arrays": {name: obj(a) for name, a in arrays.items()},
             "arrayRecord": obj(arrays),
             "metricRecord": obj(metrics),
+            "factsRecord": obj(facts),
             "recordDict": obj(content),
             "message": obj(message),
             "zeros": {"array": obj(zeros), "chunks": [c.object_id for _, c in zeros.slice_array()]},

@@ -1,11 +1,13 @@
 // What the Flower tests share: the project's Flower environment (flower/.venv, made by
 // scripts/setup_flower.sh), a real flower-superlink on 127.0.0.1 with free ports, the shipped
-// Flower App started with Flower's own `flwr run`, and test node processes (test_node.ts) whose
-// stdout lines a test can wait for. Without the venv the tests are skipped, saying so.
+// Flower App started with Flower's own `flwr run`, and node processes (test_node.ts: a trivial
+// computation; comigs_node.ts: the real `deno task flower-node`) whose output lines a test can
+// wait for. Without the venv the tests are skipped, saying so, except in CI (CI=true), where
+// they fail with the set-up hint: a CI run that skipped them would prove nothing.
 
 import { fileURLToPath } from "node:url";
-import { writeSafetensors } from "../../model/safetensors.ts";
-import type { NamedTensor } from "../../model/safetensors.ts";
+import { aggregate, type Weighting } from "../../fed/aggregate.ts";
+import { type NamedTensor, readSafetensors } from "../../model/safetensors.ts";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const VENV_BIN = `${ROOT}flower/.venv/bin`;
@@ -19,13 +21,18 @@ export function haveFlower(): boolean {
   }
 }
 
-/** Deno.test, skipped with a message when the Flower venv is absent (never a fake server). */
+const SETUP_HINT = "flower/.venv is absent: run `bash scripts/setup_flower.sh` (npm test does)";
+
+/** Deno.test, skipped with a message when the Flower venv is absent (failing in CI). */
 export function flowerTest(name: string, fn: () => Promise<void>): void {
-  const ok = haveFlower();
-  if (!ok) {
-    console.warn(`skipping "${name}": flower/.venv is absent (run scripts/setup_flower.sh)`);
+  if (haveFlower()) return Deno.test({ name, fn });
+  if (Deno.env.get("CI") === "true") {
+    return Deno.test(name, () => {
+      throw new Error(`${SETUP_HINT}; CI must run the Flower tests, not skip them`);
+    });
   }
-  Deno.test({ name, ignore: !ok, fn });
+  console.warn(`skipping "${name}": ${SETUP_HINT}`);
+  Deno.test({ name, ignore: true, fn });
 }
 
 export function freePort(): number {
@@ -184,16 +191,14 @@ export class SuperLink {
   }
 
   /**
-   * Starts the shipped Flower App (flower/) with `flwr run`, its initial shared tensors written
-   * to a safetensors file; returns the run id and the folder the ServerApp writes its result to.
+   * Starts the shipped Flower App (flower/) with `flwr run` and these run-config overrides;
+   * returns the run id and the folder the ServerApp writes its run to.
    */
   async run(
-    initial: Map<string, NamedTensor>,
     config: Record<string, string | number | boolean>,
   ): Promise<{ runId: string; out: string }> {
-    const dir = await Deno.makeTempDir({ prefix: "flower-run-", dir: this.home });
-    await writeSafetensors(`${dir}/initial.safetensors`, initial, {});
-    const all = { "initial-arrays": `${dir}/initial.safetensors`, out: `${dir}/out`, ...config };
+    const out = await Deno.makeTempDir({ prefix: "flower-run-", dir: this.home });
+    const all = { out, ...config };
     const runConfig = Object.entries(all).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ");
     const text = await this.flwr(
       "run",
@@ -206,7 +211,7 @@ export class SuperLink {
     );
     const result = JSON.parse(text);
     if (!result.success) throw new Error(`flwr run failed: ${text}`);
-    return { runId: String(result["run-id"]), out: `${dir}/out` };
+    return { runId: String(result["run-id"]), out };
   }
 
   /** The run's status as `flwr ls` reports it, e.g. "finished:completed". */
@@ -248,25 +253,31 @@ function flowerEnv(home: string): Record<string, string> {
   };
 }
 
-/** A test node process (test_node.ts) and the lines it has printed so far. */
+/** A node process and the lines it has printed so far, stdout and stderr apart. */
 export class NodeProcess {
   readonly lines: string[] = [];
+  readonly errLines: string[] = [];
   /** When each line arrived (ms since the epoch). */
   readonly times: number[] = [];
-  stderr = "";
+  readonly errTimes: number[] = [];
   readonly #process: Deno.ChildProcess;
   readonly #done: Promise<void>;
 
-  constructor(args: string[]) {
+  /** `script`: test_node.ts (default) or comigs_node.ts, under tests/flower/. */
+  constructor(args: string[], script = "test_node.ts") {
     this.#process = new Deno.Command(DENO, {
-      args: ["run", "-A", "--no-check", `${ROOT}tests/flower/test_node.ts`, ...args],
+      args: ["run", "-A", "--no-check", `${ROOT}tests/flower/${script}`, ...args],
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    const read = async (s: ReadableStream<Uint8Array>, onLine: (l: string) => void) => {
+    const read = async (
+      s: ReadableStream<Uint8Array<ArrayBuffer>>,
+      lines: string[],
+      times: number[],
+    ) => {
       let buf = "";
-      const lines = s.pipeThrough(new TextDecoderStream() as TransformStream<Uint8Array, string>);
-      for await (const chunk of lines) {
+      const onLine = (l: string) => (lines.push(l), times.push(Date.now()));
+      for await (const chunk of s.pipeThrough(new TextDecoderStream())) {
         buf += chunk;
         const parts = buf.split("\n");
         buf = parts.pop()!;
@@ -275,21 +286,32 @@ export class NodeProcess {
       if (buf) onLine(buf);
     };
     this.#done = Promise.all([
-      read(this.#process.stdout, (l) => {
-        this.lines.push(l);
-        this.times.push(Date.now());
-      }),
-      read(this.#process.stderr, (l) => this.stderr += l + "\n"),
+      read(this.#process.stdout, this.lines, this.times),
+      read(this.#process.stderr, this.errLines, this.errTimes),
     ]).then(() => {});
   }
 
-  /** Waits for a stdout line matching `pattern`; returns its match and when it came. */
-  async waitFor(pattern: RegExp, timeoutS = 60): Promise<RegExpMatchArray & { at: number }> {
+  get stderr(): string {
+    return this.errLines.map((l) => l + "\n").join("");
+  }
+
+  /**
+   * Waits for a line matching `pattern` (on stdout, or stderr where comigs nodes log); returns
+   * its match and when it came.
+   */
+  async waitFor(
+    pattern: RegExp,
+    timeoutS = 60,
+    stream: "stdout" | "stderr" = "stdout",
+  ): Promise<RegExpMatchArray & { at: number }> {
+    const [lines, times] = stream === "stdout"
+      ? [this.lines, this.times]
+      : [this.errLines, this.errTimes];
     const end = Date.now() + timeoutS * 1000;
     while (Date.now() < end) {
-      for (const [i, line] of this.lines.entries()) {
+      for (const [i, line] of lines.entries()) {
         const m = line.match(pattern);
-        if (m) return Object.assign(m, { at: this.times[i] });
+        if (m) return Object.assign(m, { at: times[i] });
       }
       await sleep(50);
     }
@@ -298,8 +320,14 @@ export class NodeProcess {
     );
   }
 
+  /** The node id a test node prints on stdout. */
   async nodeId(): Promise<string> {
     return (await this.waitFor(/^node (\d+)$/))[1];
+  }
+
+  /** The node id a comigs node logs once it is active. */
+  async comigsNodeId(timeoutS = 120): Promise<string> {
+    return (await this.waitFor(/^flower node (\d+) at /, timeoutS, "stderr"))[1];
   }
 
   /** Ends the process (SIGTERM: the node signs off; SIGKILL: it just vanishes). */
@@ -310,19 +338,88 @@ export class NodeProcess {
     return await this.exit();
   }
 
-  async exit(): Promise<Deno.CommandStatus> {
-    const status = await this.#process.status;
-    await this.#done;
-    return status;
+  /** Waits for the process to end (at most `timeoutS` seconds, when given). */
+  async exit(timeoutS?: number): Promise<Deno.CommandStatus> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      if (timeoutS !== undefined) {
+        timer = setTimeout(
+          () => reject(new Error(`node still running after ${timeoutS} s:\n${this.stderr}`)),
+          timeoutS * 1000,
+        );
+      }
+    });
+    try {
+      const status = await Promise.race([this.#process.status, late]);
+      await this.#done;
+      return status;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 
-/** The shared tensors the tests start from: small dyadic values, so FedAvg's float32 sums are exact. */
+/**
+ * The shared tensors the trivial nodes offer as initial (real adapter names: the ServerApp
+ * refuses any other), with values that make float32 and float64 averaging differ.
+ */
 export function initialArrays(): Map<string, NamedTensor> {
-  const a = Float32Array.from({ length: 6 }, (_, i) => (i - 3) * 0.5);
-  const b = Float32Array.from({ length: 4 }, (_, i) => i * 0.25 - 1);
+  const a = Float32Array.from({ length: 6 }, (_, i) => (i - 3) * 0.3);
+  const b = Float32Array.from({ length: 4 }, (_, i) => i * 0.7 - 1.1);
   return new Map([
-    ["blocks.0.attn.lora_A", { shape: [2, 3], data: a }],
-    ["generalist.0.lora_B", { shape: [4], data: b }],
+    ["h.0.attn.c_attn.lora_A", { shape: [2, 3], data: a }],
+    ["h.0.mlp.experts.0.c_fc.lora_B", { shape: [4], data: b }],
   ]);
+}
+
+/** A trivial node's part in a round: its client id, the value it adds, its token claim. */
+export interface TrivialReply {
+  client: number;
+  value: number;
+  tokens?: number;
+}
+
+/**
+ * The global tensors trivial nodes (test_node.ts) reach from initialArrays(): per round, each
+ * replying node returns every tensor + its value, and fed/aggregate.ts averages the replies in
+ * client order (what the ServerApp must compute, bit for bit).
+ */
+export function trivialReference(
+  rounds: TrivialReply[][],
+  weighting: Weighting = "uniform",
+): Map<string, NamedTensor> {
+  let global = initialArrays();
+  for (const [r, replies] of rounds.entries()) {
+    const sorted = [...replies].sort((a, b) => a.client - b.client);
+    global = aggregate(
+      sorted.map(({ client, value, tokens }) => ({
+        round: r + 1,
+        sender: client,
+        trainTokens: tokens ?? 1,
+        tensors: new Map(
+          [...global].map(([name, t]) => [name, {
+            shape: t.shape,
+            data: t.data.map((x) => x + value),
+          }]),
+        ),
+      })),
+      weighting,
+    );
+  }
+  return global;
+}
+
+/** Asserts that a run's final.safetensors holds exactly `want`, bit for bit. */
+export async function assertFinal(out: string, want: Map<string, NamedTensor>): Promise<void> {
+  const final = (await readSafetensors(`${out}/final.safetensors`)).tensors;
+  const names = [...final.keys()].sort().join();
+  if (names !== [...want.keys()].sort().join()) {
+    throw new Error(`final.safetensors holds [${names}], expected [${[...want.keys()]}]`);
+  }
+  for (const [name, t] of want) {
+    const got = final.get(name)!;
+    if (got.shape.join() !== t.shape.join() || got.data.some((x, i) => !Object.is(x, t.data[i]))) {
+      throw new Error(`final ${name}: [${Array.from(got.data)}], expected [${Array.from(t.data)}]`);
+    }
+  }
 }

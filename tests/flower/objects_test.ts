@@ -2,7 +2,8 @@
 // library by tests/flower/flower_objects.py): the same tensors, metrics and reply metadata give
 // byte-identical .npy data and objects, hence the same SHA-256 ids, for ArrayChunk (including a
 // 16 MB array whose repeated 5 MiB chunks are stored once), Array, ArrayRecord, MetricRecord,
-// RecordDict and Message; and a ConfigRecord of every value type Flower writes reads back right.
+// the ConfigRecord of a comigs node's facts, RecordDict and Message; and a ConfigRecord of every
+// value type Flower writes reads back right.
 // Plus the version rule (only flwr 1.42.x) and the node's key formats.
 
 import { assert, assertEquals, assertThrows } from "../assert.ts";
@@ -31,6 +32,8 @@ const tensors = new Map<string, NamedTensor>([
   ["empty", { shape: [0, 5], data: new Float32Array(0) }],
 ]);
 const metrics = { "num-examples": 3, loss: 0.5, zero: 0, curve: [1, 2.5] };
+/** A comigs node's facts (its ConfigRecord "config"): text, flags and integers. */
+const facts = { client: 2, name: "fiction", ood: false, "train-tokens": 123456, big: -5 };
 const metadata: Metadata = {
   runId: 9746101041102262493n,
   messageId: "",
@@ -54,6 +57,7 @@ async function flowerOwn() {
       ) => [n, { shape: t.shape, f32: hex(new Uint8Array(t.data.buffer)) }]),
     ),
     metrics,
+    facts,
     metadata: Object.fromEntries(
       Object.entries(metadata).map(([k, v]) => [k, typeof v === "bigint" ? String(v) : v]),
     ),
@@ -82,18 +86,26 @@ flowerTest("flower objects: byte-identical to Flower's own deflate, ids included
     const array = await arrayObject("float32", t.shape, encodeNpyF32(t));
     assertEquals({ id: array.id, content: hex(array.content) }, own.arrays[name], name);
   }
-  const content = await replyContent(
-    tensors,
-    new Map<string, import("../../fed/flower/record_values.ts").MetricValue>([
+  const content = await replyContent({
+    arrays: tensors,
+    metrics: new Map<string, import("../../fed/flower/record_values.ts").MetricValue>([
       ["num-examples", { int: 3n }],
       ["loss", 0.5],
       ["zero", 0],
       ["curve", [1, 2.5]],
     ]),
-  );
-  const [arrayRecord, metricRecord] = content.children;
+    config: new Map<string, import("../../fed/flower/record_values.ts").ConfigOut>([
+      ["client", { int: 2n }],
+      ["name", "fiction"],
+      ["ood", false],
+      ["train-tokens", { int: 123456n }],
+      ["big", { int: -5n }],
+    ]),
+  });
+  const [arrayRecord, metricRecord, configRecord] = content.children;
   assertEquals({ id: arrayRecord.id, content: hex(arrayRecord.content) }, own.arrayRecord);
   assertEquals({ id: metricRecord.id, content: hex(metricRecord.content) }, own.metricRecord);
+  assertEquals({ id: configRecord.id, content: hex(configRecord.content) }, own.factsRecord);
   assertEquals({ id: content.id, content: hex(content.content) }, own.recordDict);
   const message = await messageObject(metadata, content);
   assertEquals({ id: message.id, content: hex(message.content) }, own.message);

@@ -1,11 +1,13 @@
-// A Flower node process for the tests: the real node (fed/flower/node.ts) doing a small exact
-// computation. Train: every received tensor + --value, with num-examples = --examples. Evaluate:
-// the sum of the received tensors' values as "eval-sum". It prints one line per event on stdout
-// ("node <id>", "task <kind> <round> <config JSON>", "replied <kind> <round>", "holding <round>")
-// so a test can follow it, and on a bad flag or a refused connection one "error: ..." line (no
-// stack trace).
+// A Flower node process for the tests: the real node (fed/flower/node.ts) doing a small
+// computation a test can redo. Query: the tests' initial shared tensors (harness.ts). Train:
+// every received tensor + --value, with num-examples = --examples. Evaluate: the sum of the
+// received tensors' values as "eval-sum". Every reply names the node's --client, as a comigs
+// node's does (the ServerApp orders and records the nodes by it). It prints one line per event on
+// stdout ("node <id>", "task <kind> <round> <config JSON>", "replied <kind> <round>",
+// "holding <round>") so a test can follow it, and on a bad flag or a refused connection one
+// "error: ..." line (no stack trace).
 //
-//   deno run -A tests/flower/test_node.ts --superlink URL [--ca FILE] [--key FILE]
+//   deno run -A tests/flower/test_node.ts --superlink URL [--client C] [--ca FILE] [--key FILE]
 //     [--value V] [--examples N] [--hold-round R] [--extra-array] [--heartbeat S]
 
 import { parseArgs } from "node:util";
@@ -13,10 +15,12 @@ import { FlowerNode } from "../../fed/flower/node.ts";
 import { generateNodeKeys, importPrivateKeyPem } from "../../fed/flower/node_keys.ts";
 import { exportPrivateKeyPem } from "../../fed/flower/node_keys.ts";
 import type { NamedTensor } from "../../model/safetensors.ts";
+import { initialArrays } from "./harness.ts";
 
 const { values: flags } = parseArgs({
   options: {
     superlink: { type: "string" },
+    client: { type: "string", default: "0" },
     ca: { type: "string" },
     key: { type: "string" },
     value: { type: "string", default: "0" },
@@ -58,11 +62,14 @@ async function main(): Promise<void> {
   const stop = () => node.close().then(() => Deno.exit(0));
   Deno.addSignalListener("SIGTERM", stop);
   console.log(`node ${node.nodeId}`);
+  const facts = { client: Number(flags.client) };
   for await (const task of node.tasks()) {
     const config = JSON.stringify(task.config, (_, v) => typeof v === "bigint" ? String(v) : v);
     console.log(`task ${task.kind} ${task.round} ${config}`);
     const arrays = task.arrays ?? new Map<string, NamedTensor>();
-    if (task.kind === "train") {
+    if (task.kind === "query") {
+      await task.reply({ arrays: initialArrays(), config: facts });
+    } else if (task.kind === "train") {
       if (task.round === hold) {
         console.log(`holding ${task.round}`);
         await new Promise(() => {}); // never answers: the test kills this process
@@ -71,15 +78,18 @@ async function main(): Promise<void> {
       for (const [name, t] of arrays) {
         out.set(name, { shape: t.shape, data: t.data.map((x) => x + value) });
       }
-      if (flags["extra-array"]) out.set("specialist.0", { shape: [1], data: new Float32Array(1) });
+      if (flags["extra-array"]) {
+        out.set("h.0.mlp.experts.1.c_fc.lora_A", { shape: [1], data: new Float32Array(1) });
+      }
       await task.reply({
         arrays: out,
         metrics: { "num-examples": examples, "train-value": value },
+        config: facts,
       });
     } else {
       let sum = 0;
       for (const t of arrays.values()) for (const x of t.data) sum += x;
-      await task.reply({ metrics: { "num-examples": examples, "eval-sum": sum } });
+      await task.reply({ metrics: { "num-examples": examples, "eval-sum": sum }, config: facts });
     }
     console.log(`replied ${task.kind} ${task.round}`);
   }

@@ -1,85 +1,62 @@
-// TLS and SuperNode authentication against a real flower-superlink started with a test CA's
-// certificate (openssl) and --enable-supernode-auth (which Flower allows only with TLS): a node
-// whose public key the operator registered with `flwr supernode register` (the OpenSSH form from
-// publicKeyOpenSsh) joins over TLS and trains; an unregistered key is refused with one clear
-// error; a node without the CA certificate gets a clear TLS error. No stack traces.
+// TLS and SuperNode authentication with `deno task flower-node` (comigs_node.ts) against a real
+// flower-superlink started with a test CA's certificate (openssl) and --enable-supernode-auth
+// (which Flower allows only with TLS), the operator's way: a node's first start writes its key
+// and is refused with one clear error naming the public key file to register; the operator
+// registers that file with `flwr supernode register`; without the CA certificate the node gets a
+// clear TLS error; with it, the registered node joins over TLS and takes part in a CoMiGS run.
+// No stack traces.
 
 import { assert, assertEquals } from "../assert.ts";
-import { readSafetensors } from "../../model/safetensors.ts";
-import {
-  exportPrivateKeyPem,
-  generateNodeKeys,
-  publicKeyOpenSsh,
-} from "../../fed/flower/node_keys.ts";
-import { flowerTest, initialArrays, makeTestCa, NodeProcess, SuperLink } from "./harness.ts";
-
-async function keyFiles(dir: string, name: string): Promise<{ key: string; pub: string }> {
-  const keys = await generateNodeKeys();
-  const key = `${dir}/${name}.pem`;
-  const pub = `${dir}/${name}.pub`;
-  await Deno.writeTextFile(key, await exportPrivateKeyPem(keys));
-  await Deno.writeTextFile(pub, await publicKeyOpenSsh(keys));
-  return { key, pub };
-}
+import { flowerTest, makeTestCa, NodeProcess, SuperLink } from "./harness.ts";
+import { nodeArgs, serverConfig } from "./tiny_comigs.ts";
 
 flowerTest("flower: TLS with a test CA and SuperNode authentication", async () => {
   const tls = await makeTestCa();
   const link = await SuperLink.start({ tls, auth: true });
+  const dir = await Deno.makeTempDir({ prefix: "flower-tls-node-" });
   const nodes: NodeProcess[] = [];
+  const start = (extra: string[]) => {
+    const node = new NodeProcess(nodeArgs(link.url, 0, dir, extra), "comigs_node.ts");
+    nodes.push(node);
+    return node;
+  };
   try {
-    const registered = await keyFiles(link.home, "registered");
-    const stranger = await keyFiles(link.home, "stranger");
-    await link.flwr("supernode", "register", registered.pub, "test");
-
-    const refused = new NodeProcess([
-      "--superlink",
-      link.url,
-      "--ca",
-      tls.ca,
-      "--key",
-      stranger.key,
-      "--activation-patience",
-      "0",
-    ]);
-    nodes.push(refused);
-    assertEquals((await refused.exit()).code, 1);
+    const unregistered = start(["--ca-cert", tls.ca]);
+    assertEquals((await unregistered.exit()).code, 1);
     assertEquals(
-      refused.stderr.trim(),
+      unregistered.errLines.at(-1),
       "error: the SuperLink refused this node: SuperNode authentication is on and its public " +
-        "key is not registered. Register it (flwr supernode register <key.pub> <connection>; " +
-        "the key in OpenSSH form comes from publicKeyOpenSsh), then retry",
+        `key is not registered. Register it (flwr supernode register ${dir}/node-key.pub ` +
+        "<connection>), then retry",
     );
+    assert(!/^\s+at /m.test(unregistered.stderr), `a stack trace leaked:\n${unregistered.stderr}`);
 
-    const noCa = new NodeProcess(["--superlink", link.url, "--key", registered.key]);
-    nodes.push(noCa);
+    await link.flwr("supernode", "register", `${dir}/node-key.pub`, "test");
+
+    const noCa = start([]);
     assertEquals((await noCa.exit()).code, 1);
     assert(
-      noCa.stderr.startsWith(`error: TLS to the SuperLink at ${link.url} failed:`) &&
+      noCa.errLines.at(-1)!.startsWith(`error: TLS to the SuperLink at ${link.url} failed:`) &&
         !/^\s+at /m.test(noCa.stderr),
       noCa.stderr,
     );
 
-    const member = new NodeProcess([
-      "--superlink",
-      link.url,
-      "--ca",
-      tls.ca,
-      "--key",
-      registered.key,
-      "--value",
-      "4",
-    ]);
-    nodes.push(member);
-    await member.nodeId();
-    const { runId, out } = await link.run(initialArrays(), { rounds: 1, "min-nodes": 1 });
-    assertEquals(await link.waitFinished(runId, 120), "finished:completed");
-    const final = (await readSafetensors(`${out}/final.safetensors`)).tensors;
-    for (const [name, t] of initialArrays()) {
-      assertEquals(Array.from(final.get(name)!.data), Array.from(t.data.map((x) => x + 4)));
-    }
+    const member = start(["--ca-cert", tls.ca]);
+    await member.comigsNodeId();
+    const { runId, out } = await link.run({
+      ...serverConfig("comigs-1g1s"),
+      rounds: 1,
+      "min-nodes": 1,
+    });
+    assertEquals(await link.waitFinished(runId, 300), "finished:completed", await link.log());
+    assertEquals((await member.exit()).code, 0, member.stderr);
+    const summary = JSON.parse(await Deno.readTextFile(`${out}/summary.json`));
+    assertEquals(summary.clients.map((c: { id: number }) => c.id), [0]);
+    assert((await Deno.stat(`${dir}/adapters.safetensors`)).isFile);
   } finally {
     await Promise.all(nodes.map((n) => n.stop()));
     await link.stop();
+    await Deno.remove(dir, { recursive: true });
     await Deno.remove(tls.dir, { recursive: true });
   }
 });
