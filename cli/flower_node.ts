@@ -25,7 +25,10 @@ export const FLOWER_NODE_FLAGS: FlagSpec = {
     type: "string",
     help: "this node's folder: its key, its state, then its adapters (a restart continues)",
   },
-  model: { type: "string", help: "this device's base model folder (default models/base)" },
+  model: {
+    type: "string",
+    help: "this device's base model: a folder or hf:ORG/NAME[@REVISION] (default models/base)",
+  },
   scenario: { type: "string", help: `${SCENARIOS.join(" | ")}: where its data comes from` },
   clients: { type: "string", help: "the scenario's number of clients (default 4)" },
   ood: { type: "boolean", help: "validation and test are a uniform mix of all categories" },
