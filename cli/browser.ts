@@ -24,9 +24,9 @@ import { joinFromFlags } from "./join_flags.ts";
 import { ProgressBar } from "./progress.ts";
 import { TRAIN_FLAGS, trainOptionsFromFlags } from "./train_flags.ts";
 
-const DEFAULT_CHROMIUM = "/usr/bin/chromium";
+export const DEFAULT_CHROMIUM = "/usr/bin/chromium";
 /** platform.md's headless Chromium with WebGPU (SwiftShader when the machine has no GPU). */
-const CHROMIUM_ARGS = [
+export const CHROMIUM_ARGS = [
   "--headless=new",
   "--enable-unsafe-webgpu",
   "--no-sandbox",

@@ -3,6 +3,7 @@
 // Markdown table and an SVG plot. Everything but reading is a pure function of its inputs, and
 // every rendering is deterministic (no dates, fixed number formats), so the same runs give the
 // same bytes.
+import { escapeXml } from "../model/escape_xml.ts";
 import { markdownTable } from "../model/markdown_table.ts";
 import type { TrainOptions } from "./options.ts";
 import { type MetricRecord, metricsOnly, type Summary as RunSummary } from "./records.ts";
@@ -459,9 +460,4 @@ export function logTicks(lo: number, hi: number): number[] {
 
 function tickLabel(v: number): string {
   return String(Number(v.toPrecision(4)));
-}
-
-function escapeXml(text: string): string {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;");
 }

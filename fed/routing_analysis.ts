@@ -16,8 +16,14 @@ import { modelFolder } from "../model/model_source.ts";
 import { checkInteger, OptionError } from "../model/option_error.ts";
 import { tokenStream } from "../model/pretrain_data.ts";
 import { evaluationProgress, type Progress, silentProgress } from "../model/progress.ts";
-import { type ClientRouting, streamWords, tallyGates } from "../model/routing.ts";
+import {
+  type ClientRouting,
+  generalistWeights,
+  streamWords,
+  tallyGates,
+} from "../model/routing.ts";
 import { StreamCapture } from "../model/stream_capture.ts";
+import { tokenTexts } from "../model/token_texts.ts";
 import { loadModelTokenizer } from "../model/tokenizer.ts";
 import { METHOD_SPECS, METHODS } from "./methods.ts";
 import type { TrainOptions } from "./options.ts";
@@ -26,6 +32,11 @@ import { loadScenario } from "./scenarios.ts";
 
 /** Test tokens read per client by default, from the start of its split. */
 export const DEFAULT_MAX_TOKENS = 20_000;
+/**
+ * Tokens per client the HTML page shows by default, with their gates: 400 is about three windows
+ * of the default --seq 128, a screenful or two of text per client, and keeps the page near 100 kB.
+ */
+export const DEFAULT_SHOWN_TOKENS = 400;
 
 /** Everything the analysis needs, read and checked before any GPU work. */
 export interface RoutingPlan {
@@ -34,6 +45,8 @@ export interface RoutingPlan {
   /** Blocks to report, in order. */
   layers: number[];
   maxTokens: number;
+  /** Tokens per client kept with their gates for the page (the first of those analysed). */
+  shownTokens: number;
   base: BaseCheckpoint;
   /** Per client, by id. */
   adapters: AdapterFile[];
@@ -45,10 +58,15 @@ export interface RoutingPlan {
  */
 export async function planRouting(
   dir: string,
-  { layer, maxTokens = DEFAULT_MAX_TOKENS }: { layer?: number; maxTokens?: number } = {},
+  { layer, maxTokens = DEFAULT_MAX_TOKENS, shownTokens = DEFAULT_SHOWN_TOKENS }: {
+    layer?: number;
+    maxTokens?: number;
+    shownTokens?: number;
+  } = {},
 ): Promise<RoutingPlan> {
   if (layer !== undefined) checkInteger("layer", layer, 0);
   checkInteger("maxTokens", maxTokens, 1);
+  checkInteger("shownTokens", shownTokens, 1);
   const info = await Deno.stat(dir).catch(() => null);
   if (!info?.isDirectory) throw new OptionError("run", `${dir}: no such folder`);
   const options = await readRunConfig(dir);
@@ -86,10 +104,13 @@ export async function planRouting(
     adapters.push(await loadAdapters(path, base.config));
   }
   const layers = layer === undefined ? [...Array(n).keys()] : [layer];
-  return { dir, options, layers, maxTokens, base, adapters };
+  return { dir, options, layers, maxTokens, shownTokens, base, adapters };
 }
 
-/** Runs every client's adapted model over its test split and gathers its gates by word class. */
+/**
+ * Runs every client's adapted model over its test split and gathers its gates by word class;
+ * keeps the first plan.shownTokens tokens' texts and generalist gates (not every gate: memory).
+ */
 export async function analyseRouting(
   engine: Engine,
   plan: RoutingPlan,
@@ -142,11 +163,19 @@ export async function analyseRouting(
         adapters.dispose();
       }
       const words = streamWords(Array.from(stream, piece), options.seq);
+      const shown = Math.min(plan.shownTokens, words.length);
       results.push({
         client: id,
         name: corpora[id].name,
         tokens: words.length,
         layers: layers.map((l, k) => tallyGates(words, gates[k], file.config.experts[l], l)),
+        shown: {
+          texts: tokenTexts(tokenizer, stream.subarray(0, shown)),
+          kinds: words.slice(0, shown).map((w) => w?.kind ?? null),
+          generalist: layers.map((l, k) =>
+            generalistWeights(gates[k], file.config.experts[l], shown)
+          ),
+        },
       });
       progress.log(
         `client ${id} (${corpora[id].name}): ${words.length} tokens in ` +

@@ -191,6 +191,33 @@ export function topWords(tally: LayerTally, kind: WordKind, n: number): WordStat
     }));
 }
 
+/**
+ * The generalist's gate on each of the first `count` rows of one layer's gates [positions, E]:
+ * the per-token weights a page shows, kept for the shown tokens only.
+ */
+export function generalistWeights(
+  gates: Float32Array,
+  experts: number,
+  count: number,
+): Float32Array {
+  if (count * experts > gates.length) {
+    throw new ShapeError(
+      `generalistWeights: ${count} tokens × ${experts} experts from ${gates.length} gate values`,
+    );
+  }
+  return Float32Array.from({ length: count }, (_, p) => gates[p * experts]);
+}
+
+/** The first input tokens of a client's analysed text, token by token (the routing page). */
+export interface ShownText {
+  /** Each token's text (model/token_texts.ts: joined, the decoded text). */
+  texts: string[];
+  /** Each token's word class as the tallies count it; null: not a whole word. */
+  kinds: (WordKind | null)[];
+  /** Per layer (in the order of ClientRouting.layers), the generalist's gate on each token. */
+  generalist: Float32Array[];
+}
+
 /** One client's analysis: its layers' tallies over its analysed input tokens. */
 export interface ClientRouting {
   client: number;
@@ -198,6 +225,8 @@ export interface ClientRouting {
   /** Input positions analysed (whole words or not). */
   tokens: number;
   layers: LayerTally[];
+  /** Its first tokens with their gates, as the HTML page shows them. */
+  shown: ShownText;
 }
 
 export interface RoutingRow {
@@ -255,8 +284,14 @@ export function routingJson(meta: RoutingMeta, clients: readonly ClientRouting[]
   };
 }
 
-const fixed = (x: number | null, digits = 3) => x === null ? "–" : x.toFixed(digits);
-const signed = (x: number | null) => x === null ? "–" : (x >= 0 ? "+" : "") + x.toFixed(3);
+/** A weight as the reports print it: three decimals, "–" for none. */
+export const fixed = (x: number | null) => x === null ? "–" : x.toFixed(3);
+/** A difference of weights: signed, three decimals; one that rounds to zero is "+0.000". */
+export function signed(x: number | null): string {
+  if (x === null) return "–";
+  const rounded = Math.round(x * 1000) / 1000 || 0; // −0 as 0
+  return (rounded >= 0 ? "+" : "") + rounded.toFixed(3);
+}
 
 /** The Markdown report: one table of every client and layer, then the first layer's top words. */
 export function routingMarkdown(meta: RoutingMeta, clients: readonly ClientRouting[]): string {

@@ -5,82 +5,18 @@
 import { join } from "node:path";
 import { parseInvocation } from "../../cli/routing.ts";
 import { UsageError } from "../../cli/args.ts";
-import {
-  type Method,
-  METHOD_SPECS,
-  methodAdapterConfig,
-  methodInitAdapters,
-} from "../../fed/methods.ts";
-import { TRAIN_DEFAULTS as DEFAULTS, type TrainOptions } from "../../fed/options.ts";
+import { TRAIN_DEFAULTS as DEFAULTS } from "../../fed/options.ts";
 import { loadScenario } from "../../fed/scenarios.ts";
-import { saveAdapters } from "../../model/adapters.ts";
 import { dimsOf } from "../../model/base.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { tokenStream } from "../../model/pretrain_data.ts";
 import { type RoutingRow, streamWords } from "../../model/routing.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
-import { Rng } from "../util.ts";
-import { MODEL, options } from "../fed/tiny_run.ts";
+import { MODEL } from "../fed/tiny_run.ts";
+import { routing, writeRun } from "./routing_run.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
 const MAX_TOKENS = 300;
-
-function runOptions(out: string, method: Method, experts: number[]): TrainOptions {
-  return {
-    ...options(out, method, 1),
-    clients: experts.length,
-    experts,
-    localSteps: 1,
-    trainTokens: experts.map(() => null),
-  };
-}
-
-/**
- * A run folder as `deno task train` leaves it: config.json and, unless `withAdapters` is false,
- * every client's adapters (the method's init with routers N(0, 0.5²) and lora_B N(0, 0.05²),
- * so routing varies from token to token).
- */
-async function writeRun(
-  dir: string,
-  method: Method,
-  experts: number[],
-  withAdapters = [true, true],
-): Promise<string> {
-  await Deno.mkdir(dir, { recursive: true });
-  await Deno.writeTextFile(
-    join(dir, "config.json"),
-    JSON.stringify(runOptions(dir, method, experts), null, 2),
-  );
-  const base = await readConfig(MODEL);
-  const spec = METHOD_SPECS[method];
-  const rng = new Rng(7);
-  for (const [id, E] of experts.entries()) {
-    if (!withAdapters[id]) continue;
-    const config = methodAdapterConfig(spec, { ...DEFAULTS, topK: 2 }, E, base);
-    const values = methodInitAdapters(spec, base, config, 100 + id);
-    for (const [name, data] of values) {
-      if (name.endsWith("router.weight")) data.set(rng.normal(data.length, 0.5));
-      if (name.endsWith("lora_B")) data.set(rng.normal(data.length, 0.05));
-    }
-    await Deno.mkdir(join(dir, "clients", String(id)), { recursive: true });
-    await saveAdapters(join(dir, "clients", String(id), "adapters.safetensors"), base, {
-      config,
-      values,
-    });
-  }
-  return dir;
-}
-
-async function routing(args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}cli/routing.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
-}
 
 interface Report {
   rows: RoutingRow[];
@@ -222,14 +158,26 @@ Deno.test("routing: bad flags and run folders are clear errors naming the proble
     [["--run", finished, "--layer=-1"], UsageError, "--layer must be an integer ≥ 0"],
     [["--run", finished, "--max-tokens", "0"], UsageError, "--max-tokens must be an integer ≥ 1"],
     [["--run", finished, "--max-tokens", "many"], UsageError, "--max-tokens must be an integer"],
+    [["--run", finished, "--html-tokens", "5"], UsageError, "--html-tokens sets the page's length"],
+    [
+      ["--run", finished, "--html", "--html-tokens", "0"],
+      UsageError,
+      "--html-tokens must be an integer ≥ 1",
+    ],
   ];
   for (const [args, type, message] of cases) {
     await assertRejects(() => parseInvocation(args), type, message);
   }
-  const { plan } = await parseInvocation(["--run", finished, "--layer", "3"]) as {
-    plan: { layers: number[]; maxTokens: number };
+  const { plan, html } = await parseInvocation(["--run", finished, "--layer", "3"]) as {
+    plan: { layers: number[]; maxTokens: number; shownTokens: number };
+    html: boolean;
   };
-  assertEquals([plan.layers, plan.maxTokens], [[3], 20_000]);
+  assertEquals([plan.layers, plan.maxTokens, plan.shownTokens, html], [[3], 20_000, 400, false]);
+  const page = await parseInvocation(["--run", finished, "--html", "--html-tokens", "50"]) as {
+    plan: { shownTokens: number };
+    html: boolean;
+  };
+  assertEquals([page.plan.shownTokens, page.html], [50, true]);
 
   // Through a real process: one line on stderr, no stack trace, exit code 2 for a usage error
   // and 1 for a run that cannot be analysed.

@@ -14,6 +14,7 @@ import {
   FUNCTION_WORDS,
   routingJson,
   routingMarkdown,
+  signed,
   streamWords,
   tallyGates,
   topWords,
@@ -134,6 +135,7 @@ Deno.test("routingJson and routingMarkdown: one row per client and layer, empty 
         tallyGates(words, new Float32Array([0.25, 0.75, 1, 0]), 2, 0),
         tallyGates(words, new Float32Array([1, 1]), 1, 1),
       ],
+      shown: { texts: [], kinds: [], generalist: [new Float32Array(0), new Float32Array(0)] },
     },
   ];
   const meta = {
@@ -180,10 +182,18 @@ Deno.test("routingJson and routingMarkdown: one row per client and layer, empty 
     name: "x",
     tokens: 2,
     layers: [both],
+    shown: { texts: [], kinds: [], generalist: [new Float32Array(0)] },
   }]);
   assert(
     summary.includes("for 1 of 1 clients with a router (mean difference +0.500)"),
     summary,
+  );
+});
+
+Deno.test("signed: three decimals with a sign; a difference that rounds to zero is +0.000", () => {
+  assertEquals(
+    [signed(0.1234), signed(-0.1236), signed(-0.0004), signed(0.0004), signed(-0), signed(null)],
+    ["+0.123", "-0.124", "+0.000", "+0.000", "+0.000", "–"],
   );
 });
 
