@@ -79,14 +79,17 @@ hetero() {
   done
 }
 
-# The utility cost of differential privacy: topics, CoMiGS-1G1S, central DP at two noise levels
-# (seeded noise: reproducible, so not private; the ε is what a secret key would give).
+# The utility cost of differential privacy: topics, CoMiGS-1G1S, central DP with the default clip
+# (C = 1) and a small one (C = 0.01) at two noise levels (seeded noise: reproducible, so not
+# private; the ε is what a secret key would give).
 dp() {
-  local z
-  for z in 0.5 2; do
-    train "runs/results/dp-topics/central-z$z" --dp central --dp-clip 1 --dp-noise "$z" --dp-seed 0
-    mkdir -p "results/dp-topics/central-z$z"
-    cp "runs/results/dp-topics/central-z$z"/{config,summary}.json "results/dp-topics/central-z$z/"
+  local run
+  for run in c1-z0.5 c0.01-z0.5 c0.01-z2; do
+    local clip=${run%%-*} noise=${run##*-z}
+    train "runs/results/dp-topics/central-$run" --dp central --dp-clip "${clip#c}" \
+      --dp-noise "$noise" --dp-seed 0
+    mkdir -p "results/dp-topics/central-$run"
+    cp "runs/results/dp-topics/central-$run"/{config,summary}.json "results/dp-topics/central-$run/"
   done
 }
 
