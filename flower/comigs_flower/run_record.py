@@ -2,9 +2,11 @@
 
 - result.json, rewritten after every phase: the options, and per phase (query 0, evaluate 0,
   then train r / evaluate r) the nodes sampled, those that replied, those missing (sampled, no
-  reply: Flower's round timeout or its error), their errors, each replying node's client id,
-  category and metrics, Flower's aggregated metrics, after an evaluation the mean test
-  perplexity (the plain mean of the clients', method.md §5), and `wall_s`: the seconds since the
+  reply: Flower's round timeout or its error), their errors, the replies refused
+  (validate_reply.py: node, client, reason; left out of the phase), each accepted node's client
+  id, category and metrics, Flower's aggregated metrics, after a train phase `kept` (why the
+  round kept the previous global, or null), after an evaluation the mean test perplexity (the
+  plain mean of the accepted clients', method.md §5), and `wall_s`: the seconds since the
   ServerApp started when the phase ended (metrics.jsonl's `wall_s`);
 - final.safetensors at the end: the global shared tensors (global.safetensors of a simulated run);
 - summary.json at the end, the fields of a simulated run's summary.json. The ServerApp holds no
@@ -22,6 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from .safetensors_io import write_f32
+from .validate_reply import Refusal
 
 
 def mean(values: list[float]) -> float:
@@ -52,15 +55,20 @@ class RunRecord:
         phase: str,
         sampled: list[int],
         replies: list[Message],
+        refusals: list[Refusal],
         metrics: MetricRecord | None = None,
+        kept: str | None = None,
     ) -> None:
         """Records one phase (nothing for a phase the round skipped)."""
         if not sampled and not replies:
             return
         valid = [r for r in replies if not r.has_error()]
         replied = [r.metadata.src_node_id for r in valid]
+        refused = {refusal.node for refusal in refusals}
         nodes = {}
         for reply in valid:
+            if reply.metadata.src_node_id in refused:
+                continue
             facts = dict(reply.content.config_records.get("config", {}))
             values = dict(next(iter(reply.content.metric_records.values()), {}))
             nodes[str(reply.metadata.src_node_id)] = {**facts, **values}
@@ -73,10 +81,13 @@ class RunRecord:
             "replied": sorted(str(n) for n in replied),
             "missing": sorted(str(n) for n in sampled if n not in replied),
             "errors": {str(r.metadata.src_node_id): r.error.reason for r in replies if r.has_error()},
+            "refused": [refusal.record() for refusal in refusals],
             "nodes": nodes,
             "metrics": dict(metrics) if metrics is not None else None,
             "wall_s": round(time.monotonic() - self.started, 3),
         }
+        if phase == "train":
+            entry["kept"] = kept
         evaluated = [v for v in nodes.values() if "test-ppl" in v]
         if phase == "evaluate" and evaluated:
             ppl = [v["test-ppl"] for v in sorted(evaluated, key=lambda v: v["client"])]

@@ -12,8 +12,10 @@ A run, as `deno task train` runs it in one process:
 The run's options (train's flags, `rounds` included) travel to the nodes in every ConfigRecord;
 the nodes add their own (model, data, experts). Flower's round timeout (`round-timeout`) ends a
 phase whose nodes did not all reply; FedAvg aggregates the replies it got, and result.json names
-the missing nodes. The run folder (`out`; default runs/flower-<method>-s<seed>-<run id> in the
-ServerApp's working folder) is described in run_record.py.
+the missing nodes. Every reply is checked first (validate_reply.py): a refused one is left out of
+its phase and named in result.json, and a round with fewer than `min-clients` accepted updates
+keeps the previous global. The run folder (`out`; default runs/flower-<method>-s<seed>-<run id>
+in the ServerApp's working folder) is described in run_record.py.
 """
 
 import logging
@@ -24,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
+from .aggregate import AGGREGATIONS, check_trim
 from .run_record import RunRecord
 from .shared_names import check_method
 from .strategy import SharedFedAvg
@@ -54,6 +57,35 @@ NODE_OPTIONS = (
 )
 
 
+def guard_options(cfg) -> dict:
+    """The ServerApp's own defences from the run config, checked: `aggregation` (and `trim`),
+    `min-clients`, `max-update-norm` (0: the default bound, 2·lr·local-steps·√n)."""
+    aggregation = str(cfg["aggregation"])
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"run config `aggregation` is {aggregation!r}; expected {', '.join(AGGREGATIONS)}"
+        )
+    trim = float(cfg["trim"])
+    check_trim(trim)
+    min_clients = cfg["min-clients"]
+    if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 1:
+        raise ValueError(f"run config `min-clients` is {min_clients!r}; expected an integer >= 1")
+    max_update_norm = cfg["max-update-norm"]
+    if isinstance(max_update_norm, bool) or not (
+        isinstance(max_update_norm, (int, float)) and max_update_norm >= 0
+    ):
+        raise ValueError(
+            f"run config `max-update-norm` is {max_update_norm!r}; expected a number > 0 "
+            "(or 0: the default bound, 2·lr·local-steps·√(shared values))"
+        )
+    return {
+        "aggregation": aggregation,
+        "trim": trim,
+        "min_clients": min_clients,
+        "max_update_norm": float(max_update_norm) if max_update_norm > 0 else None,
+    }
+
+
 def online_nodes(grid: Grid, minimum: int) -> list[int]:
     """The nodes online, once there are at least `minimum` (FedAvg's sample_nodes waits so)."""
     while len(nodes := sorted(grid.get_node_ids())) < minimum:
@@ -80,11 +112,13 @@ def main(grid: Grid, context: Context) -> None:
     record = RunRecord(out, context.run_id, options)
     strategy = SharedFedAvg(
         method=method,
-        aggregation=str(cfg["aggregation"]),
         eval_every=int(cfg["eval-every"]),
         num_rounds=num_rounds,
         min_nodes=min_nodes,
+        lr=float(cfg["lr"]),
+        local_steps=int(cfg["local-steps"]),
         record=record,
+        **guard_options(cfg),
     )
 
     strategy.sampled = online_nodes(grid, min_nodes)

@@ -1,64 +1,52 @@
 """SharedFedAvg: Flower's FedAvg over the shared tensors, made to compute what the comigs
-simulation computes (fed/strategy.ts, fed/aggregate.ts), and to record who took part.
+simulation computes (fed/strategy.ts, fed/guard.ts, fed/aggregate.ts), and to record who took part.
 
 What it changes of FedAvg, and why:
-- Replies are ordered by the client id each node reports (its ConfigRecord "config"), and the
-  arrays are averaged in float64 in that order and rounded to float32 once, as fed/aggregate.ts
-  does. Flower's own `aggregate_arrayrecords` multiplies and sums in float32 (numpy 2 keeps a
-  float32 array times a Python float in float32) in the order replies arrive, so two runs with the
-  same seed could differ in the last bits; this way the result does not depend on arrival order
-  and equals the simulation's bit for bit.
-- `aggregation`: "uniform" weighs every reply 1/n; "tokens" weighs by `num-examples` (the node's
-  training tokens) after capping every claim at the round's upper median claim
-  (fed/aggregate.ts `cappedClaims`: fewer than half the nodes cannot inflate their weight).
-- Only the shared tensors may arrive (shared_names.py); anything else stops the run.
+- Every reply is checked before it counts (validate_reply.py, fed/validate_update.ts's rules): a
+  refused one is left out of its phase and recorded with its node, client and reason, and the
+  run goes on; Flower's own consistency check would stop the run on one bad reply instead.
+- With fewer than `min-clients` accepted train replies, the round keeps the previous global
+  (recorded), as fed/guard.ts does.
+- Replies are ordered by the client id each node reports (its ConfigRecord "config") and
+  aggregated as fed/aggregate.ts does (aggregate.py): the uniform or token-weighted mean in
+  float64 in that order, the coordinate-wise median or the trimmed mean, each rounded to float32
+  once. Flower's own `aggregate_arrayrecords` multiplies and sums in float32 in the order replies
+  arrive, so two runs with the same seed could differ in the last bits; this way the result does
+  not depend on arrival order and equals the simulation's bit for bit.
 - Evaluation runs every `eval-every` rounds and at the last one, as `deno task train` does.
 Everything else (sampling, messages, timeouts, metric averaging) is FedAvg's.
 """
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from .aggregate import aggregate, quorum_shortfall
 from .run_record import RunRecord
-from .shared_names import unshared
-
-
-class SharedArraysError(RuntimeError):
-    """A node sent arrays other than the shared tensors of this run."""
-
-
-def client_of(reply: Message) -> tuple[int, int]:
-    """The order of a reply: the client id its node reports, then the node id."""
-    node = reply.metadata.src_node_id
-    facts = reply.content.config_records.get("config")
-    if facts is None or not isinstance(facts.get("client"), int):
-        raise SharedArraysError(
-            f"node {node} sent no client id (ConfigRecord 'config' with an int 'client'): "
-            "is it a comigs node?"
-        )
-    return (facts["client"], node)
-
-
-def capped_claims(claims: list[int]) -> list[int]:
-    """Every claim capped at the upper median claim (fed/aggregate.ts `cappedClaims`)."""
-    cap = sorted(claims)[len(claims) // 2]
-    return [min(claim, cap) for claim in claims]
+from .shared_names import is_shared
+from .validate_reply import Accepted, Refusal, check_reply, default_max_update_norm
 
 
 class SharedFedAvg(FedAvg):
-    """FedAvg over the shared tensors only, computed as the comigs simulation computes it."""
+    """FedAvg over the shared tensors only, guarded and computed as the comigs simulation does."""
 
     def __init__(
         self,
         method: str,
         aggregation: str,
+        trim: float,
         eval_every: int,
         num_rounds: int,
         min_nodes: int,
+        min_clients: int,
+        max_update_norm: float | None,
+        lr: float,
+        local_steps: int,
         record: RunRecord,
     ) -> None:
         super().__init__(
@@ -66,47 +54,67 @@ class SharedFedAvg(FedAvg):
             min_evaluate_nodes=min_nodes,
             min_available_nodes=min_nodes,
         )
-        if aggregation not in ("uniform", "tokens"):
-            raise ValueError(
-                f"run config `aggregation` is {aggregation!r}; expected uniform or tokens"
-            )
         self.method = method
         self.aggregation = aggregation
+        self.trim = trim
         self.eval_every = eval_every
         self.num_rounds = num_rounds
+        self.min_clients = min_clients
         self.record = record
+        self._norm_option = max_update_norm
+        self._lr = lr
+        self._local_steps = local_steps
         # The names and shapes of the initial shared tensors: the only ones a node may send.
         self.shared: dict[str, tuple[int, ...]] = {}
+        # The largest accepted update norm: the option, or 2·lr·T·√(shared values).
+        self.max_update_norm = float("inf")
+        # The global sent in the current round's train messages: updates are measured from it.
+        self.sent: dict[str, np.ndarray] = {}
         self.sampled: list[int] = []
 
     def initial_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord:
-        """The initial shared tensors from the query replies: those of the lowest client id
-        (the simulation's server initialises with client 0's options); every node's must have
-        the same names and shapes, all of them shareable."""
-        valid = [r for r in replies if not r.has_error()]
-        self.record.phase(server_round, "query", self.sampled, replies)
-        if not valid:
-            raise RuntimeError("no node answered the query for the initial shared tensors")
-        valid.sort(key=client_of)
-        first = valid[0].content.array_records.get(self.arrayrecord_key)
-        if first is None:
-            raise SharedArraysError(f"node {valid[0].metadata.src_node_id} sent no arrays")
-        self.shared = {name: tuple(a.shape) for name, a in first.items()}
-        bad = unshared(self.shared, self.method)
-        if bad:
-            raise SharedArraysError(
-                f"node {valid[0].metadata.src_node_id} offered initial arrays that "
-                f"{self.method} never shares: {bad}"
+        """The initial shared tensors from the query replies: those of the lowest client id whose
+        offer holds only shareable, readable, finite float32 tensors (the simulation's server
+        initialises with client 0's options); every other node's must have the same names and
+        shapes, or it is refused."""
+        answered = [r for r in replies if not r.has_error()]
+        candidates = sorted(answered, key=_client_order)
+        accepted: list[Accepted] = []
+        refusals: list[Refusal] = []
+        for reply in candidates:
+            if not self.shared:
+                record = reply.content.array_records.get(self.arrayrecord_key)
+                offered = {} if record is None else {n: tuple(a.shape) for n, a in record.items()}
+                # Its unshareable names stay out of `shapes`: they are refused as unexpected.
+                shapes = {n: s for n, s in offered.items() if is_shared(n, self.method)}
+                verdict = self._check(reply, "query", server_round, shapes, None)
+                if isinstance(verdict, Accepted):
+                    self.shared = shapes
+            else:
+                verdict = self._check(reply, "query", server_round, self.shared, None)
+            (accepted if isinstance(verdict, Accepted) else refusals).append(verdict)
+        self.record.phase(server_round, "query", self.sampled, replies, refusals)
+        if not accepted:
+            raise RuntimeError(
+                "no node offered usable initial shared tensors: "
+                + ("; ".join(r.reason for r in refusals) or "no node answered the query")
             )
-        for reply in valid[1:]:
-            self._check_arrays(reply)
-        return first
+        values = sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shared.values())
+        self.max_update_norm = (
+            self._norm_option
+            if self._norm_option is not None
+            else default_max_update_norm(self._lr, self._local_steps, values)
+        )
+        log(logging.INFO, "comigs: updates of L2 norm above %.4g are refused (%d shared values)",
+            self.max_update_norm, values)
+        return ArrayRecord({name: Array(t) for name, t in accepted[0].tensors.items()})
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.sampled = [m.metadata.dst_node_id for m in messages]
+        self.sent = {name: np.asarray(a.numpy()) for name, a in arrays.items()}
         return messages
 
     def configure_evaluate(
@@ -121,79 +129,83 @@ class SharedFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        # Ours first: a leaked specialist is named as such, not as inconsistent replies.
-        for reply in replies:
-            if not reply.has_error():
-                self._check_arrays(reply)
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        valid.sort(key=client_of)
+        accepted, refusals = self._screen(replies, "train", server_round, self.sent)
+        kept = quorum_shortfall(server_round, len(accepted), self.min_clients)
         arrays = metrics = None
-        if valid:
-            arrays = self._mean(valid)
+        if accepted:
             metrics = self.train_metrics_aggr_fn(
-                [r.content for r in valid], self.weighted_by_key
+                [a.reply.content for a in accepted], self.weighted_by_key
             )
-        self.record.phase(server_round, "train", self.sampled, replies, metrics)
+        if kept is not None:
+            log(logging.WARNING, "comigs: %s", kept)
+        else:
+            mean = aggregate(
+                [a.tensors for a in accepted],
+                self.shared,
+                self.aggregation,
+                [a.examples for a in accepted],
+                self.trim,
+            )
+            arrays = ArrayRecord({name: Array(t) for name, t in mean.items()})
+        self.record.phase(server_round, "train", self.sampled, replies, refusals, metrics, kept)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        for reply in replies:
-            if not reply.has_error() and reply.content.array_records:
-                raise SharedArraysError(
-                    f"node {reply.metadata.src_node_id} sent arrays in its evaluate reply "
-                    f"(records {sorted(reply.content.array_records)}); evaluate replies "
-                    "carry metrics only"
-                )
-        valid, _ = self._check_and_log_replies(replies, is_train=False)
-        valid.sort(key=client_of)
+        accepted, refusals = self._screen(replies, "evaluate", server_round, None)
         metrics = None
-        if valid:
+        if accepted:
             metrics = self.evaluate_metrics_aggr_fn(
-                [r.content for r in valid], self.weighted_by_key
+                [a.reply.content for a in accepted], self.weighted_by_key
             )
-        self.record.phase(server_round, "evaluate", self.sampled, replies, metrics)
+        self.record.phase(server_round, "evaluate", self.sampled, replies, refusals, metrics)
         return metrics
 
-    def _check_arrays(self, reply: Message) -> None:
-        node = reply.metadata.src_node_id
-        records = reply.content.array_records
-        if list(records) != [self.arrayrecord_key]:
-            raise SharedArraysError(
-                f"node {node} replied with array records {sorted(records)}; expected "
-                f"exactly one named {self.arrayrecord_key!r}"
-            )
-        received = records[self.arrayrecord_key]
-        names = set(received.keys())
-        if names != set(self.shared):
-            raise SharedArraysError(
-                f"node {node} sent arrays that are not exactly this run's shared tensors: "
-                f"unexpected {sorted(names - set(self.shared))}, "
-                f"missing {sorted(set(self.shared) - names)}"
-            )
-        for name, array in received.items():
-            if array.dtype != "float32" or tuple(array.shape) != self.shared[name]:
-                raise SharedArraysError(
-                    f"node {node} sent {name!r} as {array.dtype}{list(array.shape)}; "
-                    f"expected float32{list(self.shared[name])}"
-                )
+    def _screen(
+        self,
+        replies: list[Message],
+        phase: str,
+        server_round: int,
+        start: dict[str, np.ndarray] | None,
+    ) -> tuple[list[Accepted], list[Refusal]]:
+        """The replies that may count, in client order, and the refused ones. FedAvg's log of
+        the replies and errors, without its consistency check (one bad reply would raise)."""
+        answered, _ = self._check_and_log_replies(replies, phase == "train", validate=False)
+        accepted: list[Accepted] = []
+        refusals: list[Refusal] = []
+        for reply in answered:
+            verdict = self._check(reply, phase, server_round, self.shared, start)
+            (accepted if isinstance(verdict, Accepted) else refusals).append(verdict)
+        accepted.sort(key=lambda a: (a.client, a.reply.metadata.src_node_id))
+        return accepted, refusals
 
-    def _mean(self, replies: list[Message]) -> ArrayRecord:
-        """The weighted mean in float64, in client order, rounded to float32 once."""
-        n = len(replies)
-        weights = [1 / n] * n
-        if self.aggregation == "tokens":
-            claims = capped_claims(
-                [int(r.content.metric_records["metrics"][self.weighted_by_key]) for r in replies]
-            )
-            total = sum(claims)
-            if total <= 0:
-                raise SharedArraysError("token weighting needs nodes with training tokens")
-            weights = [claim / total for claim in claims]
-        out = {}
-        for name in self.shared:
-            acc = np.zeros(self.shared[name], dtype=np.float64)
-            for weight, reply in zip(weights, replies, strict=True):
-                acc += weight * reply.content[self.arrayrecord_key][name].numpy().astype(np.float64)
-            out[name] = Array(acc.astype(np.float32))
-        return ArrayRecord(out)
+    def _check(
+        self,
+        reply: Message,
+        phase: str,
+        server_round: int,
+        shapes: dict[str, tuple[int, ...]],
+        start: dict[str, np.ndarray] | None,
+    ) -> Accepted | Refusal:
+        verdict = check_reply(
+            reply,
+            phase,
+            server_round,
+            shapes,
+            start,
+            self.max_update_norm,
+            self.arrayrecord_key,
+            self.weighted_by_key,
+        )
+        if isinstance(verdict, Refusal):
+            log(logging.WARNING, "comigs: %s", verdict.reason)
+        return verdict
+
+
+def _client_order(reply: Message) -> tuple[int, int]:
+    """Replies by the client id their node reports (none: last), then by node id."""
+    facts = reply.content.config_records.get("config")
+    client = facts.get("client") if facts is not None else None
+    if isinstance(client, bool) or not isinstance(client, int):
+        return (2**64, reply.metadata.src_node_id)
+    return (client, reply.metadata.src_node_id)

@@ -51,7 +51,11 @@ async function flowerRun(
       "train 2",
       "evaluate 2",
     ]);
-    for (const r of record) assertEquals(r.missing, [], `${r.phase} ${r.round}`);
+    for (const r of record) {
+      assertEquals(r.missing, [], `${r.phase} ${r.round}`);
+      // Honest comigs nodes pass every check, the default update-norm bound included.
+      assertEquals(r.refused, [], `${r.phase} ${r.round}`);
+    }
     // The run folder leaves the ServerApp's machine in a real deployment: copy it out.
     await Deno.mkdir(`${dir}/flower`, { recursive: true });
     for (const file of ["result.json", "summary.json", "final.safetensors"]) {

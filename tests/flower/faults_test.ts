@@ -13,6 +13,7 @@ import {
   freePort,
   NodeProcess,
   SuperLink,
+  TRIVIAL_RUN,
   trivialReference,
 } from "./harness.ts";
 
@@ -37,7 +38,12 @@ flowerTest("flower: a node killed mid-round and restarted continues as the same 
     // The train message the killed process had pulled is lost with it (the SuperLink delivers a
     // message once), so round 1 ends by its timeout; the restarted node, back under the same id,
     // gets every later message.
-    const { runId, out } = await link.run({ rounds: 2, "min-nodes": 3, "round-timeout": 20 });
+    const { runId, out } = await link.run({
+      ...TRIVIAL_RUN,
+      rounds: 2,
+      "min-nodes": 3,
+      "round-timeout": 20,
+    });
     await c.waitFor(/^holding 1$/);
     await c.stop("SIGKILL");
     restarted = new NodeProcess([...args(2), "--value", "4", "--key", key]);
@@ -71,7 +77,12 @@ flowerTest("flower: a node that never returns does not hang the run", async () =
   const c = new NodeProcess([...args(2, 4), "--hold-round", "1"]);
   try {
     const [idA, idB, idC] = await Promise.all([a.nodeId(), b.nodeId(), c.nodeId()]);
-    const { runId, out } = await link.run({ rounds: 2, "min-nodes": 2, "round-timeout": 6 });
+    const { runId, out } = await link.run({
+      ...TRIVIAL_RUN,
+      rounds: 2,
+      "min-nodes": 2,
+      "round-timeout": 6,
+    });
     await c.waitFor(/^holding 1$/);
     await c.stop("SIGKILL");
     assertEquals(await link.waitFinished(runId, 180), "finished:completed");

@@ -6,7 +6,7 @@
 // they fail with the set-up hint: a CI run that skipped them would prove nothing.
 
 import { fileURLToPath } from "node:url";
-import { aggregate, type Weighting } from "../../fed/aggregate.ts";
+import { aggregate, type Aggregation, DEFAULT_TRIM } from "../../fed/aggregate.ts";
 import { type NamedTensor, readSafetensors } from "../../model/safetensors.ts";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -372,6 +372,42 @@ export function initialArrays(): Map<string, NamedTensor> {
   ]);
 }
 
+/** How a hostile trivial node spoils its train replies (test_node.ts --attack). */
+export const ATTACKS = ["nan", "shape", "specialist", "scale"] as const;
+export type Attack = typeof ATTACKS[number];
+
+/**
+ * A trivial node's train reply: each received tensor + `value`, spoilt as `attack` says: a NaN in
+ * the first tensor, the first tensor's shape reversed, a specialist's tensor added, or the update
+ * scaled by 10⁶.
+ */
+export function trivialTrained(
+  arrays: ReadonlyMap<string, NamedTensor>,
+  value: number,
+  attack?: Attack,
+): Map<string, NamedTensor> {
+  const step = attack === "scale" ? value * 1e6 : value;
+  const out = new Map<string, NamedTensor>();
+  for (const [name, t] of arrays) {
+    out.set(name, { shape: t.shape, data: t.data.map((x) => x + step) });
+  }
+  const [name, first] = [...out][0];
+  if (attack === "nan") first.data[1] = NaN;
+  if (attack === "shape") out.set(name, { shape: [...first.shape].reverse(), data: first.data });
+  if (attack === "specialist") {
+    out.set("h.0.mlp.experts.1.c_fc.lora_A", { shape: [1], data: new Float32Array(1) });
+  }
+  return out;
+}
+
+/**
+ * The run config of trivial nodes: they add a constant to every value (an update of norm
+ * |value|·√10, up to 12.6 in these tests), not AdamW steps, so the ServerApp's default bound on
+ * an honest update (2·lr·local-steps·√n) does not describe them. guard_test.ts tests that bound
+ * with values chosen under it.
+ */
+export const TRIVIAL_RUN = { "max-update-norm": 100 };
+
 /** A trivial node's part in a round: its client id, the value it adds, its token claim. */
 export interface TrivialReply {
   client: number;
@@ -386,7 +422,8 @@ export interface TrivialReply {
  */
 export function trivialReference(
   rounds: TrivialReply[][],
-  weighting: Weighting = "uniform",
+  aggregation: Aggregation = "uniform",
+  trim = DEFAULT_TRIM,
 ): Map<string, NamedTensor> {
   let global = initialArrays();
   for (const [r, replies] of rounds.entries()) {
@@ -396,14 +433,10 @@ export function trivialReference(
         round: r + 1,
         sender: client,
         trainTokens: tokens ?? 1,
-        tensors: new Map(
-          [...global].map(([name, t]) => [name, {
-            shape: t.shape,
-            data: t.data.map((x) => x + value),
-          }]),
-        ),
+        tensors: trivialTrained(global, value),
       })),
-      weighting,
+      aggregation,
+      { trim },
     );
   }
   return global;

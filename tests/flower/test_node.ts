@@ -2,20 +2,24 @@
 // computation a test can redo. Query: the tests' initial shared tensors (harness.ts). Train:
 // every received tensor + --value, with num-examples = --examples. Evaluate: the sum of the
 // received tensors' values as "eval-sum". Every reply names the node's --client, as a comigs
-// node's does (the ServerApp orders and records the nodes by it). It prints one line per event on
+// node's does (the ServerApp orders and records the nodes by it). A hostile node (--attack)
+// spoils every train reply: a NaN, a wrong shape, a specialist's tensor added, or its update
+// (--value) scaled by 10⁶; --eval-arrays adds the tensors to its evaluate replies. It prints one
+// line per event on
 // stdout ("node <id>", "task <kind> <round> <config JSON>", "replied <kind> <round>",
 // "holding <round>") so a test can follow it, and on a bad flag or a refused connection one
 // "error: ..." line (no stack trace).
 //
 //   deno run -A tests/flower/test_node.ts --superlink URL [--client C] [--ca FILE] [--key FILE]
-//     [--value V] [--examples N] [--hold-round R] [--extra-array] [--heartbeat S]
+//     [--value V] [--examples N] [--hold-round R] [--attack nan|shape|specialist|scale]
+//     [--eval-arrays] [--heartbeat S]
 
 import { parseArgs } from "node:util";
 import { FlowerNode } from "../../fed/flower/node.ts";
 import { generateNodeKeys, importPrivateKeyPem } from "../../fed/flower/node_keys.ts";
 import { exportPrivateKeyPem } from "../../fed/flower/node_keys.ts";
 import type { NamedTensor } from "../../model/safetensors.ts";
-import { initialArrays } from "./harness.ts";
+import { type Attack, ATTACKS, initialArrays, trivialTrained } from "./harness.ts";
 
 const { values: flags } = parseArgs({
   options: {
@@ -26,7 +30,8 @@ const { values: flags } = parseArgs({
     value: { type: "string", default: "0" },
     examples: { type: "string", default: "1" },
     "hold-round": { type: "string" },
-    "extra-array": { type: "boolean", default: false },
+    attack: { type: "string" },
+    "eval-arrays": { type: "boolean", default: false },
     heartbeat: { type: "string", default: "10" },
     "retry-s": { type: "string", default: "600" },
     "activation-patience": { type: "string" },
@@ -35,6 +40,10 @@ const { values: flags } = parseArgs({
 
 async function main(): Promise<void> {
   const value = Number(flags.value);
+  const attack = flags.attack;
+  if (attack !== undefined && !(ATTACKS as readonly string[]).includes(attack)) {
+    throw new Error(`--attack ${attack}: expected one of ${ATTACKS.join(", ")}`);
+  }
   const examples = Number(flags.examples);
   const hold = flags["hold-round"] === undefined ? undefined : Number(flags["hold-round"]);
   let keys;
@@ -74,22 +83,19 @@ async function main(): Promise<void> {
         console.log(`holding ${task.round}`);
         await new Promise(() => {}); // never answers: the test kills this process
       }
-      const out = new Map<string, NamedTensor>();
-      for (const [name, t] of arrays) {
-        out.set(name, { shape: t.shape, data: t.data.map((x) => x + value) });
-      }
-      if (flags["extra-array"]) {
-        out.set("h.0.mlp.experts.1.c_fc.lora_A", { shape: [1], data: new Float32Array(1) });
-      }
       await task.reply({
-        arrays: out,
+        arrays: trivialTrained(arrays, value, attack as Attack | undefined),
         metrics: { "num-examples": examples, "train-value": value },
         config: facts,
       });
     } else {
       let sum = 0;
       for (const t of arrays.values()) for (const x of t.data) sum += x;
-      await task.reply({ metrics: { "num-examples": examples, "eval-sum": sum }, config: facts });
+      await task.reply({
+        arrays: flags["eval-arrays"] ? arrays : undefined,
+        metrics: { "num-examples": examples, "eval-sum": sum },
+        config: facts,
+      });
     }
     console.log(`replied ${task.kind} ${task.round}`);
   }
