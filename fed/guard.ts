@@ -1,9 +1,9 @@
 // The server's defences, the same for every strategy and transport (the in-process simulation,
 // our HTTP server; the Flower App applies the same checks and aggregates in Python, without DP):
 // which clients train a round (everyone, or K drawn from the seed and the round), which results
-// may enter the aggregate
-// (fed/validate_update.ts: exactly the shared names and shapes, finite values, the right sender
-// and round, an update no larger than an honest client's), and whether enough were accepted.
+// may enter the aggregate (fed/validate_update.ts: exactly the shared names and shapes, finite
+// values, the right sender and round, an update no larger than an honest client's), and whether
+// enough were accepted.
 import type { NamedTensor } from "../model/safetensors.ts";
 import { quorumShortfall } from "./aggregate.ts";
 import type { Message } from "./message.ts";
