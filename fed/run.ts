@@ -192,11 +192,15 @@ export async function serveRun(
     (_, id) => new RemoteEndpoint(id, credentials.get(id) ?? null),
   );
   const info = () => ({ options, base, needPretrained: !saved });
+  let credentialsWritten = Promise.resolve();
   const server = Deno.serve(
     { hostname: hooks.hostname, port: hooks.port, onListen: () => {} },
-    serverHandler(info, endpoints, async (id, hash) => {
+    serverHandler(info, endpoints, (id, hash) => {
       credentials.set(id, hash);
-      await writeCredentials(options.out, credentials);
+      // One write at a time, each of the whole map: a later join's file never lands first.
+      const written = credentialsWritten.then(() => writeCredentials(options.out, credentials));
+      credentialsWritten = written.catch(() => {});
+      return written;
     }),
   );
   const host = hooks.hostname.includes(":") ? `[${hooks.hostname}]` : hooks.hostname;

@@ -7,6 +7,7 @@
 // where {cache} is HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else
 // ~/.cache/huggingface/hub. A snapshot folder is a model folder: config.json, the safetensors
 // (one file, or the index and its shards) and tokenizer.json.
+import { writeFileAtomic } from "./safetensors.ts";
 import { INDEX_FILE, parseSafetensorsIndex, SINGLE_FILE } from "./safetensors_shards.ts";
 
 export class HubError extends Error {
@@ -82,9 +83,7 @@ export class RepoCache {
     if (revision === commit) return;
     const path = `${this.root}/refs/${revision}`;
     await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true });
-    const temp = `${path}.${Deno.pid}.tmp`;
-    await Deno.writeTextFile(temp, commit);
-    await Deno.rename(temp, path);
+    await writeFileAtomic(path, new TextEncoder().encode(commit));
   }
 
   /** Points snapshots/{commit}/{file} at the blob (a relative symlink; a copy where none). */

@@ -191,9 +191,12 @@ export async function readCheckpointText(path: string): Promise<string> {
   return new TextDecoder().decode(await readCheckpointBytes(path));
 }
 
+/** Numbers this process's temporary files, so that concurrent writes never share one. */
+let tempFiles = 0;
+
 /** Writes a file so that readers see either the old or the new contents, never a partial one. */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const temp = `${path}.${Deno.pid}.tmp`;
+  const temp = `${path}.${Deno.pid}.${tempFiles++}.tmp`;
   try {
     const file = await Deno.open(temp, { write: true, create: true, truncate: true });
     try {

@@ -1,9 +1,10 @@
-import { assertEquals, assertRejects, assertThrows } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import {
   CheckpointError,
   parseSafetensors,
   readSafetensors,
   serializeSafetensors,
+  writeFileAtomic,
   writeSafetensors,
 } from "../../model/safetensors.ts";
 
@@ -110,5 +111,16 @@ Deno.test("safetensors writes atomically and leaves no temp file", async () => {
   assertEquals([...(await readSafetensors(path)).tensors.get("w")!.data], [3, 4]);
   assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["m.safetensors"]);
   await assertRejects(() => readSafetensors(`${dir}/missing.safetensors`), CheckpointError);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("concurrent atomic writes of one file all land, and one of them is what remains", async () => {
+  // A served run writes credentials.json once per joining client, several at the same time.
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/credentials.json`;
+  const texts = Array.from({ length: 8 }, (_, i) => `{"client": ${i}}`);
+  await Promise.all(texts.map((t) => writeFileAtomic(path, new TextEncoder().encode(t))));
+  assert(texts.includes(await Deno.readTextFile(path)));
+  assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["credentials.json"]);
   await Deno.remove(dir, { recursive: true });
 });
