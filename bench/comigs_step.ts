@@ -1,84 +1,199 @@
 // The issue's cost target: one CoMiGS-1G1S expert step (E = 2, k = 2: attention LoRA, router,
 // the fused two-expert MLP, load balancing, AdamW) against one single-LoRA step (attention LoRA
-// and a LoRA on both MLP layers, built from the plain ops), both on the shipped base model at the
-// default training batch. Interleaved rounds (the machine drifts), ratio = median of per-round
-// ratios. Before timing, both models must reproduce the frozen base's loss (lora_B = 0 makes
-// every adapter a no-op) and stay finite over a few steps.
+// and a LoRA on every MLP layer, built from the plain ops), both at the default training batch,
+// for each family: GPT-2 on the shipped base model (models/base), the Llama family at the shipped
+// Llama base's configuration (models/base-llama when it is there, else that configuration with
+// random weights: timing does not depend on the weights). Interleaved rounds (the machine
+// drifts), ratio = median of per-round ratios. Before timing, both models must reproduce the
+// frozen base's loss (lora_B = 0 makes every adapter a no-op) and stay finite over a few steps.
 import type { Command, Engine } from "../engine/device.ts";
 import { AdamW } from "../model/optim.ts";
 import { Tape, zeroGrad } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { gelu } from "../kernels/gelu.ts";
 import { loraLinear } from "../kernels/lora.ts";
+import { swiglu } from "../kernels/swiglu.ts";
 import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapters.ts";
-import { loadGpt2Checkpoint } from "../model/gpt2_checkpoint.ts";
+import { dimsOf } from "../model/base.ts";
+import type { BaseModel, ModelOutput } from "../model/base_model.ts";
+import { loadBaseCheckpoint } from "../model/checkpoint.ts";
 import { forwardAdapted, Gpt2Mixture } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
+import { initBaseWeights } from "../model/init.ts";
+import { Llama } from "../model/llama.ts";
+import { LlamaMixture } from "../model/llama_comigs.ts";
+import type { LlamaConfig } from "../model/llama_config.ts";
+import { createModel } from "../model/load.ts";
 import { TokenBatch } from "../model/batch.ts";
+import { median, round3 } from "./interleave.ts";
 
-const MODEL = new URL("../models/base", import.meta.url).pathname;
 const B = 8, T = 128;
 /** Equal to the frozen base's loss up to f32 reassociation of the (zero) LoRA terms. */
 const SAME_LOSS = 1e-4;
 
-/** LoRA on attention and on both MLP layers: the usual single-adapter fine-tuning. */
-class SingleLora extends Gpt2Mixture {
-  override mlp(tape: Tape, block: number, x: Tensor): Tensor {
-    const { fcA, fcB, projA, projB } = this.adapters.blocks[block].experts;
-    const flat = (t: Tensor) => tape.reshape(t, t.shape.slice(1));
-    const fc = `h.${block}.mlp.c_fc`, proj = `h.${block}.mlp.c_proj`;
-    const h = gelu(
-      tape,
-      loraLinear(tape, x, this.model.linear(tape, x, fc), flat(fcA), flat(fcB), this.scale),
-    );
-    return loraLinear(
-      tape,
-      h,
-      this.model.linear(tape, h, proj),
-      flat(projA),
-      flat(projB),
-      this.scale,
-    );
+/** The shipped Llama base's configuration (cli/pretrain.ts --arch llama, as models/base-llama). */
+const BASE_LLAMA: LlamaConfig = {
+  model_type: "llama",
+  hidden_size: 128,
+  intermediate_size: 344,
+  num_hidden_layers: 4,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 32,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  rope_scaling: null,
+  max_position_embeddings: 128,
+  vocab_size: 4096,
+  tie_word_embeddings: true,
+  attention_bias: false,
+  bos_token_id: null,
+  eos_token_id: 4095,
+};
+
+/** The base models compared: each record's `config`, and how to put the model on the engine. */
+const BASES: { config: string; load: (engine: Engine) => Promise<BaseModel> }[] = [
+  { config: "base", load: (engine) => loadFolder(engine, "base") },
+  {
+    config: "base-llama",
+    load: async (engine) =>
+      await exists("base-llama")
+        ? loadFolder(engine, "base-llama")
+        : createModel(engine, BASE_LLAMA, initBaseWeights(BASE_LLAMA, 1)),
+  },
+];
+
+function modelDir(name: string): string {
+  return new URL(`../models/${name}`, import.meta.url).pathname;
+}
+
+async function exists(name: string): Promise<boolean> {
+  try {
+    await Deno.stat(`${modelDir(name)}/config.json`);
+    return true;
+  } catch {
+    return false;
   }
 }
 
-interface Step {
-  commands: () => Command[];
-  loss: Tensor;
-  dispose: () => void;
+async function loadFolder(engine: Engine, name: string): Promise<BaseModel> {
+  const { config, weights } = await loadBaseCheckpoint(modelDir(name));
+  return createModel(engine, config, weights);
 }
 
-function buildStep(engine: Engine, model: GPT2, batch: TokenBatch, experts: number): Step {
-  const config: AdapterConfig = {
+/** `frozen`, the base layer's output on x, plus one expert's LoRA from its [1, rows, cols] stacks. */
+function withLora(tape: Tape, x: Tensor, frozen: Tensor, a: Tensor, b: Tensor, scale: number) {
+  const flat = (t: Tensor) => tape.reshape(t, t.shape.slice(1));
+  return loraLinear(tape, x, frozen, flat(a), flat(b), scale);
+}
+
+/** GPT-2 with LoRA on attention and on both MLP layers: the usual single-adapter fine-tuning. */
+class Gpt2SingleLora extends Gpt2Mixture {
+  override mlp(tape: Tape, block: number, x: Tensor): Tensor {
+    const { fcA, fcB, projA, projB } = this.adapters.blocks[block].experts;
+    const prefix = `h.${block}.mlp`;
+    const layer = (input: Tensor, name: string, a: Tensor, b: Tensor) =>
+      withLora(tape, input, this.model.linear(tape, input, `${prefix}.${name}`), a, b, this.scale);
+    return layer(gelu(tape, layer(x, "c_fc", fcA, fcB)), "c_proj", projA, projB);
+  }
+}
+
+/** A Llama with LoRA on q, k, v, o and on gate, up and down: the usual single adapter. */
+class LlamaSingleLora extends LlamaMixture {
+  override mlp(tape: Tape, block: number, m: Tensor): Tensor {
+    const { gateA, gateB, upA, upB, downA, downB } = this.adapters.blocks[block].experts;
+    const prefix = `model.layers.${block}.mlp`;
+    const layer = (input: Tensor, name: string, a: Tensor, b: Tensor) =>
+      withLora(tape, input, this.model.linear(tape, input, `${prefix}.${name}`), a, b, this.scale);
+    const h = swiglu(tape, layer(m, "gate_proj", gateA, gateB), layer(m, "up_proj", upA, upB));
+    return layer(h, "down_proj", downA, downB);
+  }
+}
+
+function singleLoraForward(
+  tape: Tape,
+  model: BaseModel,
+  adapters: AdapterTensors,
+  batch: TokenBatch,
+): ModelOutput {
+  if (model instanceof GPT2) return model.forward(tape, batch, new Gpt2SingleLora(model, adapters));
+  if (model instanceof Llama) {
+    return model.forward(tape, batch, new LlamaSingleLora(model, adapters));
+  }
+  throw new Error(`comigs_vs_lora_step: no single-LoRA model for ${model.constructor.name}`);
+}
+
+/** What both steps train: rank 8, α 16 (rsLoRA), top-2 of `experts` per block, λ 0.01, ρ 0.5. */
+export function benchAdapterConfig(layers: number, experts: number): AdapterConfig {
+  return {
     rank: 8,
     alpha: 16,
     scaling: "rslora",
     topK: 2,
-    experts: new Array(model.config.n_layer).fill(experts),
+    experts: new Array(layers).fill(experts),
     lbCoef: 0.01,
     lbRho: 0.5,
   };
-  const adapters = new AdapterTensors(
-    engine,
-    model.config,
-    config,
-    initAdapters(model.config, config, 1),
-  );
+}
+
+/** The steps' AdamW (scripts/torch_llama_step.py's ADAMW is the same). */
+export const BENCH_ADAMW = { lr: 2e-3, betas: [0.9, 0.95], weightDecay: 0.01 } as const;
+
+export interface Step {
+  /** The step's commands (zero grads, forward, backward, AdamW): one submit. */
+  commands: () => Command[];
+  /** [1]: the step's cross-entropy (without λ·LB). */
+  loss: Tensor;
+  /** [1]: what the step minimises (the mixture's loss + λ·LB; the single LoRA's loss). */
+  objective: Tensor;
+  /** Frees the step's tape and optimiser (not the adapters). */
+  dispose: () => void;
+}
+
+/**
+ * One training step of `adapters`' LoRA tensors on the frozen `model`, built once: CoMiGS's
+ * expert step (forwardAdapted: the mixture, trained on loss + λ·LB; the routers frozen), or with
+ * `single` the single LoRA's (one expert per block, built from the plain ops, trained on its loss).
+ */
+export function trainingStep(
+  engine: Engine,
+  model: BaseModel,
+  adapters: AdapterTensors,
+  batch: TokenBatch,
+  single = false,
+): Step {
   const params = adapters.loraParams();
   for (const p of params) p.requiresGrad = true;
   const tape = new Tape(engine);
-  // The single LoRA trains on its loss; the mixture on its loss + λ·LB.
-  const { loss, objective } = experts === 1
-    ? { ...model.forward(tape, batch, new SingleLora(model, adapters)), objective: undefined }
+  const { loss, objective } = single
+    ? { ...singleLoraForward(tape, model, adapters, batch), objective: undefined }
     : forwardAdapted(tape, model, adapters, batch);
-  const body = [...zeroGrad(params), ...tape.forward(), ...tape.backward(objective ?? loss)];
-  const opt = new AdamW(engine, params, { lr: 2e-3, betas: [0.9, 0.95], weightDecay: 0.01 });
+  const target = objective ?? loss;
+  const pass = [...tape.forward(), ...tape.backward(target)];
+  const opt = new AdamW(engine, params, BENCH_ADAMW);
   return {
-    commands: () => [...body, ...opt.step()],
+    // After backward: the gradient tensors exist only once it has been recorded, and zeroGrad
+    // clears those that exist (before, it returned nothing and gradients summed over steps).
+    commands: () => [...zeroGrad(params), ...pass, ...opt.step()],
     loss,
+    objective: target,
     dispose: () => {
       opt.dispose();
       tape.dispose();
+    },
+  };
+}
+
+/** A step with fresh adapters of `experts` per block (1: the single LoRA), which it owns. */
+function buildStep(engine: Engine, model: BaseModel, batch: TokenBatch, experts: number): Step {
+  const config = benchAdapterConfig(dimsOf(model.config).layers, experts);
+  const init = initAdapters(model.config, config, 1);
+  const adapters = new AdapterTensors(engine, model.config, config, init);
+  const step = trainingStep(engine, model, adapters, batch, experts === 1);
+  return {
+    ...step,
+    dispose: () => {
+      step.dispose();
       adapters.dispose();
     },
   };
@@ -95,11 +210,32 @@ export async function comigsVsLoraStep(
   engine: Engine,
   opts: { runs: number },
 ): Promise<Record<string, unknown>[]> {
-  const { config, weights } = await loadGpt2Checkpoint(MODEL);
-  const model = new GPT2(engine, config, weights);
-  const batch = new TokenBatch(engine, config, B, T);
+  const records: Record<string, unknown>[] = [];
+  for (const base of BASES) {
+    const model = await base.load(engine);
+    try {
+      records.push({
+        kernel: "comigs_vs_lora_step",
+        config: base.config,
+        ...await compare(engine, model, opts.runs),
+      });
+    } finally {
+      model.dispose();
+    }
+  }
+  return records;
+}
+
+/** One family's record: both steps checked, then timed in interleaved rounds. */
+async function compare(
+  engine: Engine,
+  model: BaseModel,
+  runs: number,
+): Promise<Record<string, unknown>> {
+  const batch = new TokenBatch(engine, model.config, B, T);
+  const vocab = dimsOf(model.config).vocab;
   let seed = 7;
-  const next = () => (seed = (seed * 1103515245 + 12345) >>> 0) % config.vocab_size;
+  const next = () => (seed = (seed * 1103515245 + 12345) >>> 0) % vocab;
   batch.set(Array.from({ length: B }, () => Array.from({ length: T + 1 }, next)));
   const baseTape = new Tape(engine);
   const baseLoss = baseTape.noGrad(() => model.forward(baseTape, batch).loss);
@@ -116,7 +252,7 @@ export async function comigsVsLoraStep(
       ok &&= Number.isFinite((await engine.readF32(step.loss))[0]);
     }
     const ratios: number[] = [], comigsMs: number[] = [], loraMs: number[] = [];
-    for (let round = 0; round < opts.runs; round++) {
+    for (let round = 0; round < runs; round++) {
       const [c, l] = round % 2 === 0
         ? [await stepMs(engine, comigs), await stepMs(engine, lora)]
         : [await stepMs(engine, lora), await stepMs(engine, comigs)].reverse();
@@ -124,26 +260,21 @@ export async function comigsVsLoraStep(
       loraMs.push(l);
       ratios.push(c / l);
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-    const round3 = (x: number) => Math.round(x * 1000) / 1000;
-    return [{
-      kernel: "comigs_vs_lora_step",
-      config: "base",
+    return {
       B,
       T,
       ratio: round3(median(ratios)),
       ms: round3(median(comigsMs)),
       lora_ms: round3(median(loraMs)),
       tokens_per_s: Math.round(B * T / (median(comigsMs) / 1000)),
-      runs: opts.runs,
+      runs,
       ok,
       adapter: engine.adapterName,
-    }];
+    };
   } finally {
     comigs.dispose();
     lora.dispose();
     baseTape.dispose();
     batch.dispose();
-    model.dispose();
   }
 }

@@ -98,8 +98,9 @@ async function measureStep(
   const opt = new AdamW(engine, params, { lr: CHECK_LR, betas: [0.9, 0.95], weightDecay: 0.1 });
   try {
     const { loss } = model.forward(tape, batch);
-    const body = [...zeroGrad(params), ...tape.forward(), ...tape.backward(loss)];
-    const step = () => [...body, ...opt.step()];
+    const body = [...tape.forward(), ...tape.backward(loss)];
+    // zeroGrad after backward is recorded: only then do the gradient tensors exist to clear.
+    const step = () => [...zeroGrad(params), ...body, ...opt.step()];
 
     const losses: number[] = [];
     for (let s = 0; s < CHECK_STEPS; s++) {

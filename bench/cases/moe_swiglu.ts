@@ -5,8 +5,8 @@
 // products that dominate it); `moeSwigluVsLoraMlp` times it against one plain LoRA'd SwiGLU MLP
 // and against two (their outputs summed: the mixture unfused, gates aside), built from existing
 // ops (matmul → loraLinear for gate and up → swiglu → matmul → loraLinear for down, gradients for
-// x and the LoRA tensors), interleaved, and reports the ratios. A comigs_vs_lora_step for a
-// Llama config (bench/comigs_step.ts) needs the Llama model, which does not exist yet.
+// x and the LoRA tensors), interleaved, and reports the ratios. The whole training step on a
+// Llama config is bench/comigs_step.ts's comigs_vs_lora_step (config base-llama).
 //
 // Checks: dy is nonzero on CHECK_ROWS spread rows only, so every gradient depends on those rows
 // alone and the float64 reference runs on them (tests/kernels/moe_swiglu_problem.ts). Timing
