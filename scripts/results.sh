@@ -3,7 +3,7 @@
 # runs live under runs/results/ (finished runs are skipped, interrupted ones resumed: rerun the
 # same command after a stop), and its report is copied into results/<name>/.
 #
-#   bash scripts/results.sh [main|ablations|hetero|dp|all]    (default all; SEEDS=3)
+#   bash scripts/results.sh [main|llama|ablations|hetero|dp|all]    (default all; SEEDS=3)
 #
 # The options are the ones the reports in results/ state in their "settings" line.
 set -euo pipefail
@@ -44,6 +44,12 @@ main() {
   compare domains --scenario domains --eval-every 2
   compare domains-ood --scenario domains --ood --eval-every 5
   compare lowdata-topics --scenario topics --train-tokens 8000,all,all,all
+}
+
+# The same comparison on the shipped Llama-family base (models/base-llama), topics in and out.
+llama() {
+  compare llama-topics --scenario topics --model models/base-llama
+  compare llama-topics-ood --scenario topics --ood --model models/base-llama
 }
 
 # CoMiGS-1G1S on the scenarios where it trails 2G or 2S, one setting changed at a time.
@@ -95,12 +101,13 @@ dp() {
 
 case $part in
   main) main ;;
+  llama) llama ;;
   ablations) ablations ;;
   hetero) hetero ;;
   dp) dp ;;
-  all) main && ablations && hetero && dp ;;
+  all) main && llama && ablations && hetero && dp ;;
   *)
-    echo "usage: bash scripts/results.sh [main|ablations|hetero|dp|all]" >&2
+    echo "usage: bash scripts/results.sh [main|llama|ablations|hetero|dp|all]" >&2
     exit 2
     ;;
 esac
