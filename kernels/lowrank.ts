@@ -11,12 +11,16 @@
 //             deterministic, no atomics.
 // The big operand of contract and outer may be an activation of stored tensors (the mixture's
 // h_j, recomputed on load from its saved pre-activations: kernels/activation.ts).
-// The tiles and the code fragments are in kernels/tile_codegen.ts.
+// With `routes` (the mixture's sparse dispatch, kernels/route_layout.ts) expert e walks only the
+// tokens routed to it: its own operands are per-slot [S, ·] tensors, the shared ones ([N, ·], x
+// and dy) are read at each slot's token, the gate at (token, e); one more binding, the route, is
+// the last resource. The tiles and the code fragments are in kernels/tile_codegen.ts.
 import type { Command, Engine } from "../engine/device.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { type Activation, activationInputs } from "./activation.ts";
 import { floatLiteral } from "./literals.ts";
+import type { RouteLayout } from "./route_layout.ts";
 import {
   BLOCK_ROWS,
   CONTRACT_ROWS,
@@ -24,6 +28,7 @@ import {
   contractLoop,
   contractStores,
   expandLoop,
+  ExpertRows,
   GATE,
   gateLoads,
   gateOf,
@@ -37,7 +42,6 @@ import {
   range,
   rankTile,
   RowTile,
-  stackRow,
   TILE_GROUPS,
   TILE_ROWS,
   WIDE_TILE,
@@ -52,6 +56,13 @@ export interface LowRank {
   experts: number;
   /** The low-rank tensors are stacks of E experts' matrices. */
   stacked: boolean;
+  /** Each expert walks only its routed tokens (needs `stacked`); absent: every expert all rows. */
+  routes?: RouteLayout;
+}
+
+/** Where the kernel of `s` finds each expert's rows. */
+function expertRows(s: LowRank): ExpertRows {
+  return s.routes ? ExpertRows.routed(s.routes) : ExpertRows.dense(s.rows);
 }
 
 export interface ContractSpec extends LowRank {
@@ -73,17 +84,22 @@ export interface ContractSpec extends LowRank {
 function contractWgsl(s: ContractSpec, index: string): KernelSource {
   const { rows, k, rank, experts, stacked } = s;
   const tile = rankTile(rank);
+  const space = expertRows(s);
   const acts = activationInputs(s.activation, "act", k);
   const w = new Matrix("weight", s.weight === "rank-major" ? k : rank, "read");
   const result = new Matrix("result", rank, "rw");
-  const actLoad = (t: number) => {
-    const row = stackRow(`min(row0 + ${t}u, ${rows - 1}u)`, rows, s.actPerExpert);
-    return s.activation.value(acts.map((act) => act.load(row, "k4")));
-  };
+  // Row t's place in act, found once before the loop (routed, a load of the slot's token).
+  const actRows = range(CONTRACT_ROWS).map((t) => {
+    const row = space.clamp(`row0 + ${t}u`);
+    return `let act_row${t} = ${s.actPerExpert ? space.own(row, true) : space.shared(row)};`;
+  });
+  const actLoad = (t: number) =>
+    s.activation.value(acts.map((act) => act.load(`act_row${t}`, "k4")));
   const code = `${s.activation.prelude}
 ${acts.map((act) => act.functions()).join("\n")}
 ${w.functions()}
 ${result.functions()}
+${space.functions()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -91,15 +107,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j0 = (id % ${tile.tiles}u) * ${4 * tile.groups}u;
   ${stacked ? `let e = (id / ${tile.tiles}u) % ${experts}u;` : ""}
   let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;
+  ${space.enter(true)}
+  ${actRows.join("\n  ")}
   // acc_t_q[c] = Σ_k act_e[row0 + t, k] · W_e(k, j0 + 4q + c)
   ${zeroRegisters("acc", CONTRACT_ROWS, tile.groups, "  ")}
   ${contractLoop(k, rank, actLoad, w, s.weight, stacked)}
-  ${contractStores(result, rows, s.scale, stacked)}
+  ${contractStores(result, space, s.scale, stacked)}
 }`;
-  return { bindings: [...acts.map((act) => act.binding), w.binding, result.binding], code };
+  const bindings = [...acts.map((act) => act.binding), w.binding, result.binding];
+  return { bindings: [...bindings, ...space.bindings], code };
 }
 
-/** The dispatch of a contraction over [act (, act_1, ...), weight, result]. */
+/** The dispatch of a contraction over [act (, act_1, ...), weight, result (, route)]. */
 export function contract(
   engine: Engine,
   label: string,
@@ -135,16 +154,22 @@ function expandWgsl(s: ExpandSpec, index: string): KernelSource {
   const result = new Matrix("result", wide, "rw");
   const bias = new Matrix("bias", wide, "read");
   const base = new Matrix("base", wide, "read");
-  const tile = new RowTile(rows, wide);
+  const space = expertRows(s);
+  const tile = new RowTile(rows, wide, space);
   const T = range(TILE_ROWS);
+  // Dense: one output row per token, the experts summed in a loop; routed: one per slot.
+  const loop = stacked && !s.routes;
   const write = (t: number, g: number) => {
     const [row, col] = [`row0 + ${t}u`, `c0 + ${g}u`];
     const value = `${floatLiteral(s.scale)} * acc${t}${g}` +
       (s.bias ? ` + gsum${t} * ${bias.load("0u", col)}` : "");
-    if (s.epilogue === "base") return result.store(row, col, `${base.load(row, col)} + ${value}`);
-    return result.store(row, col, value, s.epilogue === "add");
+    const at = space.own(row, false);
+    if (s.epilogue === "base") {
+      return result.store(at, col, `${base.load(space.shared(row), col)} + ${value}`);
+    }
+    return result.store(at, col, value, s.epilogue === "add");
   };
-  const indent = stacked ? "    " : "  ";
+  const indent = loop ? "    " : "  ";
   const expert = [
     s.gated ? gateLoads(tile, experts) : "",
     s.bias ? T.map((t) => `gsum${t} += g${t};`).join(" ") : "",
@@ -156,6 +181,7 @@ ${w.functions()}
 ${result.functions()}
 ${s.bias ? bias.functions() : ""}
 ${s.epilogue === "base" ? base.functions() : ""}
+${space.functions()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -163,7 +189,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   // acc_t_g[c] = Σ_e Σ_j (g[row0 + t, e]·)small_e[row0 + t, j] · M_e(j, 4·(c0 + g) + c)
   ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "  ")}
   ${s.bias ? T.map((t) => `var gsum${t} = 0.0;`).join(" ") : ""}
-  ${stacked ? `for (var e = 0u; e < ${experts}u; e++) {\n    ${expert}\n  }` : expert}
+  ${loop ? `for (var e = 0u; e < ${experts}u; e++) {\n    ${expert}\n  }` : expert}
   ${tile.guardEach(write)}
 }`;
   const bindings = [
@@ -173,18 +199,22 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     ...(s.gated ? [GATE] : []),
     ...(s.bias ? [bias.binding] : []),
     ...(s.epilogue === "base" ? [base.binding] : []),
+    ...space.bindings,
   ];
   return { bindings, code };
 }
 
-/** The dispatch of an expansion over [small, weight, result, gate?, bias?, base?]. */
+/**
+ * The dispatch of an expansion over [small, weight, result, gate?, bias?, base? (, route)]. Routed,
+ * result is per slot and each slot's row holds its own expert's term alone.
+ */
 export function expand(
   engine: Engine,
   label: string,
   spec: ExpandSpec,
   resources: readonly Tensor[],
 ): Command {
-  const invocations = new RowTile(spec.rows, spec.wide).invocations;
+  const invocations = new RowTile(spec.rows, spec.wide, expertRows(spec)).invocations;
   return launch(engine, label, (index) => expandWgsl(spec, index), invocations, resources);
 }
 
@@ -208,17 +238,19 @@ export interface OuterSpec extends LowRank {
 function outerWgsl(s: OuterSpec, index: string): KernelSource {
   const { rows, wide, rank, experts, stacked } = s;
   const tile = rankTile(rank);
+  const space = expertRows(s);
   const bigs = activationInputs(s.activation, "big", wide);
   const small = new Matrix("small", rank, "read");
   const partial = new Matrix("partial", s.layout === "wide-major" ? rank : wide, "rw");
   const groups = bigs[0].groups;
   const wideTiles = Math.ceil(groups / WIDE_TILE);
-  const bigLoad = (c4: string) =>
-    s.activation.value(bigs.map((big) => big.load(stackRow("n", rows, s.bigPerExpert), c4)));
+  const bigLoad = (c4: string) => s.activation.value(bigs.map((big) => big.load("big_row", c4)));
+  // Routed, a block past the expert's rows sums nothing: its partial is stored as zeros.
   const code = `${s.activation.prelude}
 ${bigs.map((big) => big.functions()).join("\n")}
 ${small.functions()}
 ${partial.functions()}
+${space.functions()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
@@ -227,11 +259,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let j0 = ((id / ${wideTiles}u) % ${tile.tiles}u) * ${4 * tile.groups}u;
   ${stacked ? `let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;` : ""}
   let b = id / ${wideTiles * tile.tiles * experts}u;
+  ${space.enter(false)}
   // acc_g_c_q = Σ_n big_e[n, 4·(w0 + g) + c] · small_e[n, j0 + 4q .. +3]
   ${outerZeros(rank)}
-  for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${rows}u); n++) {
-    ${s.gated ? `let g = ${gateOf("n", experts)};` : ""}
-    ${outerStep(small, stackRow("n", rows, stacked), s.gated, groups, bigLoad)}
+  for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${space.count}); n++) {
+    let token = ${space.shared("n")};
+    let big_row = ${s.bigPerExpert ? space.own("n", true) : "token"};
+    ${s.gated ? `let g = ${gateOf("token", experts)};` : ""}
+    ${outerStep(small, space.own("n", stacked), s.gated, groups, bigLoad)}
   }
   ${outerStores(partial, s.layout, wide, rank, stacked ? `(b * ${experts}u + e)` : "b")}
 }`;
@@ -241,6 +276,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       small.binding,
       partial.binding,
       ...(s.gated ? [GATE] : []),
+      ...space.bindings,
     ],
     code,
   };
@@ -255,7 +291,7 @@ export function outer(
   tape: Tape,
   label: string,
   spec: OuterSpec,
-  operands: { big: readonly Tensor[]; small: Tensor; gate?: Tensor },
+  operands: { big: readonly Tensor[]; small: Tensor; gate?: Tensor; route?: Tensor },
   sumScale: number,
   target: GradTarget,
 ): Command[] {
@@ -265,8 +301,14 @@ export function outer(
     [Math.ceil(rows / BLOCK_ROWS), experts, ...shape],
     `${label} partials`,
   );
-  const { big, small, gate } = operands;
-  const resources = [...big, small, partial, ...(spec.gated && gate ? [gate] : [])];
+  const { big, small, gate, route } = operands;
+  const resources = [
+    ...big,
+    small,
+    partial,
+    ...(spec.gated && gate ? [gate] : []),
+    ...(spec.routes && route ? [route] : []),
+  ];
   return [
     launch(
       tape.engine,

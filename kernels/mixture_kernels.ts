@@ -2,18 +2,21 @@
 // forward elementwise kernel (each branch's p_kj = base_k + s·u_kj·B_kjᵀ, saved, and the gated
 // mixture m = Σ_j g_j·h_j), the backward one (dh_j, each branch's dp_kj, their sums over experts,
 // the row dots dm·h_j per column tile) and the gate's gradient from those partials. Each is
-// generated for its sizes and activation from the fragments of kernels/tile_codegen.ts.
+// generated for its sizes and activation from the fragments of kernels/tile_codegen.ts. The
+// backward and gate kernels also serve the sparse dispatch (kernels/mixture_sparse.ts): given
+// `routes`, expert e's rows are the slots of its tokens (kernels/route_layout.ts).
 import { activationInputs, type MixtureActivation } from "./activation.ts";
 import { floatLiteral } from "./literals.ts";
+import type { RouteLayout } from "./route_layout.ts";
 import {
   expandLoop,
+  ExpertRows,
   GATE,
   gateLoads,
   type KernelSource,
   Matrix,
   range,
   RowTile,
-  stackRow,
   TILE_GROUPS,
   TILE_ROWS,
   WORKGROUP,
@@ -55,7 +58,7 @@ export function mixForwardWgsl(
         tile.guard(
           t,
           g,
-          saved[k].store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `p${k}${t}${g}`),
+          saved[k].store(tile.space.own(`row0 + ${t}u`, true), `c0 + ${g}u`, `p${k}${t}${g}`),
         ),
       ]),
       `mix${t}${g} += g${t} * ${activation.value(K.map((k) => `p${k}${t}${g}`))};`,
@@ -97,17 +100,26 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 /** Which outputs the backward elementwise kernel writes. */
 export interface MixBackwardOutputs {
-  /** Per branch k: dp_kj for every expert [E, N, H] (for dx, dA_k, dB_k). */
+  /** Per branch k: dp_kj for every expert [E, N, H] (routed: every slot [S, H]). */
   grads: readonly boolean[];
-  /** Σ_j dp_kj [N, H] of every branch (for dx's big products). */
+  /** Σ_j dp_kj [N, H] of every branch (for dx's big products; dense only). */
   sums: boolean;
-  /** Per column tile, Σ over its columns of dm·h_j [colTiles, N, E] (for dgate). */
+  /**
+   * Per column tile, Σ over its columns of dm·h_j [colTiles, N, E] (routed: [colTiles, S]),
+   * for dgate.
+   */
   dgate: boolean;
 }
 
+/** The tile of the backward kernels: [N, H] looping over the experts, or routed slots. */
+export function mixTile(d: MixtureDims, routes?: RouteLayout): RowTile {
+  return new RowTile(d.rows, d.hidden, routes ? ExpertRows.routed(routes) : undefined);
+}
+
 /**
- * Backward, per tile of [N, H]: dh_j = g_j·(dm + s·v_oj·A_oj), each branch's dp_kj from the
- * activation's slopes, their sums over experts, and the tile's share of the row dots dm·h_j.
+ * Backward, per tile of [N, H] (each expert in turn) or, with `routes`, of one expert's slots:
+ * dh_j = g_j·(dm + s·v_oj·A_oj), each branch's dp_kj from the activation's slopes, their sums
+ * over experts (dense), and the tile's share of the row dots dm·h_j.
  */
 export function mixBackwardWgsl(
   d: MixtureDims,
@@ -115,8 +127,10 @@ export function mixBackwardWgsl(
   activation: MixtureActivation,
   out: MixBackwardOutputs,
   index: string,
+  routes?: RouteLayout,
 ): KernelSource {
   const { rows, hidden, rank, experts } = d;
+  if (routes && out.sums) throw new Error("mixBackwardWgsl: routed, the sums are combined apart");
   const K = range(activation.inputs);
   const wanted = K.filter((k) => out.grads[k]);
   const dm = new Matrix("dm", hidden, "read");
@@ -126,7 +140,7 @@ export function mixBackwardWgsl(
   const dp = K.map((k) => new Matrix(`dp${k}`, hidden, "rw"));
   const sums = K.map((k) => new Matrix(`dp_sum${k}`, hidden, "rw"));
   const written = [...wanted.map((k) => dp[k]), ...(out.sums ? sums : [])];
-  const tile = new RowTile(rows, hidden);
+  const tile = mixTile(d, routes);
   const T = range(TILE_ROWS);
   // A clamped (duplicate) column group must not count twice in the row dots.
   const dotTerm = (t: number, g: number, h: string) =>
@@ -138,7 +152,7 @@ export function mixBackwardWgsl(
     const act = activation.backward(K.map((k) => `x${k}${id}`), `dh${id}`, id);
     return [
       ...K.map((k) =>
-        `let x${k}${id} = ${saved[k].load(stackRow(tile.row(t), rows, true), tile.group(g))};`
+        `let x${k}${id} = ${saved[k].load(tile.space.own(tile.row(t), true), tile.group(g))};`
       ),
       act.setup,
       `let dh${id} = g${t} * (dm${id} + ${floatLiteral(scale)} * acc${id});`,
@@ -147,30 +161,15 @@ export function mixBackwardWgsl(
         tile.guard(
           t,
           g,
-          dp[k].store(stackRow(`row0 + ${t}u`, rows, true), `c0 + ${g}u`, `dp${k}${id}`),
+          dp[k].store(tile.space.own(`row0 + ${t}u`, true), `c0 + ${g}u`, `dp${k}${id}`),
         ),
       ]),
       ...(out.sums ? K.map((k) => `dsum${k}${id} += dp${k}${id};`) : []),
       out.dgate ? `dg${t} += ${dotTerm(t, g, act.h)};` : "",
     ].filter(Boolean).join("\n    ");
   };
-  const code = `${activation.prelude}
-${[dm, ...saved, vo, ao, ...written].map((m) => m.functions()).join("\n")}
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let id = ${index};
-  if (id >= ${tile.invocations}u) { return; }
-  let row0 = (id / ${tile.colTiles}u) * ${TILE_ROWS}u;
-  let colTile = id % ${tile.colTiles}u;
-  let c0 = colTile * ${TILE_GROUPS}u;
-  ${tile.load("dm", dm)}
-  ${
-    out.sums
-      ? K.map((k) => zeroRegisters(`dsum${k}`, TILE_ROWS, TILE_GROUPS, "  ")).join("\n  ")
-      : ""
-  }
-  for (var e = 0u; e < ${experts}u; e++) {
-    // acc_t_g[c] = v_oe[row0 + t, :] · A_oe[:, 4·(c0 + g) + c]
+  // Expert e's tile: dh, dp and the row dots of its rows (dense: the experts in turn).
+  const expert = `// acc_t_g[c] = v_oe[row0 + t, :] · A_oe[:, 4·(c0 + g) + c]
     ${zeroRegisters("acc", TILE_ROWS, TILE_GROUPS, "    ")}
     ${expandLoop(tile, vo, ao, "rank-major", { stacked: true, gated: false }, "    ")}
     ${gateLoads(tile, experts)}
@@ -179,12 +178,28 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     ${
     out.dgate
       ? T.map((t) =>
-        `if (row0 + ${t}u < ${rows}u) { ` +
-        `dgate_partial[(colTile * ${rows}u + row0 + ${t}u) * ${experts}u + e] = dg${t}; }`
+        `if (row0 + ${t}u < ${tile.space.count}) { dgate_partial[${
+          routes
+            ? `colTile * ${routes.slots}u + seg + row0 + ${t}u`
+            : `(colTile * ${rows}u + row0 + ${t}u) * ${experts}u + e`
+        }] = dg${t}; }`
       ).join("\n    ")
       : ""
+  }`;
+  const code = `${activation.prelude}
+${[dm, ...saved, vo, ao, ...written].map((m) => m.functions()).join("\n")}
+${tile.space.functions()}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let id = ${index};
+  ${tile.start()}
+  ${tile.load("dm", dm)}
+  ${
+    out.sums
+      ? K.map((k) => zeroRegisters(`dsum${k}`, TILE_ROWS, TILE_GROUPS, "  ")).join("\n  ")
+      : ""
   }
-  }
+  ${routes ? expert : `for (var e = 0u; e < ${experts}u; e++) {\n    ${expert}\n  }`}
   ${
     out.sums
       ? K.map((k) =>
@@ -198,13 +213,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     GATE,
     ...written.map((m) => m.binding),
     ...(out.dgate ? [["dgate_partial", "rw", "array<f32>"] as const] : []),
+    ...tile.space.bindings,
   ];
   return { bindings, code };
 }
 
 /**
  * dgate[n, e] (+)= Σ_tiles partial[tile, n, e] (+ dy[n]·b_o) + s·u_oe[n]·v_oe[n]: dy·y_e, the
- * terms of expert e's output (frozen product, bias, low-rank delta), in a fixed order.
+ * terms of expert e's output (frozen product, bias, low-rank delta), in a fixed order. With
+ * `routes`, expert e's row of n is n's slot for e, and where n's gate does not select e the
+ * entry gets 0 (added: left as it is): y_e was never computed there, and the top-k gate's
+ * backward (kernels/topk_gate.ts) reads no gradient of an unselected gate (k ≥ 2 scales it by
+ * that gate, 0; k = 1 reads the kept expert's only), so the router's gradient is exact.
  */
 export function dgateWgsl(
   d: MixtureDims,
@@ -212,6 +232,7 @@ export function dgateWgsl(
   withBias: boolean,
   accumulate: boolean,
   index: string,
+  routes?: RouteLayout,
 ): KernelSource {
   const { rows, embd, rank, experts } = d;
   const dy = new Matrix("dy", embd, "read");
@@ -219,18 +240,29 @@ export function dgateWgsl(
   const up = new Matrix("up", rank, "read");
   const vo = new Matrix("vo", rank, "read");
   const matrices = [dy, ...(withBias ? [bias] : []), up, vo];
+  // Expert e's row of token n in u_o, v_o and the partials.
+  const find = routes
+    ? `
+  var row = 0u;
+  var found = false;
+  for (var i = 0u; i < ${routes.perRow}u; i++) {
+    if (route_has(n, i) && route_expert(n, i) == e) { row = route_slot(n, i); found = true; }
+  }
+  if (!found) { ${accumulate ? "" : "dgate[id] = 0.0; "}return; }`
+    : `
+  let row = e * ${rows}u + n;`;
+  const partialAt = routes ? `t * ${routes.slots}u + row` : `t * ${rows * experts}u + id`;
   const code = `
 ${matrices.map((m) => m.functions()).join("\n")}
+${routes?.functions() ?? ""}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
   if (id >= ${rows * experts}u) { return; }
   let n = id / ${experts}u;
-  let e = id % ${experts}u;
+  let e = id % ${experts}u;${find}
   var frozen = 0.0;
-  for (var t = 0u; t < ${new RowTile(rows, d.hidden).colTiles}u; t++) { frozen += partial[t * ${
-    rows * experts
-  }u + id]; }${
+  for (var t = 0u; t < ${mixTile(d).colTiles}u; t++) { frozen += partial[${partialAt}]; }${
     withBias
       ? `
   var biased = 0.0;
@@ -240,8 +272,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       : ""
   }
   var low = 0.0;
-  for (var q = 0u; q < ${up.groups}u; q++) { low += dot(${up.load(`e * ${rows}u + n`, "q")}, ${
-    vo.load(`e * ${rows}u + n`, "q")
+  for (var q = 0u; q < ${up.groups}u; q++) { low += dot(${up.load("row", "q")}, ${
+    vo.load("row", "q")
   }); }
   dgate[id] = ${accumulate ? "dgate[id] + " : ""}frozen + ${withBias ? "biased + " : ""}${
     floatLiteral(scale)
@@ -251,6 +283,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     ["partial", "read", "array<f32>"] as const,
     ...matrices.map((m) => m.binding),
     ["dgate", "rw", "array<f32>"] as const,
+    ...(routes ? [routes.binding()] : []),
   ];
   return { bindings, code };
 }

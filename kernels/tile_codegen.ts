@@ -7,13 +7,15 @@
 // on lavapipe (measured, about 3× over a first version): hot loops free of bounds checks,
 // accumulators as named registers written out by the generator rather than private arrays, and
 // tiles that reuse each loaded vec4 several times (the sizes below won side-by-side runs at
-// GPT-2's MLP shapes).
+// GPT-2's MLP shapes). The rows of expert e are all N rows (dense) or the tokens routed to it
+// (the sparse dispatch, kernels/route_layout.ts): ExpertRows says where each operand keeps them.
 import type { Binding } from "../engine/bindings.ts";
 import type { Command, Engine } from "../engine/device.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { grid1d } from "./grid.ts";
 import { declareKernel } from "./kernel.ts";
 import { floatLiteral } from "./literals.ts";
+import type { RouteLayout } from "./route_layout.ts";
 
 export const WORKGROUP = 64;
 /** Rows of the big operand each invocation of a contraction handles. */
@@ -94,6 +96,70 @@ export function stackRow(row: string, height: number, stacked: boolean): string 
 }
 
 /**
+ * The rows a kernel walks for expert e, and where its operands keep them. Dense: every expert
+ * has all `rows` rows; an operand of the expert's own keeps row n at e·rows + n when stacked
+ * ([E, N, ·]) or at n (one matrix), a shared operand ([N, ·], x or dy) at n. Routed: expert e has
+ * the count_e tokens routed to it; an own operand ([S, ·]) keeps its i-th at slot start_e + i,
+ * a shared one at that slot's token. Row expressions take the expert's local row i.
+ */
+export class ExpertRows {
+  private constructor(readonly rows: number, readonly routes: RouteLayout | null) {}
+
+  static dense(rows: number): ExpertRows {
+    return new ExpertRows(rows, null);
+  }
+
+  /** The rows of `routes`: at most N per expert, in E segments of the slots. */
+  static routed(routes: RouteLayout): ExpertRows {
+    return new ExpertRows(routes.rows, routes);
+  }
+
+  /** How many experts' row sets a dispatch covers (routed kernels take e from the invocation). */
+  get experts(): number {
+    return this.routes?.experts ?? 1;
+  }
+
+  /**
+   * WGSL once e and row0 are known: `seg` and `count`, the expert's first slot and rows (routed);
+   * with `leave`, an invocation whose rows start past them returns.
+   */
+  enter(leave: boolean): string {
+    if (!this.routes) return "";
+    return `let seg = route_start(e);
+  let count = route_count(e);${leave ? "\n  if (row0 >= count) { return; }" : ""}`;
+  }
+
+  /** WGSL u32: how many rows expert e has. */
+  get count(): string {
+    return this.routes ? "count" : `${this.rows}u`;
+  }
+
+  /** Local row `row` clamped to the expert's last (for loads; routed needs count ≥ 1). */
+  clamp(row: string): string {
+    return this.routes ? `min(${row}, count - 1u)` : `min(${row}, ${this.rows - 1}u)`;
+  }
+
+  /** The row of an operand of the expert's own (stacked or not, when dense) for local `row`. */
+  own(row: string, stacked: boolean): string {
+    return this.routes ? `seg + ${row}` : stackRow(row, this.rows, stacked);
+  }
+
+  /** The row of an operand every expert shares ([N, ·]) for local `row`. */
+  shared(row: string): string {
+    return this.routes ? `route_token(seg + ${row})` : row;
+  }
+
+  /** The route's binding (last of a routed kernel's bindings) and accessors; none when dense. */
+  get bindings(): Binding[] {
+    return this.routes ? [this.routes.binding()] : [];
+  }
+
+  functions(): string {
+    return this.routes?.functions() ?? "";
+  }
+}
+
+/**
  * Rank groups (vec4s of low-rank columns) one invocation accumulates: two when they tile the
  * rank's groups evenly, else one, so the hot loops never need a bounds check on the rank.
  */
@@ -151,15 +217,15 @@ export function contractLoop(
 /** result[row0 + t, j0 + 4q ..] = scale · acc_t_q for the contraction's rows that exist. */
 export function contractStores(
   result: Matrix,
-  rows: number,
+  space: ExpertRows,
   scale: number,
   stacked: boolean,
 ): string {
   return range(CONTRACT_ROWS).map((t) =>
-    `if (row0 + ${t}u < ${rows}u) { ${
+    `if (row0 + ${t}u < ${space.count}) { ${
       range(rankTile(result.cols).groups).map((q) =>
         result.store(
-          stackRow(`row0 + ${t}u`, rows, stacked),
+          space.own(`row0 + ${t}u`, stacked),
           `j0 / 4u + ${q}u`,
           `${floatLiteral(scale)} * acc${t}${q}`,
         )
@@ -175,33 +241,52 @@ export function contractInvocations(rows: number, rank: number, experts: number)
 
 /**
  * The tile an invocation holds of an output [rows, cols]: TILE_ROWS rows from row0 × TILE_GROUPS
- * adjacent column groups from c0, as WGSL. When the groups do not tile evenly (`ragged`), the last
- * tile's extra groups are clamped onto the last one: loads stay in range, stores are guarded.
+ * adjacent column groups from c0 (column tile colTile), as WGSL. When the groups do not tile
+ * evenly (`ragged`), the last tile's extra groups are clamped onto the last one: loads stay in
+ * range, stores are guarded. Its rows are `space`'s: rows of the output itself (dense), or the
+ * local rows of the expert e the invocation serves (routed: one set of tiles per expert).
  */
 export class RowTile {
   readonly groups: number;
   readonly colTiles: number;
   readonly ragged: boolean;
-  constructor(readonly rows: number, readonly cols: number) {
+  constructor(
+    readonly rows: number,
+    readonly cols: number,
+    readonly space: ExpertRows = ExpertRows.dense(rows),
+  ) {
     this.groups = Math.ceil(cols / 4);
     this.colTiles = Math.ceil(this.groups / TILE_GROUPS);
     this.ragged = this.groups % TILE_GROUPS !== 0;
   }
 
   get invocations(): number {
-    return Math.ceil(this.rows / TILE_ROWS) * this.colTiles;
+    return Math.ceil(this.rows / TILE_ROWS) * this.colTiles * this.space.experts;
   }
 
-  /** WGSL statements: leave if past the last tile, else find the tile's row0 and c0. */
+  /**
+   * WGSL statements: leave if past the last tile, else find the tile's row0, colTile and c0
+   * (and, routed, its expert e, leaving when its rows start past the expert's).
+   */
   start(): string {
+    const { colTiles, space } = this;
+    if (!space.routes) {
+      return `if (id >= ${this.invocations}u) { return; }
+  let row0 = (id / ${colTiles}u) * ${TILE_ROWS}u;
+  let colTile = id % ${colTiles}u;
+  let c0 = colTile * ${TILE_GROUPS}u;`;
+    }
     return `if (id >= ${this.invocations}u) { return; }
-  let row0 = (id / ${this.colTiles}u) * ${TILE_ROWS}u;
-  let c0 = (id % ${this.colTiles}u) * ${TILE_GROUPS}u;`;
+  let row0 = (id / ${colTiles * space.experts}u) * ${TILE_ROWS}u;
+  let e = (id / ${colTiles}u) % ${space.experts}u;
+  let colTile = id % ${colTiles}u;
+  let c0 = colTile * ${TILE_GROUPS}u;
+  ${space.enter(true)}`;
   }
 
   /** Row t of the tile, clamped to the last row (for loads). */
   row(t: number): string {
-    return `min(row0 + ${t}u, ${this.rows - 1}u)`;
+    return this.space.clamp(`row0 + ${t}u`);
   }
 
   /** Column group g of the tile, clamped to the last group (for loads). */
@@ -211,7 +296,7 @@ export class RowTile {
 
   /** `statement`, run only where (row t, group g) is inside the output. */
   guard(t: number, g: number, statement: string): string {
-    const inRange = `row0 + ${t}u < ${this.rows}u` +
+    const inRange = `row0 + ${t}u < ${this.space.count}` +
       (this.ragged ? ` && c0 + ${g}u < ${this.groups}u` : "");
     return `if (${inRange}) { ${statement} }`;
   }
@@ -227,12 +312,13 @@ export class RowTile {
     return this.each((t, g) => this.guard(t, g, statement(t, g)), "  ");
   }
 
-  /** `let <name><t><g> = ` m's vec4 at (row t, group g), a line per row. */
+  /** `let <name><t><g> = ` the vec4 at (row t, group g) of m, a shared [N, cols], a line per row. */
   load(name: string, m: Matrix): string {
-    return range(TILE_ROWS).map((t) =>
-      range(TILE_GROUPS).map((g) => `let ${name}${t}${g} = ${m.load(this.row(t), this.group(g))};`)
-        .join(" ")
-    ).join("\n  ");
+    return range(TILE_ROWS).map((t) => {
+      const row = this.space.shared(this.row(t));
+      return range(TILE_GROUPS).map((g) => `let ${name}${t}${g} = ${m.load(row, this.group(g))};`)
+        .join(" ");
+    }).join("\n  ");
   }
 }
 
@@ -251,7 +337,7 @@ export function expandLoop(
   opts: { stacked: boolean; gated: boolean; acc?: string },
   indent: string,
 ): string {
-  const { rows, cols: wide } = tile;
+  const wide = tile.cols;
   const acc = opts.acc ?? "acc";
   const rank = small.cols;
   const T = range(TILE_ROWS), G = range(TILE_GROUPS), C = range(4);
@@ -274,7 +360,7 @@ export function expandLoop(
         .join(line)
     ).join(line);
   const loads = T.map((t) =>
-    `let s${t} = ${small.load(stackRow(tile.row(t), rows, opts.stacked), "q")}${
+    `let s${t} = ${small.load(tile.space.own(tile.row(t), opts.stacked), "q")}${
       opts.gated ? ` * g${t}` : ""
     };`
   ).join(" ");
@@ -397,5 +483,7 @@ export function gateOf(row: string, experts: number): string {
 
 /** `let g<t> = ` the gate of the tile's row t and expert e, for each row of the tile. */
 export function gateLoads(tile: RowTile, experts: number): string {
-  return range(TILE_ROWS).map((t) => `let g${t} = ${gateOf(tile.row(t), experts)};`).join(" ");
+  return range(TILE_ROWS).map((t) =>
+    `let g${t} = ${gateOf(tile.space.shared(tile.row(t)), experts)};`
+  ).join(" ");
 }
