@@ -15,16 +15,19 @@
 //   dA_kj = v_kjᵀ·x,  dB_kj = s·dp_kjᵀ·u_kj,  dA_oj = s·(g_j·v_oj)ᵀ·h_j,  dB_oj = s·dyᵀ·(g_j·u_oj).
 // (W stands for the weight as applied: a frozen weight is stored [in, out], GPT-2's Conv1D, or
 // [out, in], Hugging Face's Linear with y = x·Wᵀ; the matmul operand transposes it as needed.)
-// The big products go through kernels/matmul.ts; the per-expert low-rank products run in the
-// stacked kernels of kernels/lowrank.ts, the elementwise work in two fused kernels (and the
-// gate's gradient in a third) generated in kernels/mixture_kernels.ts. Forward saves p_kj for
-// every expert ([E, N, H] per branch) and each consumer recomputes h_j on load
-// (kernels/activation.ts).
-import type { Command } from "../engine/device.ts";
-import { LimitError, ShapeError } from "../engine/errors.ts";
+// Two dispatches compute it. Dense (here) runs every expert on every token, an unselected one
+// weighted by its gate 0: the big products go through kernels/matmul.ts; the per-expert low-rank
+// products run in the stacked kernels of kernels/lowrank.ts, the elementwise work in two fused
+// kernels (and the gate's gradient in a third) generated in kernels/mixture_kernels.ts; forward
+// saves p_kj for every expert ([E, N, H] per branch) and each consumer recomputes h_j on load
+// (kernels/activation.ts). Sparse (kernels/mixture_sparse.ts) runs each token through the
+// experts its top-k gate selects only, saving k·N rows; the same values, except that dgate_j of
+// an expert the gate does not select is 0 (exact for the router: kernels/mixture_kernels.ts).
+import type { Command, Engine } from "../engine/device.ts";
+import { ShapeError } from "../engine/errors.ts";
 import type { GradTarget, Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { IDENTITY, type MixtureActivation } from "./activation.ts";
+import { IDENTITY } from "./activation.ts";
 import {
   contract,
   type ContractSpec,
@@ -33,41 +36,28 @@ import {
   outer,
   type OuterSpec,
 } from "./lowrank.ts";
-import { productCommands } from "./matmul.ts";
-import { type Operand, product } from "./matmul_plan.ts";
 import { dgateWgsl, mixBackwardWgsl, mixForwardWgsl, type MixtureDims } from "./mixture_kernels.ts";
+import {
+  checkBindings,
+  frozenOperand,
+  type FrozenProduct,
+  frozenProduct,
+  type MixtureDispatch,
+  type MixtureMlp,
+  type MixtureOptions,
+  rowsOf,
+} from "./mixture_layers.ts";
+import { sparseMixture } from "./mixture_sparse.ts";
 import { launch, range, RowTile } from "./tile_codegen.ts";
-import { MAX_EXPERTS } from "./topk_gate.ts";
-import { type KernelVariant, kernelVariant } from "./variant.ts";
+import { MAX_EXPERTS, selectedPerRow } from "./topk_gate.ts";
+import { kernelVariant } from "./variant.ts";
 
-/** One frozen linear layer of the MLP, and the experts' LoRA on it. */
-export interface MixtureLayer {
-  /** Its name in labels (f, p; gate, up, down). */
-  name: string;
-  /** The frozen weight: [in, out], or [out, in] when `outIn` (applied as x·Wᵀ). */
-  weight: Tensor;
-  outIn: boolean;
-  /** The frozen bias [out], or null. */
-  bias: Tensor | null;
-  /** The experts' lora_A [E, r, in] and lora_B [E, out, r]. */
-  a: Tensor;
-  b: Tensor;
-}
-
-export interface MixtureMlp {
-  /** The first layer's branches, one per input of the activation, in its order. */
-  branches: readonly MixtureLayer[];
-  activation: MixtureActivation;
-  /** The second layer, applied to h. */
-  out: MixtureLayer;
-}
-
-export interface MixtureOptions {
-  /** Kernel family of the frozen products; the engine's (kernels/variant.ts) by default. */
-  variant?: KernelVariant;
-  /** Split and refuse as if a binding could hold at most this many bytes (tests of the limit). */
-  maxBindingBytes?: number;
-}
+export type {
+  MixtureDispatch,
+  MixtureLayer,
+  MixtureMlp,
+  MixtureOptions,
+} from "./mixture_layers.ts";
 
 /**
  * The sizes of an op's tensors, with one clear error for bad input. `layout` lists every tensor
@@ -123,47 +113,10 @@ export function checkMixture(
 }
 
 /**
- * The mixture's own kernels bind the saved [E, N, H] pre-activations and the [N, C] rows whole:
- * one that cannot be bound is refused here, before anything is recorded, with the rows that fit.
- */
-function checkBindings(
-  name: string,
-  mlp: MixtureMlp,
-  d: MixtureDims,
-  maxBindingBytes: number,
-): void {
-  const { rows, embd, hidden, experts } = d;
-  const saved = mlp.branches.map((l) => `p_${l.name}`).join(", ");
-  const whole: [string, number[]][] = [
-    [`the experts' saved pre-activations ${saved}`, [experts, rows, hidden]],
-    ["x and y", [rows, embd]],
-  ];
-  for (const [what, shape] of whole) {
-    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
-    if (bytes <= maxBindingBytes) continue;
-    const fit = Math.floor(maxBindingBytes / (bytes / rows));
-    throw new LimitError(
-      `${name}: ${what} [${shape}] take ${bytes} bytes, over the ${maxBindingBytes} bytes one ` +
-        `storage binding may hold; run at most ${fit} rows (tokens) per call, ${rows} given`,
-    );
-  }
-}
-
-/** A stored [rows, cols] tensor as a matmul operand, used as stored. */
-function rowsOf(tensor: Tensor, rows: number, cols: number): Operand {
-  return { tensor, rows, cols, trans: false, batched: false };
-}
-
-/** A layer's frozen weight as the right operand of x·W (or, `transposed`, of d·Wᵀ). */
-function frozenOperand(layer: MixtureLayer, transposed: boolean): Operand {
-  const [rows, cols] = layer.weight.shape;
-  return { tensor: layer.weight, rows, cols, trans: layer.outIn !== transposed, batched: false };
-}
-
-/**
  * y [N, C] of the mixture (header), recorded on `tape` as the op `name`; its differentiable
  * inputs, in order: x, gate, each branch's a and b, out's a and b. The caller has checked the
- * shapes against `d` and that the frozen weights need no gradient.
+ * shapes against `d` and that the frozen weights need no gradient. Dense or sparse as
+ * `opts.dispatch` asks (sparseDispatch).
  */
 export function mixtureMlp(
   tape: Tape,
@@ -176,25 +129,78 @@ export function mixtureMlp(
   opts: MixtureOptions = {},
 ): Tensor {
   const engine = tape.engine;
-  const { rows, embd, hidden, rank, experts } = d;
-  const { branches, activation, out } = mlp;
   const variant = opts.variant ?? kernelVariant(engine);
   const maxBindingBytes = opts.maxBindingBytes ?? engine.limits.maxStorageBufferBindingSize;
-  checkBindings(name, mlp, d, maxBindingBytes);
-  /** An unbatched product through kernels/matmul.ts (the frozen MLP's work). */
-  const matmul = (
-    label: string,
-    a: Operand,
-    b: Operand,
-    target: GradTarget,
-    bias: Tensor | null = null,
-  ) =>
-    productCommands(
-      engine,
-      product(`${name} ${label}`, a, b, 1, false, target, bias),
-      variant,
-      maxBindingBytes,
-    );
+  const matmul = frozenProduct(engine, name, variant, maxBindingBytes);
+  const perRow = opts.dispatch
+    ? sparseDispatch(name, gate, d, opts.dispatch)
+    : sparseDispatch(name, gate, d, chosenDispatch.get(engine) ?? "auto", false);
+  if (perRow !== null) {
+    checkBindings(name, mlp, d, [perRow * d.rows], maxBindingBytes);
+    return sparseMixture(tape, name, x, gate, mlp, d, scale, perRow, matmul);
+  }
+  checkBindings(name, mlp, d, [d.experts, d.rows], maxBindingBytes);
+  return denseMixture(tape, name, x, gate, mlp, d, scale, matmul);
+}
+
+/**
+ * The fewest rows `auto` dispatches sparsely (provisional: set from bench/comigs_sparse.ts
+ * --crossover once measured).
+ */
+export const SPARSE_MIN_ROWS = 0;
+
+/** The dispatch engines' mixtures take when an op's options do not say. */
+const chosenDispatch = new WeakMap<Engine, MixtureDispatch>();
+
+/**
+ * Makes the mixtures recorded on `engine` from now on dispatch as `dispatch` where their options
+ * do not say (bench/comigs_sparse.ts times whole steps both ways): "sparse" then takes sparse
+ * wherever the gate is a top-k gate (and dense elsewhere), "auto" is the default.
+ */
+export function chooseMixtureDispatch(engine: Engine, dispatch: MixtureDispatch): void {
+  chosenDispatch.set(engine, dispatch);
+}
+
+/**
+ * The k to dispatch sparsely with (each token's gate selects at most k experts), or null for
+ * dense: `auto` takes sparse for a top-k gate with k < E over at least SPARSE_MIN_ROWS rows;
+ * `sparse` takes it for any top-k gate, and refuses any other gate when `strict`.
+ */
+function sparseDispatch(
+  name: string,
+  gate: Tensor,
+  d: MixtureDims,
+  dispatch: MixtureDispatch,
+  strict = true,
+): number | null {
+  if (dispatch === "dense") return null;
+  const k = selectedPerRow(gate);
+  if (dispatch === "sparse") {
+    if (k === undefined && strict) {
+      throw new ShapeError(
+        `${name}: sparse dispatch needs a gate made by topkGate (at most k experts per token); ` +
+          `${gate} is not one: give the router's top-k gate, or dispatch "dense"`,
+      );
+    }
+    return k ?? null;
+  }
+  return k !== undefined && k < d.experts && d.rows >= SPARSE_MIN_ROWS ? k : null;
+}
+
+/** The dense dispatch: every expert on every token (header). */
+function denseMixture(
+  tape: Tape,
+  name: string,
+  x: Tensor, /*[N, C]*/
+  gate: Tensor, /*[N, E]*/
+  mlp: MixtureMlp,
+  d: MixtureDims,
+  scale: number,
+  matmul: FrozenProduct,
+): Tensor {
+  const engine = tape.engine;
+  const { rows, embd, hidden, rank, experts } = d;
+  const { branches, activation, out } = mlp;
   const overwrite = (tensor: Tensor) => ({ tensor, accumulate: false });
   const K = range(branches.length);
   const perExpert = (what: string, width: number) =>

@@ -11,12 +11,13 @@
 //   dgate_j = dm·h_j + dy·b_p + s·u_pj·v_pj (row-wise dots: dy·y_j without forming y_j),
 //   dA_fj = v_fjᵀ·x,  dB_fj = s·dpre_jᵀ·u_fj,  dA_pj = s·(g_j·v_pj)ᵀ·h_j,  dB_pj = s·dyᵀ·(g_j·u_pj).
 // This is the one-branch case of the mixture in kernels/mixture.ts (Llama's SwiGLU MLP,
-// kernels/moe_swiglu.ts, is the two-branch one): forward saves pre_j for every expert ([E, N, H])
-// and each consumer recomputes h_j = gelu(pre_j) on load.
+// kernels/moe_swiglu.ts, is the two-branch one): forward saves pre_j for every expert ([E, N, H];
+// for the routed tokens only, [k·N, H], when dispatched sparsely) and each consumer recomputes
+// h_j = gelu(pre_j) on load.
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { GELU } from "./activation.ts";
-import { checkMixture, mixtureMlp } from "./mixture.ts";
+import { checkMixture, mixtureMlp, type MixtureOptions } from "./mixture.ts";
 
 export interface MoeMlpWeights {
   fcWeight: Tensor; // [C, H] frozen (c_fc Conv1D weight)
@@ -41,6 +42,7 @@ export function moeMlp(
   gate: Tensor, /*[N, E]*/
   weights: MoeMlpWeights,
   scale: number,
+  opts: MixtureOptions = {},
 ): Tensor {
   const d = checkMixture("moeMlp", LAYOUT, { x, gate, ...weights }, FROZEN, scale, "H");
   const { fcWeight, fcBias, projWeight, projBias, fcA, fcB, projA, projB } = weights;
@@ -55,5 +57,6 @@ export function moeMlp(
     { branches: [fc], activation: GELU, out: proj },
     d,
     scale,
+    opts,
   );
 }

@@ -14,7 +14,8 @@
 //   tensors' gradients as for any LoRA layer (dA_dj, dB_dj gated by w_j).
 // It is the two-branch case of the mixture in kernels/mixture.ts (GPT-2's GELU MLP,
 // kernels/moe_mlp.ts, is the one-branch one): forward saves g_j and u_j for every expert
-// ([E, N, I] each) and every consumer recomputes h_j = silu(g_j) ⊙ u_j on load.
+// ([E, N, I] each; for the routed tokens only, [k·N, I], when dispatched sparsely) and every
+// consumer recomputes h_j = silu(g_j) ⊙ u_j on load.
 import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { SWIGLU } from "./activation.ts";

@@ -27,6 +27,17 @@ const WORKGROUP = 64;
  */
 export const MAX_EXPERTS = 16;
 
+/** The gates topkGate made, with their k (clipped to E): at most k nonzero entries per row. */
+const perRowOfGate = new WeakMap<Tensor, number>();
+
+/**
+ * k when `gate` is a gate topkGate made (each row then has at most k nonzero entries, the
+ * selected experts': what the mixture's sparse dispatch routes by), else undefined.
+ */
+export function selectedPerRow(gate: Tensor): number | undefined {
+  return perRowOfGate.get(gate);
+}
+
 /** Loads the row's logits and computes its gates w (and, for k = 1, all probabilities p). */
 function gateWgsl(experts: number, k: number): string {
   const common = `
@@ -165,6 +176,7 @@ export function topkGate(tape: Tape, routerLogits: Tensor, k: number): Tensor {
   const kept = Math.min(k, experts);
   const rows = routerLogits.size / experts;
   const gate = tape.tensor(routerLogits.shape, `topk_gate(${routerLogits.label})`);
+  perRowOfGate.set(gate, kept);
   const grid = grid1d(rows, WORKGROUP);
   const forward = forwardKernel(engine, rows, experts, kept, grid.index);
   tape.record({
