@@ -2,51 +2,22 @@ import { throws } from "node:assert/strict";
 import type { Engine } from "../../engine/device.ts";
 import { ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
-import type { Tensor } from "../../engine/tensor.ts";
-import { moeMlp, type MoeMlpWeights } from "../../kernels/moe_mlp.ts";
+import { moeMlp } from "../../kernels/moe_mlp.ts";
 import {
   moeMlpBackwardRef,
   type MoeMlpGrads,
-  type MoeMlpInputs,
   moeMlpRef,
   type MoeMlpShape,
 } from "../ref/moe_mlp.ts";
 import { assertClose, assertGradMatchesFD, dot, f32, gpuTest, probe, Rng } from "../util.ts";
-import { assertSameBitsTwice, type GateKind, gates, mixtureTolerance } from "./mixture_inputs.ts";
+import { assertSameBitsTwice, type GateKind, mixtureTolerance } from "./mixture_inputs.ts";
+import { FROZEN, GRADS, inputs, type Tensors, upload, weightsOf } from "./moe_mlp_problem.ts";
 
 // Tolerances: MIXTURE_TOL (tests/kernels/mixture_inputs.ts), relative to each tensor's largest
 // reference value: f32 chains of dot products over C ≤ 768 and H ≤ 3072 terms.
 const tol = mixtureTolerance;
 
 const SCALE = 16 / Math.sqrt(8); // rsLoRA's alpha/√r at alpha 16, r 8
-
-/**
- * Inputs at scales that exercise the whole GELU (pre ≈ N(0, 1)–ish): x, dy ~ U(±1); W_f ~
- * U(±√(3/C)); W_p ~ U(±1/√H); biases U(±0.5); A's at their init scale U(±1/√in); B's U(±0.5)
- * (0 at init, but a zero B would hide half the math). All rounded to f32.
- */
-function inputs(
-  shape: MoeMlpShape,
-  seed: number,
-  gateKind: GateKind,
-): MoeMlpInputs & { dy: Float64Array } {
-  const { rows: n, embd: c, hidden: h, rank: r, experts: e } = shape;
-  const rng = new Rng(seed);
-  const u = (size: number, bound: number) => f32(rng.uniform(size, -bound, bound));
-  return {
-    x: u(n * c, 1),
-    gate: gates(rng, n, e, gateKind),
-    fcWeight: u(c * h, Math.sqrt(3 / c)),
-    fcBias: u(h, 0.5),
-    projWeight: u(h * c, 1 / Math.sqrt(h)),
-    projBias: u(c, 0.5),
-    fcA: u(e * r * c, 1 / Math.sqrt(c)),
-    fcB: u(e * h * r, 0.5),
-    projA: u(e * r * h, 1 / Math.sqrt(h)),
-    projB: u(e * c * r, 0.5),
-    dy: u(n * c, 1),
-  };
-}
 
 Deno.test("MoE MLP reference gradients match finite differences", () => {
   for (const gateKind of ["softmax", "sparse"] as const) {
@@ -60,41 +31,6 @@ Deno.test("MoE MLP reference gradients match finite differences", () => {
     }
   }
 });
-
-/** The differentiable inputs, in moeMlp's gradient order. */
-const GRADS = ["x", "gate", "fcA", "fcB", "projA", "projB"] as const;
-const FROZEN = ["fcWeight", "fcBias", "projWeight", "projBias"] as const;
-
-function tensorShapes(s: MoeMlpShape): Record<keyof MoeMlpInputs, number[]> {
-  const { rows: n, embd: c, hidden: h, rank: r, experts: e } = s;
-  return {
-    x: [n, c],
-    gate: [n, e],
-    fcWeight: [c, h],
-    fcBias: [h],
-    projWeight: [h, c],
-    projBias: [c],
-    fcA: [e, r, c],
-    fcB: [e, h, r],
-    projA: [e, r, h],
-    projB: [e, c, r],
-  };
-}
-
-type Tensors = Record<keyof MoeMlpInputs, Tensor>;
-
-function upload(engine: Engine, shape: MoeMlpShape, v: MoeMlpInputs): Tensors {
-  const shapes = tensorShapes(shape);
-  const names = [...GRADS, ...FROZEN];
-  return Object.fromEntries(
-    names.map((name) => [name, engine.tensor(shapes[name], { data: v[name], label: name })]),
-  ) as Tensors;
-}
-
-function weightsOf(t: Record<string, Tensor>): MoeMlpWeights {
-  const { fcWeight, fcBias, projWeight, projBias, fcA, fcB, projA, projB } = t;
-  return { fcWeight, fcBias, projWeight, projBias, fcA, fcB, projA, projB };
-}
 
 /**
  * Forward; backward into intermediates (every gradient overwritten); backward into leaves whose
