@@ -122,6 +122,28 @@ function loads(gate: ArrayLike<number>, experts: number): number[] {
   return counts;
 }
 
+/**
+ * A copy of x, recorded between the top-k gate and the op under test so that the gradients that
+ * op overwrites for x and for the gate can be read: it takes x (needing no gradient) and the gate
+ * as inputs and adds nothing to either. Its backward runs after the op's, handed the op's dx (its
+ * output's gradient) and the gate's gradient tensor the op wrote first; `grads` gives both.
+ */
+function gradTap(tape: Tape, x: Tensor, gate: Tensor) {
+  const y = tape.tensor(x.shape, `tap(${x.label})`);
+  let grads: { x: Tensor; gate: Tensor } | undefined;
+  tape.record({
+    name: "tap",
+    inputs: [x, gate],
+    outputs: [y],
+    forward: [{ kind: "copy", label: "tap", src: x, dst: y }],
+    backward: (ctx) => {
+      grads = { x: ctx.gradOutput(0), gate: ctx.gradInput(1)!.tensor };
+      return [];
+    },
+  });
+  return { y, grads: () => grads! };
+}
+
 const describe = (s: MixtureShape, k: number) =>
   `N=${s.rows} C=${s.embd} H=${s.hidden} r=${s.rank} E=${s.experts} k=${k}`;
 
@@ -131,10 +153,11 @@ const routerTol = (dgate: ArrayLike<number>) => {
 };
 
 /**
- * Sparse dispatch against the reference: forward; backward into intermediates (x and every LoRA
- * gradient overwritten, garbage there first) with the router's gradient through the top-k gate;
- * backward into leaves whose gradients hold values, the gate a leaf too (every gradient
- * accumulated, the gate's 0 where it selects nothing).
+ * Sparse dispatch against the reference: forward; backward into intermediates (x, the gate and
+ * every LoRA gradient overwritten, garbage there first; the gate's 0 where it selects nothing)
+ * with the router's gradient through the top-k gate; backward into leaves whose gradients hold
+ * values, the gate a leaf too (every gradient accumulated; nothing added where the gate selects
+ * nothing).
  */
 async function checkSparse(
   engine: Engine,
@@ -157,13 +180,18 @@ async function checkSparse(
   const lora = family.grads.slice(2);
 
   const tape = new Tape(engine);
-  const probes = Object.fromEntries(["x", ...lora].map((name) => [name, probe(tape, t[name])]));
+  const probes = Object.fromEntries(lora.map((name) => [name, probe(tape, t[name])]));
   const probed = Object.fromEntries(Object.entries(probes).map(([name, p]) => [name, p.y]));
   const gate = topkGate(tape, logits, k);
-  const y = family.run(tape, probed.x, gate, { ...t, ...probed }, opts);
+  const tap = gradTap(tape, t.x, gate);
+  const y = family.run(tape, tap.y, gate, { ...t, ...probed }, opts);
   const backward = tape.backward(y, dy);
-  for (const p of Object.values(probes)) {
-    engine.write(p.grad(), new Float32Array(p.grad().size).fill(1e30));
+  const overwritten: Record<string, Tensor> = {
+    ...Object.fromEntries(Object.entries(probes).map(([name, p]) => [name, p.grad()])),
+    ...tap.grads(),
+  };
+  for (const grad of Object.values(overwritten)) {
+    engine.write(grad, new Float32Array(grad.size).fill(1e30));
   }
   await engine.run(tape.forward());
   const gateValues = f32(await engine.readF32(gate));
@@ -176,9 +204,10 @@ async function checkSparse(
   const ref = family.backwardRef(shape, v, dyValues);
   await engine.run(backward);
   assertClose(await engine.readF32(y), yRef, mixtureTolerance(yRef), `${what} forward`);
-  for (const [name, p] of Object.entries(probes)) {
-    const got = await engine.readF32(p.grad());
-    assertClose(got, ref[name], mixtureTolerance(ref[name]), `${what} d${name} (overwrite)`);
+  for (const [name, grad] of Object.entries(overwritten)) {
+    const expected = name === "gate" ? selectedOnly(ref.gate, gateValues) : ref[name];
+    const got = await engine.readF32(grad);
+    assertClose(got, expected, mixtureTolerance(expected), `${what} d${name} (overwrite)`);
   }
   const dlogitsRef = topkGateBackwardRef(logitValues, ref.gate, experts, k);
   assertClose(
