@@ -10,6 +10,7 @@ import { matmulVsReference } from "./ratio.ts";
 import { moeMlpVsLoraMlp } from "./cases/moe_mlp.ts";
 import { moeSwigluVsLoraMlp } from "./cases/moe_swiglu.ts";
 import { comigsVsLoraStep } from "./comigs_step.ts";
+import { comigsSparseVsDense, mixtureDispatchCrossover } from "./comigs_sparse.ts";
 import { trainStepCases } from "./train_step.ts";
 
 const { values: flags } = parseArgs({
@@ -107,6 +108,8 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
   { kernel: "moe_mlp_vs_lora_mlp", run: () => moeMlpVsLoraMlp(engine, { runs }) },
   { kernel: "moe_swiglu_vs_lora_mlp", run: () => moeSwigluVsLoraMlp(engine, { runs }) },
   { kernel: "comigs_vs_lora_step", run: () => comigsVsLoraStep(engine, { runs }) },
+  { kernel: "comigs_sparse_vs_dense", run: () => comigsSparseVsDense(engine, { runs }) },
+  { kernel: "mixture_dispatch_crossover", run: () => mixtureDispatchCrossover(engine, { runs }) },
 ];
 
 const results: Record<string, unknown>[] = [];
