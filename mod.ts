@@ -31,6 +31,11 @@ export { layerNorm } from "./kernels/layernorm.ts";
 export { loadBalance } from "./kernels/load_balance.ts";
 export { loraLinear } from "./kernels/lora.ts";
 export { matmul, type MatmulOptions } from "./kernels/matmul.ts";
+export {
+  chooseMixtureDispatch,
+  type MixtureDispatch,
+  type MixtureOptions,
+} from "./kernels/mixture.ts";
 export { moeMlp, type MoeMlpWeights } from "./kernels/moe_mlp.ts";
 export { moeSwiglu, type MoeSwigluWeights } from "./kernels/moe_swiglu.ts";
 export { rmsNorm } from "./kernels/rmsnorm.ts";
