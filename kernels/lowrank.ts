@@ -7,8 +7,8 @@
 //   expand:   [N, r]·(small weight) → [N, W], r-long dots, TILE_ROWS × TILE_GROUPS tiles, with
 //             an epilogue (add the frozen layer's output, overwrite or accumulate);
 //   outer:    Σ over rows of (big row) ⊗ (small row) → a weight's gradient, as partial sums over
-//             blocks of BLOCK_ROWS rows, then a fixed-order sum over the blocks (`sumBlocks`):
-//             deterministic, no atomics.
+//             blocks of BLOCK_ROWS rows, then a fixed-order sum over the blocks (`sumBlocks`;
+//             routed, each expert's own blocks in order): deterministic, no atomics.
 // The big operand of contract and outer may be an activation of stored tensors (the mixture's
 // h_j, recomputed on load from its saved pre-activations: kernels/activation.ts).
 // With `routes` (the mixture's sparse dispatch, kernels/route_layout.ts) expert e walks only the
@@ -82,7 +82,7 @@ export interface ContractSpec extends LowRank {
  * expert (acc_t_q: row t, rank group q).
  */
 function contractWgsl(s: ContractSpec, index: string): KernelSource {
-  const { rows, k, rank, experts, stacked } = s;
+  const { k, rank, experts, stacked } = s;
   const tile = rankTile(rank);
   const space = expertRows(s);
   const acts = activationInputs(s.activation, "act", k);
@@ -103,11 +103,14 @@ ${space.functions()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
-  if (id >= ${contractInvocations(rows, rank, experts)}u) { return; }
+  if (id >= ${contractInvocations(space, rank, experts)}u) { return; }
   let j0 = (id % ${tile.tiles}u) * ${4 * tile.groups}u;
-  ${stacked ? `let e = (id / ${tile.tiles}u) % ${experts}u;` : ""}
-  let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;
-  ${space.enter(true)}
+  ${
+    space.routes
+      ? space.locate(`id / ${tile.tiles}u`, CONTRACT_ROWS)
+      : `${stacked ? `let e = (id / ${tile.tiles}u) % ${experts}u;` : ""}
+  let row0 = (id / ${tile.tiles * experts}u) * ${CONTRACT_ROWS}u;`
+  }
   ${actRows.join("\n  ")}
   // acc_t_q[c] = Σ_k act_e[row0 + t, k] · W_e(k, j0 + 4q + c)
   ${zeroRegisters("acc", CONTRACT_ROWS, tile.groups, "  ")}
@@ -125,7 +128,7 @@ export function contract(
   spec: ContractSpec,
   resources: readonly Tensor[],
 ): Command {
-  const invocations = contractInvocations(spec.rows, spec.rank, spec.experts);
+  const invocations = contractInvocations(expertRows(spec), spec.rank, spec.experts);
   return launch(engine, label, (index) => contractWgsl(spec, index), invocations, resources);
 }
 
@@ -236,7 +239,7 @@ export interface OuterSpec extends LowRank {
  * (acc_g_c_q: wide column 4·(w0 + g) + c, rank group q).
  */
 function outerWgsl(s: OuterSpec, index: string): KernelSource {
-  const { rows, wide, rank, experts, stacked } = s;
+  const { wide, rank, experts, stacked } = s;
   const tile = rankTile(rank);
   const space = expertRows(s);
   const bigs = activationInputs(s.activation, "big", wide);
@@ -245,7 +248,12 @@ function outerWgsl(s: OuterSpec, index: string): KernelSource {
   const groups = bigs[0].groups;
   const wideTiles = Math.ceil(groups / WIDE_TILE);
   const bigLoad = (c4: string) => s.activation.value(bigs.map((big) => big.load("big_row", c4)));
-  // Routed, a block past the expert's rows sums nothing: its partial is stored as zeros.
+  // Dense: block b of expert e, partial b·E + e; routed: block b is one of an expert's blocks
+  // (route_tile), partial b.
+  const block = space.routes
+    ? space.locate("b", BLOCK_ROWS)
+    : `${stacked ? `let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;` : ""}
+  let row0 = b * ${BLOCK_ROWS}u;`;
   const code = `${s.activation.prelude}
 ${bigs.map((big) => big.functions()).join("\n")}
 ${small.functions()}
@@ -254,21 +262,28 @@ ${space.functions()}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
   let id = ${index};
-  if (id >= ${outerInvocations(rows, wide, rank, experts)}u) { return; }
+  if (id >= ${outerInvocations(space, wide, rank, experts)}u) { return; }
   let w0 = (id % ${wideTiles}u) * ${WIDE_TILE}u;
   let j0 = ((id / ${wideTiles}u) % ${tile.tiles}u) * ${4 * tile.groups}u;
-  ${stacked ? `let e = (id / ${wideTiles * tile.tiles}u) % ${experts}u;` : ""}
-  let b = id / ${wideTiles * tile.tiles * experts}u;
-  ${space.enter(false)}
+  let b = id / ${wideTiles * tile.tiles * (space.routes ? 1 : experts)}u;
+  ${block}
   // acc_g_c_q = Σ_n big_e[n, 4·(w0 + g) + c] · small_e[n, j0 + 4q .. +3]
   ${outerZeros(rank)}
-  for (var n = b * ${BLOCK_ROWS}u; n < min((b + 1u) * ${BLOCK_ROWS}u, ${space.count}); n++) {
+  for (var n = row0; n < min(row0 + ${BLOCK_ROWS}u, ${space.count}); n++) {
     let token = ${space.shared("n")};
     let big_row = ${s.bigPerExpert ? space.own("n", true) : "token"};
     ${s.gated ? `let g = ${gateOf("token", experts)};` : ""}
     ${outerStep(small, space.own("n", stacked), s.gated, groups, bigLoad)}
   }
-  ${outerStores(partial, s.layout, wide, rank, stacked ? `(b * ${experts}u + e)` : "b")}
+  ${
+    outerStores(
+      partial,
+      s.layout,
+      wide,
+      rank,
+      stacked && !space.routes ? `(b * ${experts}u + e)` : "b",
+    )
+  }
 }`;
   return {
     bindings: [
@@ -285,7 +300,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 /**
  * target (+)= sumScale · Σ_b partial[b] for the outer product of `big` (the tensors the
  * activation reads) and `small` (and `gate` when gated): the partial sums over row blocks, then
- * their fixed-order sum.
+ * their fixed-order sum (routed: each expert's sum over its own blocks).
  */
 export function outer(
   tape: Tape,
@@ -295,29 +310,31 @@ export function outer(
   sumScale: number,
   target: GradTarget,
 ): Command[] {
-  const { rows, wide, rank, experts } = spec;
+  const { wide, rank, experts, routes } = spec;
+  const space = expertRows(spec);
   const shape = spec.layout === "wide-major" ? [wide, rank] : [rank, wide];
-  const partial = tape.tensor(
-    [Math.ceil(rows / BLOCK_ROWS), experts, ...shape],
-    `${label} partials`,
-  );
+  const blocks = routes ? [routes.tiles(BLOCK_ROWS)] : [Math.ceil(spec.rows / BLOCK_ROWS), experts];
+  const partial = tape.tensor([...blocks, ...shape], `${label} partials`);
   const { big, small, gate, route } = operands;
+  if (routes && !route) throw new Error(`${label}: a routed outer product needs the route`);
   const resources = [
     ...big,
     small,
     partial,
     ...(spec.gated && gate ? [gate] : []),
-    ...(spec.routes && route ? [route] : []),
+    ...(routes ? [route!] : []),
   ];
   return [
     launch(
       tape.engine,
       `${label} partials`,
       (index) => outerWgsl(spec, index),
-      outerInvocations(rows, wide, rank, experts),
+      outerInvocations(space, wide, rank, experts),
       resources,
     ),
-    sumBlocks(tape.engine, label, partial, sumScale, target.tensor, target.accumulate),
+    routes
+      ? sumExpertBlocks(tape.engine, label, partial, routes, sumScale, target, route!)
+      : sumBlocks(tape.engine, label, partial, sumScale, target.tensor, target.accumulate),
   ];
 }
 
@@ -368,5 +385,61 @@ export function sumBlocks(
     (index) => sumBlocksWgsl(result.size, blocks, scale, accumulate, index),
     vec4 ? result.size / 4 : result.size,
     [partial, result],
+  );
+}
+
+/**
+ * result[e] (+)= scale · Σ over expert e's blocks b of partial[b] (route_tile's blocks of
+ * BLOCK_ROWS rows, in order; none, a sum of 0), for each expert's `size` values.
+ */
+function sumExpertBlocksWgsl(
+  size: number,
+  routes: RouteLayout,
+  scale: number,
+  accumulate: boolean,
+  index: string,
+): KernelSource {
+  const vec4 = size % 4 === 0;
+  const type = vec4 ? "vec4f" : "f32";
+  const n = vec4 ? size / 4 : size;
+  const code = `${routes.functions()}
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = ${index};
+  if (i >= ${routes.experts * n}u) { return; }
+  let e = i / ${n}u;
+  let first = route_first_tile(e, ${BLOCK_ROWS}u);
+  let last = first + (route_count(e) + ${BLOCK_ROWS - 1}u) / ${BLOCK_ROWS}u;
+  var sum = ${type}(0.0);
+  for (var b = first; b < last; b++) { sum += partial[b * ${n}u + i % ${n}u]; }
+  result[i] = ${accumulate ? "result[i] + " : ""}${floatLiteral(scale)} * sum;
+}`;
+  return {
+    bindings: [
+      ["partial", "read", `array<${type}>`],
+      ["result", "rw", `array<${type}>`],
+      routes.binding(),
+    ],
+    code,
+  };
+}
+
+/** target (+)= scale · each expert's sum of its blocks of `partial` (an outer's, routed). */
+function sumExpertBlocks(
+  engine: Engine,
+  label: string,
+  partial: Tensor,
+  routes: RouteLayout,
+  scale: number,
+  target: GradTarget,
+  route: Tensor,
+): Command {
+  const size = target.tensor.size / routes.experts;
+  return launch(
+    engine,
+    label,
+    (index) => sumExpertBlocksWgsl(size, routes, scale, target.accumulate, index),
+    (size % 4 === 0 ? size / 4 : size) * routes.experts,
+    [partial, target.tensor, route],
   );
 }

@@ -9,6 +9,9 @@
 //   slots [N, k] (token n's i-th slot plus one; 0 where n has fewer than i + 1 experts),
 //   experts [N, k] (the expert of that slot).
 // A slot past Σ count_e (a row of the gate with fewer than k nonzero entries) is never read.
+// Kernels that walk the slots in tiles of `size` rows give each expert ceil(count_e / size) tiles,
+// the experts in order (route_tile): a tile never holds two experts' rows, and only the tiles
+// that hold rows are dispatched, at most ceil(S / size) + E of them (`tiles`).
 import type { Binding } from "../engine/bindings.ts";
 
 export class RouteLayout {
@@ -23,6 +26,12 @@ export class RouteLayout {
     readonly perRow: number,
   ) {
     this.slots = rows * perRow;
+  }
+
+  /** The tiles of `size` rows a routed kernel dispatches: enough for any split of the slots. */
+  tiles(size: number): number {
+    const { rows, experts, slots } = this;
+    return Math.min(experts * Math.ceil(rows / size), Math.ceil(slots / size) + experts);
   }
 
   /** u32 words of the route tensor. */
@@ -49,15 +58,31 @@ export class RouteLayout {
   }
 
   /**
-   * WGSL accessors: route_start(e), route_count(e), route_token(slot), and for token n's i-th
-   * route route_has(n, i), route_slot(n, i), route_expert(n, i).
+   * WGSL accessors: route_start(e), route_count(e), route_token(slot), for token n's i-th route
+   * route_has(n, i), route_slot(n, i), route_expert(n, i), and the tiles of `size` rows:
+   * route_first_tile(e, size), the first of expert e's, and route_tile(t, size), tile t's expert
+   * and first local row (expert E past the last tile).
    */
   functions(): string {
     const { starts, counts, tokens, choiceSlots: slots, choiceExperts: of } = this.sections;
-    const k = this.perRow;
+    const { experts, perRow: k } = this;
     return `
 fn route_start(e: u32) -> u32 { return route[${starts}u + e]; }
 fn route_count(e: u32) -> u32 { return route[${counts}u + e]; }
+fn route_first_tile(e: u32, size: u32) -> u32 {
+  var first = 0u;
+  for (var f = 0u; f < e; f++) { first += (route_count(f) + size - 1u) / size; }
+  return first;
+}
+fn route_tile(t: u32, size: u32) -> vec2u {
+  var first = 0u;
+  for (var e = 0u; e < ${experts}u; e++) {
+    let tiles = (route_count(e) + size - 1u) / size;
+    if (t < first + tiles) { return vec2u(e, (t - first) * size); }
+    first += tiles;
+  }
+  return vec2u(${experts}u, 0u);
+}
 fn route_token(slot: u32) -> u32 { return route[${tokens}u + slot]; }
 fn route_has(n: u32, i: u32) -> bool { return route[${slots}u + n * ${k}u + i] != 0u; }
 fn route_slot(n: u32, i: u32) -> u32 { return route[${slots}u + n * ${k}u + i] - 1u; }

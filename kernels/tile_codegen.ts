@@ -100,7 +100,10 @@ export function stackRow(row: string, height: number, stacked: boolean): string 
  * has all `rows` rows; an operand of the expert's own keeps row n at e·rows + n when stacked
  * ([E, N, ·]) or at n (one matrix), a shared operand ([N, ·], x or dy) at n. Routed: expert e has
  * the count_e tokens routed to it; an own operand ([S, ·]) keeps its i-th at slot start_e + i,
- * a shared one at that slot's token. Row expressions take the expert's local row i.
+ * a shared one at that slot's token. Row expressions take the expert's local row i. A dense
+ * kernel finds e and its tile of rows in its invocation index; a routed one finds the tile's
+ * expert from the route (`locate`), and dispatches only the tiles that hold rows (`tiles`):
+ * dispatching E·N rows where k·N are routed costs lavapipe ~1 ms per 1,500 idle workgroups.
  */
 export class ExpertRows {
   private constructor(readonly rows: number, readonly routes: RouteLayout | null) {}
@@ -114,19 +117,27 @@ export class ExpertRows {
     return new ExpertRows(routes.rows, routes);
   }
 
-  /** How many experts' row sets a dispatch covers (routed kernels take e from the invocation). */
-  get experts(): number {
-    return this.routes?.experts ?? 1;
+  /**
+   * Tiles of `size` rows a kernel over `experts` stacked experts dispatches: every expert's
+   * ceil(N / size) (dense), or those holding routed rows.
+   */
+  tiles(size: number, experts: number): number {
+    return this.routes?.tiles(size) ?? Math.ceil(this.rows / size) * experts;
   }
 
   /**
-   * WGSL once e and row0 are known: `seg` and `count`, the expert's first slot and rows (routed);
-   * with `leave`, an invocation whose rows start past them returns.
+   * Routed, WGSL finding tile `tile`'s expert e and first local row `row0` (returning past the
+   * last tile), then `seg` and `count`, the expert's first slot and rows.
    */
-  enter(leave: boolean): string {
-    if (!this.routes) return "";
-    return `let seg = route_start(e);
-  let count = route_count(e);${leave ? "\n  if (row0 >= count) { return; }" : ""}`;
+  locate(tile: string, size: number): string {
+    const { routes } = this;
+    if (!routes) throw new Error("ExpertRows.locate: dense rows are found from the index");
+    return `let at = route_tile(${tile}, ${size}u);
+  let e = at.x;
+  if (e >= ${routes.experts}u) { return; }
+  let row0 = at.y;
+  let seg = route_start(e);
+  let count = route_count(e);`;
   }
 
   /** WGSL u32: how many rows expert e has. */
@@ -235,8 +246,8 @@ export function contractStores(
 }
 
 /** Invocations of a contraction of `experts` stacked experts (1 for one unstacked weight). */
-export function contractInvocations(rows: number, rank: number, experts: number): number {
-  return Math.ceil(rows / CONTRACT_ROWS) * experts * rankTile(rank).tiles;
+export function contractInvocations(space: ExpertRows, rank: number, experts: number): number {
+  return space.tiles(CONTRACT_ROWS, experts) * rankTile(rank).tiles;
 }
 
 /**
@@ -244,7 +255,7 @@ export function contractInvocations(rows: number, rank: number, experts: number)
  * adjacent column groups from c0 (column tile colTile), as WGSL. When the groups do not tile
  * evenly (`ragged`), the last tile's extra groups are clamped onto the last one: loads stay in
  * range, stores are guarded. Its rows are `space`'s: rows of the output itself (dense), or the
- * local rows of the expert e the invocation serves (routed: one set of tiles per expert).
+ * local rows of the expert e the invocation serves (routed: only the tiles holding rows).
  */
 export class RowTile {
   readonly groups: number;
@@ -261,12 +272,12 @@ export class RowTile {
   }
 
   get invocations(): number {
-    return Math.ceil(this.rows / TILE_ROWS) * this.colTiles * this.space.experts;
+    return this.space.tiles(TILE_ROWS, 1) * this.colTiles;
   }
 
   /**
    * WGSL statements: leave if past the last tile, else find the tile's row0, colTile and c0
-   * (and, routed, its expert e, leaving when its rows start past the expert's).
+   * (and, routed, its expert e from the route, leaving past the last tile that holds rows).
    */
   start(): string {
     const { colTiles, space } = this;
@@ -277,11 +288,9 @@ export class RowTile {
   let c0 = colTile * ${TILE_GROUPS}u;`;
     }
     return `if (id >= ${this.invocations}u) { return; }
-  let row0 = (id / ${colTiles * space.experts}u) * ${TILE_ROWS}u;
-  let e = (id / ${colTiles}u) % ${space.experts}u;
   let colTile = id % ${colTiles}u;
   let c0 = colTile * ${TILE_GROUPS}u;
-  ${space.enter(true)}`;
+  ${space.locate(`id / ${colTiles}u`, TILE_ROWS)}`;
   }
 
   /** Row t of the tile, clamped to the last row (for loads). */
@@ -444,12 +453,12 @@ export function outerStores(
 
 /** Invocations of an outer product's partials for `experts` stacked experts (or 1). */
 export function outerInvocations(
-  rows: number,
+  space: ExpertRows,
   wide: number,
   rank: number,
   experts: number,
 ): number {
-  return Math.ceil(rows / BLOCK_ROWS) * experts * rankTile(rank).tiles *
+  return space.tiles(BLOCK_ROWS, experts) * rankTile(rank).tiles *
     Math.ceil(Math.ceil(wide / 4) / WIDE_TILE);
 }
 
