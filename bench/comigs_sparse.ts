@@ -279,8 +279,8 @@ export async function mixtureDispatchCrossover(
 ): Promise<Record<string, unknown>[]> {
   const results: Record<string, unknown>[] = [];
   for (const family of ["gelu", "swiglu"] as const) {
-    for (const [experts, k] of [[3, 2], [4, 2], [8, 2], [4, 1], [8, 1]]) {
-      for (const rows of [16, 64, 256, 1024]) {
+    for (const [experts, k] of [[2, 2], [3, 2], [4, 2], [8, 2], [4, 1], [8, 1]]) {
+      for (const rows of [8, 32, 128, 1024]) {
         const sparse = mixtureStep(engine, family, rows, experts, k, "sparse");
         const dense = mixtureStep(engine, family, rows, experts, k, "dense");
         try {
