@@ -8,8 +8,8 @@
 // Before timing, the sparse E = 8 step must reproduce the dense one: the same losses over a few
 // steps, the same gradients.
 // `mixture_dispatch_crossover`: the mixture op alone (forward and backward, every gradient) at
-// the base models' MLPs, sparse against dense over N, E and k, where kernels/mixture.ts's
-// SPARSE_MIN_ROWS comes from.
+// the base models' MLPs, sparse against dense over N, E and k (sparse's y and every gradient
+// checked against dense's first), where kernels/mixture.ts's SPARSE_MIN_ROWS comes from.
 //
 //   deno run -A bench/comigs_sparse.ts [--runs N] [--crossover]
 import { parseArgs } from "node:util";
@@ -112,15 +112,17 @@ function buildStep(
   };
 }
 
+/** Whether `a` equals `b` within SAME of b's largest magnitude. */
+function close(a: Float32Array, b: Float32Array): boolean {
+  const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  return a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) <= SAME * scale);
+}
+
 /**
  * Whether `sparse` trains as `dense` (both fresh from the same initialisation): every gradient
  * of the first step, then the loss of each of three steps, within SAME of the largest value.
  */
 async function sameTraining(engine: Engine, sparse: Step, dense: Step): Promise<boolean> {
-  const close = (a: Float32Array, b: Float32Array) => {
-    const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    return a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) <= SAME * scale);
-  };
   for (let s = 0; s < 3; s++) {
     for (const step of [sparse, dense]) await engine.run(step.commands(), "check");
     const [a, b] = await Promise.all([sparse, dense].map((step) => engine.readF32(step.loss)));
@@ -163,7 +165,7 @@ export async function comigsSparseVsDense(
     try {
       const ok = await sameTraining(engine, sparse, dense);
       const load = Deno.loadavg()[0];
-      const { ms, ratios, reps } = await interleaved(
+      const { ms, min, ratios, reps } = await interleaved(
         engine,
         [two.commands(), sparse.commands(), dense.commands()],
         opts.runs,
@@ -177,7 +179,9 @@ export async function comigsSparseVsDense(
           ...common,
           ratio: round3(1 / ratios[i]),
           ms: round3(ms[i]),
+          ms_min: round3(min[i]),
           e2_ms: round3(ms[0]),
+          e2_ms_min: round3(min[0]),
           tokens_per_s: Math.round(B * T / (ms[i] / 1000)),
           ok,
           adapter: engine.adapterName,
@@ -192,7 +196,11 @@ export async function comigsSparseVsDense(
   return results;
 }
 
-/** The mixture op of one base model's MLP with every input a leaf, recorded both ways. */
+/**
+ * The mixture op of one base model's MLP with every input a leaf, recorded as `dispatch` asks:
+ * its commands (forward, then backward from a fixed dy), and its results (y, then each leaf's
+ * gradient in creation order; the same inputs whatever the dispatch, drawn from one seed).
+ */
 function mixtureStep(
   engine: Engine,
   family: "gelu" | "swiglu",
@@ -200,7 +208,7 @@ function mixtureStep(
   experts: number,
   k: number,
   dispatch: "dense" | "sparse",
-): { commands: Command[]; dispose: () => void } {
+): { commands: Command[]; results: () => Tensor[]; dispose: () => void } {
   const embd = 128, hidden = family === "gelu" ? 512 : 344, rank = 8;
   const rng = new Mulberry32(rows + experts + k);
   const owned: Tensor[] = [];
@@ -265,6 +273,7 @@ function mixtureStep(
   const commands = [...tape.forward(), ...tape.backward(y, dy)];
   return {
     commands,
+    results: () => [y, ...owned.filter((t) => t.requiresGrad).map((t) => t.grad!)],
     dispose: () => {
       tape.dispose();
       for (const t of owned) t.dispose();
@@ -284,8 +293,14 @@ export async function mixtureDispatchCrossover(
         const sparse = mixtureStep(engine, family, rows, experts, k, "sparse");
         const dense = mixtureStep(engine, family, rows, experts, k, "dense");
         try {
-          await engine.run([...sparse.commands, ...dense.commands], "warm");
-          const { ms, ratios } = await interleaved(
+          // Run once each (the leaves' gradients accumulate: read before timing), sparse
+          // checked against dense, which tests/kernels/moe_*_test.ts hold to float64 references.
+          await engine.run([...sparse.commands, ...dense.commands], "check");
+          const [a, b] = [sparse, dense].map((step) => step.results());
+          const read = (ts: Tensor[]) => Promise.all(ts.map((t) => engine.readF32(t)));
+          const [ra, rb] = await Promise.all([read(a), read(b)]);
+          const ok = ra.every((v, i) => close(v, rb[i]));
+          const { ms, min, ratios } = await interleaved(
             engine,
             [sparse.commands, dense.commands],
             opts.runs,
@@ -298,10 +313,12 @@ export async function mixtureDispatchCrossover(
             k,
             sparse_ms: round3(ms[0]),
             dense_ms: round3(ms[1]),
+            sparse_ms_min: round3(min[0]),
+            dense_ms_min: round3(min[1]),
             // ratios[1] = median of sparse/dense per round: < 1 where sparse is faster.
             ratio: round3(ratios[1]),
             load1: Deno.loadavg()[0],
-            ok: true,
+            ok,
             adapter: engine.adapterName,
           });
         } finally {

@@ -24,15 +24,15 @@ async function timeRepeated(engine: Engine, commands: Command[], reps: number): 
 }
 
 /**
- * `runs` interleaved rounds of `programs`: ms[i], the median ms of program i; ratios[i], the
- * median of the per-round ms[0] / ms[i] (ratios[0] = 1); reps, the repetitions per submit (set by
- * the fastest program).
+ * `runs` interleaved rounds of `programs`: ms[i], the median ms of program i (min[i], its fastest
+ * round: the spread on a loaded machine); ratios[i], the median of the per-round ms[0] / ms[i]
+ * (ratios[0] = 1); reps, the repetitions per submit (set by the fastest program).
  */
 export async function interleaved(
   engine: Engine,
   programs: Command[][],
   runs: number,
-): Promise<{ ms: number[]; ratios: number[]; reps: number }> {
+): Promise<{ ms: number[]; min: number[]; ratios: number[]; reps: number }> {
   const singles: number[] = [];
   for (const program of programs) singles.push(await timeRepeated(engine, program, 1));
   const reps = Math.max(1, Math.ceil(TARGET_MS / Math.min(...singles)));
@@ -45,6 +45,7 @@ export async function interleaved(
   }
   return {
     ms: times.map(median),
+    min: times.map((ts) => Math.min(...ts)),
     ratios: times.map((ts) => median(ts.map((t, round) => times[0][round] / t))),
     reps,
   };
