@@ -144,10 +144,11 @@ export function mixtureMlp(
 }
 
 /**
- * The fewest rows `auto` dispatches sparsely (provisional: set from bench/comigs_sparse.ts
- * --crossover once measured).
+ * The fewest rows `auto` dispatches sparsely: bench/comigs_sparse.ts --crossover measured sparse
+ * at 0.76–1.35× dense over 8 rows (the route's sort and its extra dispatches cost as much as the
+ * rows saved), about 1× over 32, 0.33–0.87× over 128 or more with E ≥ 4 (lavapipe, both families).
  */
-export const SPARSE_MIN_ROWS = 0;
+export const SPARSE_MIN_ROWS = 32;
 
 /** The dispatch engines' mixtures take when an op's options do not say. */
 const chosenDispatch = new WeakMap<Engine, MixtureDispatch>();

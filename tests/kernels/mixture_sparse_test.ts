@@ -16,7 +16,7 @@ import type { Engine } from "../../engine/device.ts";
 import { LimitError, ShapeError } from "../../engine/errors.ts";
 import { Tape } from "../../engine/tape.ts";
 import type { Tensor } from "../../engine/tensor.ts";
-import type { MixtureOptions } from "../../kernels/mixture.ts";
+import { type MixtureOptions, SPARSE_MIN_ROWS } from "../../kernels/mixture.ts";
 import { moeMlp } from "../../kernels/moe_mlp.ts";
 import { moeSwiglu } from "../../kernels/moe_swiglu.ts";
 import { topkGate } from "../../kernels/topk_gate.ts";
@@ -459,5 +459,19 @@ gpuTest("the dispatch: auto takes sparse for a top-k gate with k < E; sparse nee
   top2.dispose();
   top4.dispose();
   for (const tensor of Object.values(t)) tensor.dispose();
+  // Below SPARSE_MIN_ROWS rows the route costs more than it saves: auto stays dense.
+  const few = { ...shape, rows: SPARSE_MIN_ROWS - 1 };
+  const s = FAMILIES[0].upload(e, few, FAMILIES[0].problem(few, 12).values);
+  const fewTop2 = topkGateOf(e, few.rows, 4, 2);
+  const tape = new Tape(e);
+  FAMILIES[0].run(tape, s.x, fewTop2.gate, s, {});
+  assertEquals(
+    tape.forward().some((command) => command.label.includes("(routed)")),
+    false,
+    `auto, ${few.rows} rows`,
+  );
+  tape.dispose();
+  fewTop2.dispose();
+  for (const tensor of Object.values(s)) tensor.dispose();
   return Promise.resolve();
 });
