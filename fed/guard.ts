@@ -1,5 +1,5 @@
 // The server's defences, the same for every strategy and transport (the in-process simulation,
-// our HTTP server; the Flower App applies the same checks and aggregates in Python, without DP):
+// our HTTP server; the Flower App applies the same checks, aggregation and DP in Python):
 // which clients train a round (everyone, or K drawn from the seed and the round), which results
 // may enter the aggregate (fed/validate_update.ts: exactly the shared names and shapes, finite
 // values, the right sender and round, an update no larger than an honest client's), and whether

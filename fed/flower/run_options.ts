@@ -54,6 +54,11 @@ export const SERVER_OPTIONS = {
   "lb-coef": ["lbCoef", "real"],
   "lb-rho": ["lbRho", "real"],
   aggregation: ["aggregation", "text"],
+  dp: ["dp", "text"],
+  "dp-clip": ["dpClip", "real"],
+  "dp-noise": ["dpNoise", "real"],
+  "dp-delta": ["dpDelta", "real"],
+  "dp-seed": ["dpSeed", "integer"],
 } as const satisfies Record<string, readonly [keyof TrainOptions, Kind]>;
 
 /** The methods a Flower federation runs: FedAvg over shared tensors (the ServerApp's strategy). */
@@ -94,6 +99,8 @@ export function nodeTrainOptions(
     }
     input[option] = value;
   }
+  // A run config holds no null: dp-seed -1 is train's absent --dp-seed (a secret noise key).
+  if (input.dpSeed === -1) input.dpSeed = null;
   const method = input.method as string;
   if (!(FLOWER_METHODS as readonly string[]).includes(method)) {
     throw new RunConfigError(

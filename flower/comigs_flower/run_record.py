@@ -5,14 +5,16 @@
   reply: Flower's round timeout or its error), their errors, the replies refused
   (validate_reply.py: node, client, reason; left out of the phase), each accepted node's client
   id, category and metrics, Flower's aggregated metrics, after a train phase `kept` (why the
-  round kept the previous global, or null), after an evaluation the mean test perplexity (the
-  plain mean of the accepted clients', method.md §5), and `wall_s`: the seconds since the
-  ServerApp started when the phase ended (metrics.jsonl's `wall_s`);
+  round kept the previous global, or null) and, under DP, `privacy`: the ε spent so far and its δ
+  (metrics.jsonl's `privacy` events), after an evaluation the mean test perplexity (the plain
+  mean of the accepted clients', method.md §5), and `wall_s`: the seconds since the ServerApp
+  started when the phase ended (metrics.jsonl's `wall_s`);
 - final.safetensors at the end: the global shared tensors (global.safetensors of a simulated run);
 - summary.json at the end, the fields of a simulated run's summary.json. The ServerApp holds no
   data and no model, so `scenario`, `ood`, `base_model` and every `clients` entry are the nodes'
   own report (listed under `reported_by_nodes`); the means are computed here from the reported
-  perplexities, in client-id order as the simulation does.
+  perplexities, in client-id order as the simulation does; under DP, `privacy`: the mode, C, z, δ
+  and the final ε, as a simulated run's summary holds them.
 Node ids are uint64: written as strings so JSON readers keep every digit.
 """
 
@@ -23,6 +25,7 @@ import time
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from .privacy import DpSettings
 from .safetensors_io import write_f32
 from .validate_reply import Refusal
 
@@ -38,7 +41,7 @@ def mean(values: list[float]) -> float:
 class RunRecord:
     """What the ServerApp writes to `out` as the run goes."""
 
-    def __init__(self, out: str, run_id: int, options: dict) -> None:
+    def __init__(self, out: str, run_id: int, options: dict, dp: DpSettings) -> None:
         os.makedirs(out, exist_ok=True)
         self.out = out
         self.run_id = run_id
@@ -48,6 +51,9 @@ class RunRecord:
         # Per reported client id: its latest facts and test perplexity, its base perplexity.
         self.clients: dict[int, dict] = {}
         self.pretrained: dict[int, float] = {}
+        self.dp = dp
+        # The ε spent after the latest train phase (DP runs).
+        self.epsilon: float | None = None
 
     def phase(
         self,
@@ -58,8 +64,10 @@ class RunRecord:
         refusals: list[Refusal],
         metrics: MetricRecord | None = None,
         kept: str | None = None,
+        privacy: dict | None = None,
     ) -> None:
-        """Records one phase (nothing for a phase the round skipped)."""
+        """Records one phase (nothing for a phase the round skipped); `privacy`: the ε spent
+        after a train phase, and its δ (DP runs)."""
         if not sampled and not replies:
             return
         valid = [r for r in replies if not r.has_error()]
@@ -88,6 +96,9 @@ class RunRecord:
         }
         if phase == "train":
             entry["kept"] = kept
+            if privacy is not None:
+                entry["privacy"] = privacy
+                self.epsilon = privacy["epsilon"]
         evaluated = [v for v in nodes.values() if "test-ppl" in v]
         if phase == "evaluate" and evaluated:
             ppl = [v["test-ppl"] for v in sorted(evaluated, key=lambda v: v["client"])]
@@ -132,8 +143,16 @@ class RunRecord:
             "clients": clients,
             "mean_test_ppl": mean([c["test_ppl"] for c in clients]),
             "pretrained_mean_test_ppl": mean(pretrained) if pretrained else None,
-            "reported_by_nodes": ["scenario", "ood", "base_model", "clients"],
         }
+        if self.epsilon is not None:
+            summary["privacy"] = {
+                "mode": self.dp.mode,
+                "clip": self.dp.clip,
+                "noise": self.dp.noise,
+                "delta": self.dp.delta,
+                "epsilon": self.epsilon,
+            }
+        summary["reported_by_nodes"] = ["scenario", "ood", "base_model", "clients"]
         self._write("summary.json", summary)
 
     def _write(self, name: str, value: dict) -> None:

@@ -14,8 +14,10 @@ the nodes add their own (model, data, experts). Flower's round timeout (`round-t
 phase whose nodes did not all reply; FedAvg aggregates the replies it got, and result.json names
 the missing nodes. Every reply is checked first (validate_reply.py): a refused one is left out of
 its phase and named in result.json, and a round with fewer than `min-clients` accepted updates
-keeps the previous global. The run folder (`out`; default runs/flower-<method>-s<seed>-<run id>
-in the ServerApp's working folder) is described in run_record.py.
+keeps the previous global. Under `dp = "central"` the ServerApp clips and noises the sum of the
+accepted updates, under `dp = "local"` every node its own (privacy.py); the ε spent is recorded.
+The run folder (`out`; default runs/flower-<method>-s<seed>-<run id> in the ServerApp's working
+folder) is described in run_record.py.
 """
 
 import logging
@@ -27,6 +29,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from .aggregate import AGGREGATIONS, check_trim
+from .privacy import dp_settings
 from .run_record import RunRecord
 from .shared_names import check_method
 from .strategy import SharedFedAvg
@@ -54,6 +57,11 @@ NODE_OPTIONS = (
     "lb-coef",
     "lb-rho",
     "aggregation",
+    "dp",
+    "dp-clip",
+    "dp-noise",
+    "dp-delta",
+    "dp-seed",
 )
 
 
@@ -109,7 +117,8 @@ def main(grid: Grid, context: Context) -> None:
         "runs", f"flower-{method}-s{cfg['seed']}-{context.run_id}"
     )
     log(logging.INFO, "comigs: the run folder is %s", os.path.abspath(out))
-    record = RunRecord(out, context.run_id, options)
+    dp = dp_settings(cfg)
+    record = RunRecord(out, context.run_id, options, dp)
     strategy = SharedFedAvg(
         method=method,
         eval_every=int(cfg["eval-every"]),
@@ -117,6 +126,7 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=min_nodes,
         lr=float(cfg["lr"]),
         local_steps=int(cfg["local-steps"]),
+        dp=dp,
         record=record,
         **guard_options(cfg),
     )

@@ -14,10 +14,16 @@ What it changes of FedAvg, and why:
   arrive, so two runs with the same seed could differ in the last bits; this way the result does
   not depend on arrival order and equals the simulation's bit for bit.
 - Evaluation runs every `eval-every` rounds and at the last one, as `deno task train` does.
+- Differential privacy (privacy.py), as fed/strategy.ts applies it: under central DP every round
+  releases the clipped, noised sum of the accepted updates over the fixed K (no quorum: the noise
+  is released even when nothing arrived); under local DP the nodes noise their own updates and the
+  default update-norm bound allows for that noise. Either way the ε spent so far is recorded after
+  every round (accountant.py).
 Everything else (sampling, messages, timeouts, metric averaging) is FedAvg's.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -26,7 +32,10 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from .accountant import epsilon_spent
 from .aggregate import aggregate, quorum_shortfall
+from .noise import GaussianNoise, noise_key
+from .privacy import DpSettings, central_dp_aggregate, local_dp_norm_bound
 from .run_record import RunRecord
 from .shared_names import is_shared
 from .validate_reply import Accepted, Refusal, check_reply, default_max_update_norm
@@ -47,6 +56,7 @@ class SharedFedAvg(FedAvg):
         max_update_norm: float | None,
         lr: float,
         local_steps: int,
+        dp: DpSettings,
         record: RunRecord,
     ) -> None:
         super().__init__(
@@ -71,6 +81,13 @@ class SharedFedAvg(FedAvg):
         # The global sent in the current round's train messages: updates are measured from it.
         self.sent: dict[str, np.ndarray] = {}
         self.sampled: list[int] = []
+        self.dp = dp
+        # Central DP: the noise stream (a secret key unless `dp-seed` is given) and the fixed
+        # denominator K, the nodes the run started with (set by initial_arrays).
+        self.noise = GaussianNoise(noise_key(dp.seed)) if dp.mode == "central" else None
+        self.expected_clients = 0
+        # Local DP: the train rounds each node was sampled for (its own ε counts those).
+        self.trained = Counter()
 
     def initial_arrays(self, server_round: int, replies: list[Message]) -> ArrayRecord:
         """The initial shared tensors from the query replies: those of the lowest client id whose
@@ -100,11 +117,16 @@ class SharedFedAvg(FedAvg):
                 + ("; ".join(r.reason for r in refusals) or "no node answered the query")
             )
         values = sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shared.values())
-        self.max_update_norm = (
-            self._norm_option
-            if self._norm_option is not None
-            else default_max_update_norm(self._lr, self._local_steps, values)
-        )
+        honest = default_max_update_norm(self._lr, self._local_steps, values)
+        if self._norm_option is not None:
+            self.max_update_norm = self._norm_option
+        elif self.dp.mode == "local":  # an honest node's update carries its noise too
+            self.max_update_norm = max(honest, local_dp_norm_bound(self.dp, values))
+        else:
+            self.max_update_norm = honest
+        # Every node online at the start is sampled every round: K of central DP, fixed for the
+        # run (dividing by the arrivals would let one client's presence reweight the others).
+        self.expected_clients = len(self.sampled)
         log(logging.INFO, "comigs: updates of L2 norm above %.4g are refused (%d shared values)",
             self.max_update_norm, values)
         return ArrayRecord({name: Array(t) for name, t in accepted[0].tensors.items()})
@@ -114,6 +136,7 @@ class SharedFedAvg(FedAvg):
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.sampled = [m.metadata.dst_node_id for m in messages]
+        self.trained.update(self.sampled)
         self.sent = {name: np.asarray(a.numpy()) for name, a in arrays.items()}
         return messages
 
@@ -136,7 +159,14 @@ class SharedFedAvg(FedAvg):
             metrics = self.train_metrics_aggr_fn(
                 [a.reply.content for a in accepted], self.weighted_by_key
             )
-        if kept is not None:
+        if self.noise is not None:
+            # Released every round, even with no update: skipping would tell how many arrived.
+            kept = None
+            noised = central_dp_aggregate(
+                self.sent, [a.tensors for a in accepted], self.dp, self.expected_clients, self.noise
+            )
+            arrays = ArrayRecord({name: Array(t) for name, t in noised.items()})
+        elif kept is not None:
             log(logging.WARNING, "comigs: %s", kept)
         else:
             mean = aggregate(
@@ -147,7 +177,10 @@ class SharedFedAvg(FedAvg):
                 self.trim,
             )
             arrays = ArrayRecord({name: Array(t) for name, t in mean.items()})
-        self.record.phase(server_round, "train", self.sampled, replies, refusals, metrics, kept)
+        spent = self._spent(server_round)
+        self.record.phase(
+            server_round, "train", self.sampled, replies, refusals, metrics, kept, spent
+        )
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
@@ -160,6 +193,18 @@ class SharedFedAvg(FedAvg):
             )
         self.record.phase(server_round, "evaluate", self.sampled, replies, refusals, metrics)
         return metrics
+
+    def _spent(self, server_round: int) -> dict | None:
+        """The privacy spent after `server_round` (None without DP): central, one Gaussian
+        mechanism per round; local, the guarantee of the node sampled for the most rounds."""
+        if self.dp.mode == "none":
+            return None
+        if self.dp.mode == "central":
+            rounds = server_round
+        else:
+            rounds = max(self.trained.values(), default=0)
+        epsilon = epsilon_spent(self.dp.mode, self.dp.noise, self.dp.delta, rounds)
+        return {"epsilon": epsilon, "delta": self.dp.delta}
 
     def _screen(
         self,

@@ -166,16 +166,28 @@ def _tensors_problem(
     return tensors
 
 
-def update_norm(start: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> float:
-    """The L2 norm of now − start over all tensors together, in float64, summed in `start`'s
-    name order then index order (fed/update.ts `l2Norm(updateOf(...))`; cumsum adds left to
-    right, where numpy's sum would add pairwise)."""
-    squares = [
-        np.square(now[name].astype(np.float64).ravel() - start[name].astype(np.float64).ravel())
-        for name in start
-    ]
+def update_of(start: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """now − start per tensor, flat float64 arrays in `start`'s name order (fed/update.ts
+    `updateOf`)."""
+    return {
+        name: now[name].astype(np.float64).ravel() - values.astype(np.float64).ravel()
+        for name, values in start.items()
+    }
+
+
+def sum_of_squares(tensors: dict[str, np.ndarray]) -> float:
+    """The float64 sum of the squares of every value, in name order then index order
+    (fed/update.ts `sumOfSquares`; cumsum adds left to right, where numpy's sum would add
+    pairwise)."""
+    squares = [np.square(values.astype(np.float64).ravel()) for values in tensors.values()]
     flat = np.concatenate(squares) if squares else np.zeros(0)
-    return math.sqrt(float(np.cumsum(flat)[-1])) if flat.size else 0.0
+    return float(np.cumsum(flat)[-1]) if flat.size else 0.0
+
+
+def update_norm(start: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> float:
+    """The L2 norm of now − start over all tensors together (fed/update.ts
+    `l2Norm(updateOf(...))`)."""
+    return math.sqrt(sum_of_squares(update_of(start, now)))
 
 
 def check_reply(

@@ -8,65 +8,10 @@
 // averages in float32 in arrival order and would differ in the last bits. Heterogeneous nodes
 // (E = 1, 2, 4, comigs-1gxs) run unchanged: only attention LoRA and the generalist cross, and
 // the ServerApp asserts exactly those names arrive (federation_test.ts shows it refusing others).
-import type { Method } from "../../fed/methods.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
 import { assert, assertEquals } from "../assert.ts";
-import { assertSameAsSimulation, simulate } from "./comigs_compare.ts";
-import { flowerTest, NodeProcess, SuperLink } from "./harness.ts";
-import { nodeArgs, serverConfig } from "./tiny_comigs.ts";
-
-/** Runs `method` on Flower with three comigs nodes (node i with `extra[i]` flags). */
-async function flowerRun(
-  dir: string,
-  method: Method,
-  extra: string[][] = [[], [], []],
-): Promise<{ out: string; nodeDirs: string[]; record: { phase: string; shared?: string[] }[] }> {
-  const link = await SuperLink.start();
-  const nodeDirs = [0, 1, 2].map((client) => `${dir}/node${client}`);
-  const nodes = nodeDirs.map((out, client) =>
-    new NodeProcess(nodeArgs(link.url, client, out, extra[client]), "comigs_node.ts")
-  );
-  try {
-    await Promise.all(nodes.map((n) => n.comigsNodeId()));
-    const { runId, out } = await link.run({ ...serverConfig(method), "min-nodes": 3 });
-    assertEquals(await link.waitFinished(runId, 600), "finished:completed", await link.log());
-    for (const [client, node] of nodes.entries()) {
-      assertEquals((await node.exit()).code, 0, node.stderr);
-      assert(
-        node.lines.at(-1)!.startsWith(`client ${client} (`) &&
-          node.lines.at(-1)!.endsWith(
-            `2 rounds done; adapters in ${nodeDirs[client]}` +
-              "/adapters.safetensors",
-          ),
-        node.lines.join("\n"),
-      );
-    }
-    const record = JSON.parse(await Deno.readTextFile(`${out}/result.json`)).rounds;
-    // Every phase of the run, every node in it (eval-every 1).
-    assertEquals(record.map((r: { round: number; phase: string }) => `${r.phase} ${r.round}`), [
-      "query 0",
-      "evaluate 0",
-      "train 1",
-      "evaluate 1",
-      "train 2",
-      "evaluate 2",
-    ]);
-    for (const r of record) {
-      assertEquals(r.missing, [], `${r.phase} ${r.round}`);
-      // Honest comigs nodes pass every check, the default update-norm bound included.
-      assertEquals(r.refused, [], `${r.phase} ${r.round}`);
-    }
-    // The run folder leaves the ServerApp's machine in a real deployment: copy it out.
-    await Deno.mkdir(`${dir}/flower`, { recursive: true });
-    for (const file of ["result.json", "summary.json", "final.safetensors"]) {
-      await Deno.copyFile(`${out}/${file}`, `${dir}/flower/${file}`);
-    }
-    return { out: `${dir}/flower`, nodeDirs, record };
-  } finally {
-    await Promise.all(nodes.map((n) => n.stop()));
-    await link.stop();
-  }
-}
+import { assertSameAsSimulation, flowerRun, simulate } from "./comigs_compare.ts";
+import { flowerTest } from "./harness.ts";
 
 flowerTest("flower: 3 comigs nodes run CoMiGS-1G1S with the simulation's bits", async () => {
   const dir = await Deno.makeTempDir({ prefix: "flower-comigs-" });

@@ -36,6 +36,11 @@ function config(overrides: Record<string, unknown> = {}) {
     "lb-coef": 0.01,
     "lb-rho": 0.5,
     aggregation: "uniform",
+    dp: "none",
+    "dp-clip": 1.0,
+    "dp-noise": 1.0,
+    "dp-delta": 1e-5,
+    "dp-seed": -1,
   };
   assertEquals(Object.keys(defaults).sort(), Object.keys(SERVER_OPTIONS).sort());
   return { ...defaults, ...serverConfig("comigs-1g1s"), "server-round": 1, ...overrides } as Record<
@@ -58,6 +63,15 @@ Deno.test("flower node options: the simulation's, with the node's own at its cli
   assertEquals(hetero.experts, [1, 2, 4]);
   assertEquals(hetero.trainTokens, [500, null, null]);
   assertEquals(hetero.topK, 2);
+
+  // DP: dp-seed -1 is train's absent --dp-seed (a secret key); a seed ≥ 0 is kept.
+  const dp = { dp: "local", "dp-clip": 0.5, "dp-noise": 1.1, "dp-delta": 1e-6 };
+  const secret = nodeTrainOptions(config(dp), local);
+  assertEquals(
+    [secret.dp, secret.dpClip, secret.dpNoise, secret.dpDelta, secret.dpSeed],
+    ["local", 0.5, 1.1, 1e-6, null],
+  );
+  assertEquals(nodeTrainOptions(config({ ...dp, "dp-seed": 3 }), local).dpSeed, 3);
 });
 
 Deno.test("flower node options: a bad run config names its key, a bad flag its option", () => {
@@ -77,6 +91,8 @@ Deno.test("flower node options: a bad run config names its key, a bad flag its o
   refused({ "router-on-train": 1 }, '"router-on-train" is "1", not boolean');
   refused({ "local-steps": 0 }, '"local-steps" must be an integer in 1..1000000, got 0');
   refused({ "top-k": 3 }, '"top-k" 3 exceeds the experts a client holds (at most 2)');
+  refused({ dp: "both" }, '"dp" "both" is not one of: none, central, local');
+  refused({ "dp-seed": -2 }, '"dp-seed" must be an integer in 0..4294967295, got -2');
   assertThrows(
     () => nodeTrainOptions({ ...config(), rounds: undefined! }, local),
     RunConfigError,

@@ -2,7 +2,11 @@
 // tests/fed/tiny_run.ts, with a third client): the shipped base model, three clients with
 // different short text, 2 rounds of 2 local steps of 2×16-token batches. The same run three ways:
 // the options of the simulation, the ServerApp's run config, and each node's flags.
-import { resolveTrainOptions, type TrainOptions } from "../../fed/options.ts";
+import {
+  resolveTrainOptions,
+  type TrainOptions,
+  type TrainOptionsInput,
+} from "../../fed/options.ts";
 import type { Method } from "../../fed/methods.ts";
 import type { ClientCorpus } from "../../fed/scenarios.ts";
 import { corpora as twoCorpora, MODEL } from "../fed/tiny_run.ts";
@@ -27,10 +31,16 @@ export function corpora(): ClientCorpus[] {
 /** What the three ways share; the rest are train's defaults (pyproject.toml's too). */
 const RUN = { rounds: 2, localSteps: 2, routerEvery: 1, routerSteps: 1, batch: 2, seq: 16 };
 
-/** The simulation's options (clients 0..2 with `experts`). */
-export function simOptions(out: string, method: Method, experts: number[]): TrainOptions {
+/** The simulation's options (clients 0..2 with `experts`; `extra`: more of train's options). */
+export function simOptions(
+  out: string,
+  method: Method,
+  experts: number[],
+  extra: TrainOptionsInput = {},
+): TrainOptions {
   return resolveTrainOptions({
     ...RUN,
+    ...extra,
     method,
     clients: 3,
     experts,
