@@ -1,8 +1,9 @@
 // `deno task browser`: a tiny CoMiGS run computed in headless Chromium's WebGPU (SwiftShader here)
 // matches the same run computed by Deno's WebGPU (lavapipe here) record by record, and writes the
-// same run folder; a tab joins a networked run beside a Deno client and the run matches the
-// simulated one; its flags are train's minus --resume (or --join's), and a missing Chromium is a
-// clear error raised before anything is written.
+// same run folder, on the shipped GPT-2 base and on a Llama-family one; a tab joins a networked
+// run beside a Deno client and the run matches the simulated one; its flags are train's minus
+// --resume (or --join's), and a missing Chromium is a clear error raised before anything is
+// written.
 import { UsageError } from "../../cli/args.ts";
 import { joinInBrowser, parseInvocation, runInBrowser } from "../../cli/browser.ts";
 import { joinRun } from "../../fed/join.ts";
