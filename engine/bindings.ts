@@ -42,6 +42,11 @@ export function bindingKinds(bindings: readonly Binding[]): BindingKind[] {
   return bindings.map(([, kind]) => kind);
 }
 
+/** How many storage buffers (read and rw) `kinds` bind: what maxStorageBuffersPerShaderStage caps. */
+export function storageBufferCount(kinds: readonly BindingKind[]): number {
+  return kinds.filter((kind) => kind === "read" || kind === "rw").length;
+}
+
 export function bindGroupLayoutEntries(kinds: readonly BindingKind[]): GPUBindGroupLayoutEntry[] {
   return kinds.map((kind, binding): GPUBindGroupLayoutEntry => {
     const visibility = GPUShaderStage.COMPUTE;

@@ -1,7 +1,7 @@
 // Compute pipelines cached by their WGSL text: compiled once, asynchronously, with concurrent
 // requests for the same text sharing one compilation. A compile error carries the numbered source.
-import { ShaderCompileError } from "./errors.ts";
-import { bindGroupLayoutEntries, type BindingKind } from "./bindings.ts";
+import { LimitError, ShaderCompileError } from "./errors.ts";
+import { bindGroupLayoutEntries, type BindingKind, storageBufferCount } from "./bindings.ts";
 
 export interface Kernel {
   readonly label: string;
@@ -28,6 +28,7 @@ export class PipelineCache {
     const key = `${bindings.join(",")}\n${code}`;
     const cached = this.#kernels.get(key);
     if (cached) return cached;
+    this.#checkBindings(label, bindings);
     const layout = this.#layout(bindings);
     const kernel: Kernel = {
       label,
@@ -38,6 +39,22 @@ export class PipelineCache {
     kernel.pipeline.then((p) => kernel.compiled = p, () => {});
     this.#kernels.set(key, kernel);
     return kernel;
+  }
+
+  /**
+   * A kernel binding more storage buffers than the device allows is refused here, by name: the
+   * device would only report an invalid layout, outside any operation, and every use after it.
+   */
+  #checkBindings(label: string, bindings: readonly BindingKind[]): void {
+    const count = storageBufferCount(bindings);
+    const max = this.device.limits.maxStorageBuffersPerShaderStage;
+    if (count > max) {
+      throw new LimitError(
+        `kernel "${label}" binds ${count} storage buffers, over the ${max} this WebGPU device ` +
+          `allows in a shader stage (maxStorageBuffersPerShaderStage); run on an adapter that ` +
+          `allows ${count}, or report the kernel as a bug`,
+      );
+    }
   }
 
   #layout(bindings: readonly BindingKind[]): GPUBindGroupLayout {

@@ -205,8 +205,9 @@ fn merged_sum(m_a: f32, s_a: f32, m_b: f32, s_b: f32, m: f32) -> f32 {
 
 /**
  * The row kernel's buffers. When V is not a multiple of 4, a row starts mid-vec4: up to 3 head
- * and 3 tail elements go through scalar aliases of the same buffers, the aligned body through
- * vec4 loads and stores (absent when V < 4: a binding must hold one whole vec4).
+ * and 3 tail elements go through a scalar alias of the logits, the aligned body through vec4
+ * loads (absent when V < 4: a binding must hold one whole vec4). dlogits is bound once, scalar
+ * then: WebGPU forbids two writable bindings of one buffer in a dispatch (Chromium refuses it).
  */
 function rowBindings(vocab: number, withGrad: boolean): Binding[] {
   const body = vocab >= 4, edges = vocab % 4 !== 0;
@@ -215,7 +216,7 @@ function rowBindings(vocab: number, withGrad: boolean): Binding[] {
     edges && ["logits1", "read", "array<f32>"],
     ["targets", "read", "array<u32>"],
     ["row_loss", "rw", "array<f32>"],
-    withGrad && body && ["dlogits4", "rw", "array<vec4f>"],
+    withGrad && body && !edges && ["dlogits4", "rw", "array<vec4f>"],
     withGrad && edges && ["dlogits1", "rw", "array<f32>"],
   ];
   return all.filter((b) => b !== false);
@@ -314,8 +315,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) t: u
         bodyLoop(`
     let col = vec4u(head + 4u * q) + vec4u(0u, 1u, 2u, 3u);
     let onehot = select(vec4f(0.0), vec4f(1.0), col == vec4u(label));
-    let p = exp(logits4[body_start + q] - row_max) * inv_sum;
-    dlogits4[body_start + q] = (p - onehot) * INV_N;`)
+    let p = exp(logits4[body_start + q] - row_max) * inv_sum;${
+          has("dlogits4")
+            ? `
+    dlogits4[body_start + q] = (p - onehot) * INV_N;`
+            : `
+    let d = (p - onehot) * INV_N;
+    let at = 4u * (body_start + q);
+    dlogits1[at] = d.x; dlogits1[at + 1u] = d.y; dlogits1[at + 2u] = d.z; dlogits1[at + 3u] = d.w;`
+        }`)
       }${
         scalarEdges(`let onehot = select(0.0, 1.0, i - start == label);
     dlogits1[i] = (exp(logits1[i] - row_max) * inv_sum - onehot) * INV_N;`)

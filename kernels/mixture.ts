@@ -36,7 +36,15 @@ import {
   outer,
   type OuterSpec,
 } from "./lowrank.ts";
-import { dgateWgsl, mixBackwardWgsl, mixForwardWgsl, type MixtureDims } from "./mixture_kernels.ts";
+import {
+  dgateWgsl,
+  type MixBackwardOutputs,
+  mixBackwardPasses,
+  mixBackwardWgsl,
+  mixForwardWgsl,
+  type MixtureDims,
+  passBranches,
+} from "./mixture_kernels.ts";
 import {
   checkBindings,
   frozenOperand,
@@ -132,15 +140,16 @@ export function mixtureMlp(
   const variant = opts.variant ?? kernelVariant(engine);
   const maxBindingBytes = opts.maxBindingBytes ?? engine.limits.maxStorageBufferBindingSize;
   const matmul = frozenProduct(engine, name, variant, maxBindingBytes);
+  const maxStorageBuffers = opts.maxStorageBuffers ?? engine.limits.maxStorageBuffersPerShaderStage;
   const perRow = opts.dispatch
     ? sparseDispatch(name, gate, d, opts.dispatch)
     : sparseDispatch(name, gate, d, chosenDispatch.get(engine) ?? "auto", false);
   if (perRow !== null) {
     checkBindings(name, mlp, d, [perRow * d.rows], maxBindingBytes);
-    return sparseMixture(tape, name, x, gate, mlp, d, scale, perRow, matmul);
+    return sparseMixture(tape, name, x, gate, mlp, d, scale, perRow, matmul, maxStorageBuffers);
   }
   checkBindings(name, mlp, d, [d.experts, d.rows], maxBindingBytes);
-  return denseMixture(tape, name, x, gate, mlp, d, scale, matmul);
+  return denseMixture(tape, name, x, gate, mlp, d, scale, matmul, maxStorageBuffers);
 }
 
 /**
@@ -198,6 +207,7 @@ function denseMixture(
   d: MixtureDims,
   scale: number,
   matmul: FrozenProduct,
+  maxStorageBuffers: number,
 ): Tensor {
   const engine = tape.engine;
   const { rows, embd, hidden, rank, experts } = d;
@@ -332,27 +342,27 @@ function denseMixture(
       const partial = dgate
         ? tape.tensor([tiles.colTiles, rows, experts], `${name} dgate partials`)
         : null;
-      commands.push(launch(
-        engine,
-        `${name} ${branches.map((l) => `dp_${l.name}`).join(", ")}`,
-        (index) =>
-          mixBackwardWgsl(d, scale, activation, {
-            grads: needBranch,
-            sums: !!dx,
-            dgate: !!dgate,
-          }, index),
-        tiles.invocations,
-        [
-          dm,
-          ...pres,
-          vo,
-          out.a,
-          gate,
-          ...dps.filter((t): t is Tensor => t !== null),
-          ...sums,
-          ...(partial ? [partial] : []),
-        ],
-      ));
+      const source = (outputs: MixBackwardOutputs) => (index: string) =>
+        mixBackwardWgsl(d, scale, activation, outputs, index);
+      const outputs = { grads: needBranch, sums: !!dx, dgate: !!dgate };
+      for (const pass of mixBackwardPasses(outputs, (o) => source(o)("0u"), maxStorageBuffers)) {
+        commands.push(launch(
+          engine,
+          `${name} ${passBranches(pass, branches).map((l) => `dp_${l.name}`).join(", ")}`,
+          source(pass),
+          tiles.invocations,
+          [
+            dm,
+            ...pres,
+            vo,
+            out.a,
+            gate,
+            ...passBranches(pass, dps),
+            ...(pass.sums ? passBranches(pass, sums) : []),
+            ...(pass.dgate && partial ? [partial] : []),
+          ],
+        ));
+      }
       if (dgate && partial) {
         commands.push(launch(
           engine,

@@ -5,6 +5,7 @@
 // generated for its sizes and activation from the fragments of kernels/tile_codegen.ts. The
 // backward and gate kernels also serve the sparse dispatch (kernels/mixture_sparse.ts): given
 // `routes`, expert e's rows are the slots of its tokens (kernels/route_layout.ts).
+import { bindingKinds, storageBufferCount } from "../engine/bindings.ts";
 import { activationInputs, type MixtureActivation } from "./activation.ts";
 import { floatLiteral } from "./literals.ts";
 import type { RouteLayout } from "./route_layout.ts";
@@ -102,7 +103,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 export interface MixBackwardOutputs {
   /** Per branch k: dp_kj for every expert [E, N, H] (routed: every slot [S, H]). */
   grads: readonly boolean[];
-  /** Σ_j dp_kj [N, H] of every branch (for dx's big products; dense only). */
+  /** Σ_j dp_kj [N, H] of every branch in `grads` (for dx's big products; dense only). */
   sums: boolean;
   /**
    * Per column tile, Σ over its columns of dm·h_j [colTiles, N, E] (routed: [colTiles, S]),
@@ -139,7 +140,7 @@ export function mixBackwardWgsl(
   const ao = new Matrix("ao", hidden, "read");
   const dp = K.map((k) => new Matrix(`dp${k}`, hidden, "rw"));
   const sums = K.map((k) => new Matrix(`dp_sum${k}`, hidden, "rw"));
-  const written = [...wanted.map((k) => dp[k]), ...(out.sums ? sums : [])];
+  const written = [...wanted.map((k) => dp[k]), ...(out.sums ? wanted.map((k) => sums[k]) : [])];
   const tile = mixTile(d, routes);
   const T = range(TILE_ROWS);
   // A clamped (duplicate) column group must not count twice in the row dots.
@@ -164,7 +165,7 @@ export function mixBackwardWgsl(
           dp[k].store(tile.space.own(`row0 + ${t}u`, true), `c0 + ${g}u`, `dp${k}${id}`),
         ),
       ]),
-      ...(out.sums ? K.map((k) => `dsum${k}${id} += dp${k}${id};`) : []),
+      ...(out.sums ? wanted.map((k) => `dsum${k}${id} += dp${k}${id};`) : []),
       out.dgate ? `dg${t} += ${dotTerm(t, g, act.h)};` : "",
     ].filter(Boolean).join("\n    ");
   };
@@ -196,13 +197,13 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   ${tile.load("dm", dm)}
   ${
     out.sums
-      ? K.map((k) => zeroRegisters(`dsum${k}`, TILE_ROWS, TILE_GROUPS, "  ")).join("\n  ")
+      ? wanted.map((k) => zeroRegisters(`dsum${k}`, TILE_ROWS, TILE_GROUPS, "  ")).join("\n  ")
       : ""
   }
   ${routes ? expert : `for (var e = 0u; e < ${experts}u; e++) {\n    ${expert}\n  }`}
   ${
     out.sums
-      ? K.map((k) =>
+      ? wanted.map((k) =>
         tile.guardEach((t, g) => sums[k].store(`row0 + ${t}u`, `c0 + ${g}u`, `dsum${k}${t}${g}`))
       ).join("\n  ")
       : ""
@@ -216,6 +217,33 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     ...tile.space.bindings,
   ];
   return { bindings, code };
+}
+
+/**
+ * The backward kernel's passes: one (all of `out`) when `source` binds at most
+ * `maxStorageBuffers` storage buffers, else one per branch whose dp_kj is wanted (the dgate
+ * partials with the first). Each pass recomputes dh_j and writes its values by the same
+ * expressions in the same order, so the split gives the fused kernel's bits. (A browser's 10
+ * storage buffers hold a SwiGLU mixture's passes, 9 each, not its fused kernel's 11.)
+ */
+export function mixBackwardPasses(
+  out: MixBackwardOutputs,
+  source: (out: MixBackwardOutputs) => KernelSource,
+  maxStorageBuffers: number,
+): MixBackwardOutputs[] {
+  const wanted = range(out.grads.length).filter((k) => out.grads[k]);
+  const buffers = storageBufferCount(bindingKinds(source(out).bindings));
+  if (wanted.length < 2 || buffers <= maxStorageBuffers) return [out];
+  return wanted.map((k, i) => ({
+    grads: out.grads.map((_, j) => j === k),
+    sums: out.sums,
+    dgate: out.dgate && i === 0,
+  }));
+}
+
+/** The entries of the per-branch `list` (null where not made) that `pass` writes dp_kj for. */
+export function passBranches<T>(pass: MixBackwardOutputs, list: readonly (T | null)[]): T[] {
+  return list.filter((_, k) => pass.grads[k]) as T[];
 }
 
 /**

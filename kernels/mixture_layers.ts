@@ -47,6 +47,8 @@ export interface MixtureOptions {
   variant?: KernelVariant;
   /** Split and refuse as if a binding could hold at most this many bytes (tests of the limit). */
   maxBindingBytes?: number;
+  /** Split as if a shader stage could bind at most this many storage buffers (tests of it). */
+  maxStorageBuffers?: number;
   dispatch?: MixtureDispatch;
 }
 

@@ -28,7 +28,15 @@ import {
   outer,
   type OuterSpec,
 } from "./lowrank.ts";
-import { dgateWgsl, mixBackwardWgsl, mixTile, type MixtureDims } from "./mixture_kernels.ts";
+import {
+  dgateWgsl,
+  type MixBackwardOutputs,
+  mixBackwardPasses,
+  mixBackwardWgsl,
+  mixTile,
+  type MixtureDims,
+  passBranches,
+} from "./mixture_kernels.ts";
 import { frozenOperand, type FrozenProduct, type MixtureMlp, rowsOf } from "./mixture_layers.ts";
 import { RouteLayout } from "./route_layout.ts";
 import { launch, range } from "./tile_codegen.ts";
@@ -36,7 +44,7 @@ import { launch, range } from "./tile_codegen.ts";
 /**
  * y [N, C] of the mixture for a gate with at most `perRow` nonzero entries per row, recorded on
  * `tape` as the op `name` (inputs as kernels/mixture.ts's mixtureMlp); `matmul` runs the frozen
- * products.
+ * products; the backward kernel is split into passes to bind at most `maxStorageBuffers`.
  */
 export function sparseMixture(
   tape: Tape,
@@ -48,6 +56,7 @@ export function sparseMixture(
   scale: number,
   perRow: number,
   matmul: FrozenProduct,
+  maxStorageBuffers: number,
 ): Tensor {
   const engine = tape.engine;
   const { rows, embd, hidden, rank, experts } = d;
@@ -193,30 +202,27 @@ export function sparseMixture(
       const partial = dgate
         ? tape.tensor([tiles.colTiles, routes.slots], `${name} dgate partials`)
         : null;
-      commands.push(launch(
-        engine,
-        `${name} ${branches.map((l) => `dp_${l.name}`).join(", ")} (routed)`,
-        (index) =>
-          mixBackwardWgsl(
-            d,
-            scale,
-            activation,
-            { grads: needBranch, sums: false, dgate: !!dgate },
-            index,
-            routes,
-          ),
-        tiles.invocations,
-        [
-          dm,
-          ...pres,
-          vo,
-          out.a,
-          gate,
-          ...dps.filter((t): t is Tensor => t !== null),
-          ...(partial ? [partial] : []),
-          route,
-        ],
-      ));
+      const source = (outputs: MixBackwardOutputs) => (index: string) =>
+        mixBackwardWgsl(d, scale, activation, outputs, index, routes);
+      const outputs = { grads: needBranch, sums: false, dgate: !!dgate };
+      for (const pass of mixBackwardPasses(outputs, (o) => source(o)("0u"), maxStorageBuffers)) {
+        commands.push(launch(
+          engine,
+          `${name} ${passBranches(pass, branches).map((l) => `dp_${l.name}`).join(", ")} (routed)`,
+          source(pass),
+          tiles.invocations,
+          [
+            dm,
+            ...pres,
+            vo,
+            out.a,
+            gate,
+            ...passBranches(pass, dps),
+            ...(pass.dgate && partial ? [partial] : []),
+            route,
+          ],
+        ));
+      }
       if (dgate && partial) {
         commands.push(launch(
           engine,

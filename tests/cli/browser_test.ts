@@ -1,8 +1,9 @@
 // `deno task browser`: a tiny CoMiGS run computed in headless Chromium's WebGPU (SwiftShader here)
 // matches the same run computed by Deno's WebGPU (lavapipe here) record by record, and writes the
-// same run folder; a tab joins a networked run beside a Deno client and the run matches the
-// simulated one; its flags are train's minus --resume (or --join's), and a missing Chromium is a
-// clear error raised before anything is written.
+// same run folder, on the shipped GPT-2 base and on a Llama-family one; a tab joins a networked
+// run beside a Deno client and the run matches the simulated one; its flags are train's minus
+// --resume (or --join's), and a missing Chromium is a clear error raised before anything is
+// written.
 import { UsageError } from "../../cli/args.ts";
 import { joinInBrowser, parseInvocation, runInBrowser } from "../../cli/browser.ts";
 import { joinRun } from "../../fed/join.ts";
@@ -14,6 +15,7 @@ import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import { corpora, MODEL, options } from "../fed/tiny_run.ts";
+import { writeTinyLlama } from "../model/tiny_llama.ts";
 import { gpuTest } from "../util.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
@@ -43,9 +45,9 @@ async function closeRecords(a: string, b: string): Promise<void> {
   }
 }
 
-/** Adapter files `a` and `b` hold the same tensors within WEIGHT_TOLERANCE. */
-async function closeAdapters(a: string, b: string): Promise<void> {
-  const base = await readConfig(MODEL);
+/** Adapter files `a` and `b` (on base `model`) hold the same tensors within WEIGHT_TOLERANCE. */
+async function closeAdapters(a: string, b: string, model = MODEL): Promise<void> {
+  const base = await readConfig(model);
   const [x, y] = [await loadAdapters(a, base), await loadAdapters(b, base)];
   assertEquals(x.config, y.config);
   for (const [name, values] of y.values) {
@@ -91,6 +93,41 @@ gpuTest(
     const global = async (out: string) =>
       [...(await readSafetensors(`${out}/global.safetensors`)).tensors.keys()].sort();
     assertEquals(await global(inBrowser.out), await global(inDeno.out));
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+// A Llama-family base (GQA, RoPE, SwiGLU experts; a Hugging Face tokenizer.json, read by this
+// process, which sends the tab token streams) runs in the tab as in Deno: the SwiGLU mixture's
+// backward kernel is split to fit the tab's 10 storage buffers per shader stage.
+gpuTest(
+  "a run on a Llama base in headless Chromium matches the same run in Deno",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const model = `${dir}/llama`;
+    await writeTinyLlama(model);
+    const inBrowser = { ...options(`${dir}/browser`, "comigs-1g1s", 1), model };
+    const inDeno = { ...options(`${dir}/deno`, "comigs-1g1s", 1), model };
+    const browser = await runInBrowser(inBrowser, {
+      serve: false,
+      port: 0,
+      chromium: CHROMIUM,
+      overwrite: false,
+    }, { progress: quiet(), corpora: corpora() });
+    const deno = await runTraining(engine, { options: inDeno }, {
+      progress: quiet(),
+      corpora: corpora(),
+    });
+    const tokens = (s: typeof deno.summary) => s.clients.map((c) => [c.name, c.train_tokens]);
+    assertEquals(tokens(browser.summary), tokens(deno.summary));
+    await closeRecords(inBrowser.out, inDeno.out);
+    for (const id of [0, 1]) {
+      const path = (out: string) => `${out}/clients/${id}/adapters.safetensors`;
+      await closeAdapters(path(inBrowser.out), path(inDeno.out), model);
+      const names = [...(await readSafetensors(path(inBrowser.out))).tensors.keys()];
+      assert(names.every((n) => n.startsWith("model.layers.")), `not the Llama layout: ${names}`);
+      assert(names.includes("model.layers.1.mlp.experts.1.down_proj.lora_B"), `${names}`);
+    }
     await Deno.remove(dir, { recursive: true });
   },
 );

@@ -1,6 +1,6 @@
 // The device, its limits, the pipeline cache, the buffer pool and views.
 import assert from "node:assert/strict";
-import { ShapeError } from "../../engine/errors.ts";
+import { LimitError, ShapeError } from "../../engine/errors.ts";
 import { sharesMemory } from "../../engine/tensor.ts";
 import { gpuTest } from "../util.ts";
 
@@ -131,3 +131,18 @@ gpuTest("tensors share memory exactly when their bytes overlap", (engine) => {
   other.dispose();
   return Promise.resolve();
 });
+
+gpuTest(
+  "a kernel binding more storage buffers than the device allows is refused by name",
+  (engine) => {
+    const max = engine.limits.maxStorageBuffersPerShaderStage;
+    const kinds = Array.from({ length: max + 1 }, () => "read" as const);
+    assert.throws(
+      () => engine.kernel("too wide", "@compute @workgroup_size(1) fn main() {}", kinds),
+      (e: Error) =>
+        e instanceof LimitError &&
+        e.message.startsWith(`kernel "too wide" binds ${max + 1} storage buffers, over the ${max}`),
+    );
+    return Promise.resolve();
+  },
+);
