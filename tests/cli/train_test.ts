@@ -174,6 +174,8 @@ Deno.test("train: --lora-targets on a GPT-2 base is one message before any file"
     ],
     stdout: "piped",
     stderr: "piped",
+    // It answers at once; a version that did not refuse would go on to load the data and train.
+    signal: AbortSignal.timeout(60_000),
   }).output();
   const text = new TextDecoder().decode(stderr);
   assertEquals(code, 2);

@@ -5,6 +5,7 @@
 // holds only q and v LoRA and refuses an update with any other set of projections.
 import { clientAdapterConfig, makeStrategy } from "../../fed/factories.ts";
 import { encodeMessage } from "../../fed/message.ts";
+import { METHODS } from "../../fed/methods.ts";
 import {
   checkAgainstBase,
   resolveTrainOptions,
@@ -64,6 +65,27 @@ Deno.test("loraTargets: an older run's options (without it) adapt every projecti
   const names = [...adapterShapes(LLAMA, clientAdapterConfig(options, LLAMA, 0)).keys()];
   for (const p of ["q", "k", "v", "o"]) {
     assert(names.includes(`model.layers.1.self_attn.${p}_proj.lora_A`), `${p}_proj missing`);
+  }
+});
+
+Deno.test("loraTargets: every method's every client adapts the projections chosen", () => {
+  for (const method of METHODS) {
+    const options = resolveTrainOptions({
+      method,
+      clients: 3,
+      seq: 16,
+      model: "tiny-llama",
+      out: "run",
+      loraTargets: ["k", "o"],
+    });
+    for (const id of [0, 1, 2]) {
+      const names = [...adapterShapes(LLAMA, clientAdapterConfig(options, LLAMA, id)).keys()];
+      assertEquals(
+        names.filter((n) => n.includes(".self_attn.")).map((n) => n.split(".")[4]),
+        ["k_proj", "k_proj", "o_proj", "o_proj", "k_proj", "k_proj", "o_proj", "o_proj"],
+        `${method} client ${id}`,
+      );
+    }
   }
 });
 
