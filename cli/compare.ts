@@ -54,6 +54,7 @@ const PASS_THROUGH = [
   "top-k",
   "lb-coef",
   "lb-rho",
+  "lora-targets",
   "aggregation",
 ];
 

@@ -3,6 +3,7 @@
 // defaults and checks apply (errors name the flag here).
 import { METHOD_SPECS, METHODS } from "../fed/methods.ts";
 import {
+  loraTargetsList,
   PAPER_VALUES,
   resolveTrainOptions,
   TRAIN_DEFAULTS,
@@ -73,6 +74,11 @@ export const TRAIN_FLAGS: FlagSpec = {
   "top-k": { type: "string", help: `experts per token k ${defaults("topK")}` },
   "lb-coef": { type: "string", help: `load-balancing weight λ ${defaults("lbCoef")}` },
   "lb-rho": { type: "string", help: `generalist importance ρ ${defaults("lbRho")}` },
+  "lora-targets": {
+    type: "string",
+    help: "Llama-family bases: the attention projections with LoRA, a non-empty subset of " +
+      "q,k,v,o, e.g. q,v (default all four; GPT-2's are always c_attn and c_proj)",
+  },
   aggregation: {
     type: "string",
     help: `${AGGREGATIONS.join(" | ")}: the server's mean (plain, or weighted by the claimed ` +
@@ -182,6 +188,7 @@ export function trainOptionsFromFlags(flags: Flags, now = new Date()): TrainOpti
     else if (BOOLEAN_FLAGS.includes(flag)) input[option] = value === true;
     else if (flag === "experts") input[option] = listFlag(flag, value as string, false);
     else if (flag === "train-tokens") input[option] = listFlag(flag, value as string, true);
+    else if (flag === "lora-targets") input[option] = loraTargetsList(value as string);
     else input[option] = value;
   }
   return withFlags(TRAIN_FLAGS, () => resolveTrainOptions(input as TrainOptionsInput, now));

@@ -75,10 +75,12 @@ export function clientAdapterConfig(
   base: BaseConfig,
   id: number,
 ): AdapterConfig {
-  const { rank, alpha, scaling, topK, lbCoef, lbRho } = options;
+  const { rank, alpha, scaling, topK, lbCoef, lbRho, loraTargets } = options;
+  // No loraTargets (null, or a server's options from before it existed): every projection.
+  const targets = loraTargets ? { targets: [...loraTargets] } : {};
   return methodAdapterConfig(
     METHOD_SPECS[options.method],
-    { rank, alpha, scaling, topK, lbCoef, lbRho },
+    { rank, alpha, scaling, topK, lbCoef, lbRho, ...targets },
     options.experts[id],
     base,
   );

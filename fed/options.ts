@@ -3,7 +3,8 @@
 // GPU; the paper's values are reachable) and their checks. Errors name the option
 // (OptionError); the CLI says the same with its flag.
 import { MAX_EXPERTS } from "../model/adapters.ts";
-import { type BaseConfig, dimsOf } from "../model/base.ts";
+import { LORA_TARGETS, type LoraTarget } from "../model/adapter_layout.ts";
+import { type BaseConfig, dimsOf, isLlama } from "../model/base.ts";
 import { checkChoice, checkInteger, checkReal, OptionError } from "../model/option_error.ts";
 import { type Aggregation, AGGREGATIONS, DEFAULT_TRIM } from "./aggregate.ts";
 import { DP_MODES, type DpMode } from "./privacy.ts";
@@ -38,6 +39,9 @@ export interface TrainOptions {
   topK: number;
   lbCoef: number;
   lbRho: number;
+  /** The attention projections with LoRA, of a Llama-family base (in q, k, v, o order); null:
+   * every one the base has (GPT-2: c_attn and c_proj; the Llama family: q, k, v and o). */
+  loraTargets: LoraTarget[] | null;
   /** How the server combines the accepted updates (fed/aggregate.ts). */
   aggregation: Aggregation;
   /** trimmed-mean: the fraction cut from each side of every coordinate. */
@@ -63,8 +67,11 @@ export interface TrainOptions {
   out: string;
 }
 
-/** The options a caller may leave out. `experts`, `trainTokens` may list one value for all. */
-export type TrainOptionsInput = Partial<TrainOptions>;
+/** The options a caller may leave out. `experts`, `trainTokens` may list one value for all;
+ * `loraTargets` may write a projection short (q for q_proj) and in any order. */
+export type TrainOptionsInput = Partial<Omit<TrainOptions, "loraTargets">> & {
+  loraTargets?: readonly string[] | null;
+};
 
 /** method.md §6's shipped defaults (experts, trainTokens and out depend on other options). */
 export const TRAIN_DEFAULTS = {
@@ -89,6 +96,7 @@ export const TRAIN_DEFAULTS = {
   topK: 2,
   lbCoef: 0.01,
   lbRho: 0.5,
+  loraTargets: null,
   aggregation: "uniform",
   trim: DEFAULT_TRIM,
   maxUpdateNorm: null,
@@ -160,6 +168,7 @@ export function resolveTrainOptions(given: TrainOptionsInput, now = new Date()):
     topK: value("topK"),
     lbCoef: value("lbCoef"),
     lbRho: value("lbRho"),
+    loraTargets: resolveLoraTargets(given.loraTargets),
     aggregation,
     trim: value("trim"),
     maxUpdateNorm: value("maxUpdateNorm"),
@@ -247,6 +256,14 @@ export function withCurrentDefaults(saved: TrainOptions): TrainOptions {
 /** Checks `options` against the base model they will train (before anything is created). */
 export function checkAgainstBase(options: TrainOptions, base: BaseConfig): void {
   const { context } = dimsOf(base);
+  if (options.loraTargets !== null && !isLlama(base)) {
+    throw new OptionError(
+      "loraTargets",
+      `chooses among the attention projections of a Llama-family base (q, k, v, o); the base ` +
+        `model ({model} ${options.model}) is GPT-2, whose attention LoRA is always on c_attn ` +
+        `and c_proj: leave {loraTargets} out`,
+    );
+  }
   if (options.seq > context) {
     throw new OptionError(
       "seq",
@@ -254,6 +271,38 @@ export function checkAgainstBase(options: TrainOptions, base: BaseConfig): void 
         `${context} tokens`,
     );
   }
+}
+
+/** A comma-separated list of projections as written on a command line or in a run config
+ * ("q,v" → ["q", "v"]; "" → [], which names none): resolveTrainOptions checks each name. */
+export function loraTargetsList(text: string): string[] {
+  return text === "" ? [] : text.split(",").map((part) => part.trim());
+}
+
+/** The adapted projections, each given as q or q_proj, in LORA_TARGETS' order (one run, one
+ * layout, whatever order they were given in); null (not given): every one of the base. */
+function resolveLoraTargets(given: readonly string[] | null | undefined): LoraTarget[] | null {
+  if (given === undefined || given === null) return null;
+  const choices = "a non-empty subset of q, k, v, o (the query, key, value and output " +
+    "projections), comma-separated, e.g. q,v";
+  if (given.length === 0) {
+    throw new OptionError("loraTargets", `names no projection: give ${choices}`);
+  }
+  const targets = new Set<LoraTarget>();
+  for (const text of given) {
+    const target = LORA_TARGETS.find((t) => t === text || t === `${text}_proj`);
+    if (target === undefined) {
+      throw new OptionError(
+        "loraTargets",
+        `"${text}" is not an attention projection: give ${choices}`,
+      );
+    }
+    if (targets.has(target)) {
+      throw new OptionError("loraTargets", `names ${target} twice: give ${choices}`);
+    }
+    targets.add(target);
+  }
+  return LORA_TARGETS.filter((t) => targets.has(t));
 }
 
 /** E_i per client: the list given (comigs-1gxs), or 2 everywhere. */

@@ -7,6 +7,7 @@ import { MAX_EXPERTS } from "../../model/adapters.ts";
 import { checkChoice, checkInteger, OptionError } from "../../model/option_error.ts";
 import { METHOD_SPECS, METHODS } from "../methods.ts";
 import {
+  loraTargetsList,
   resolveTrainOptions,
   TRAIN_DEFAULTS,
   type TrainOptions,
@@ -32,7 +33,8 @@ export interface NodeLocalOptions {
   trainTokens?: number;
 }
 
-type Kind = "integer" | "real" | "boolean" | "text";
+/** names: comma-separated text, "" for the option's default (a run config holds no null). */
+type Kind = "integer" | "real" | "boolean" | "text" | "names";
 
 /** The ServerApp's run-config keys a node reads (train's flags) → the option each sets. */
 export const SERVER_OPTIONS = {
@@ -53,6 +55,7 @@ export const SERVER_OPTIONS = {
   "top-k": ["topK", "integer"],
   "lb-coef": ["lbCoef", "real"],
   "lb-rho": ["lbRho", "real"],
+  "lora-targets": ["loraTargets", "names"],
   aggregation: ["aggregation", "text"],
   dp: ["dp", "text"],
   "dp-clip": ["dpClip", "real"],
@@ -91,13 +94,18 @@ export function nodeTrainOptions(
     }
     const ok = kind === "boolean"
       ? typeof value === "boolean"
-      : kind === "text"
+      : kind === "text" || kind === "names"
       ? typeof value === "string"
       : typeof value === "number";
     if (!ok) {
-      throw new RunConfigError(`"${key}" is ${JSON.stringify(String(value))}, not ${kind}`);
+      const what = kind === "names" ? "text" : kind;
+      throw new RunConfigError(`"${key}" is ${JSON.stringify(String(value))}, not ${what}`);
     }
-    input[option] = value;
+    input[option] = kind !== "names"
+      ? value
+      : value === ""
+      ? null
+      : loraTargetsList(value as string);
   }
   // A run config holds no null: dp-seed -1 is train's absent --dp-seed (a secret noise key).
   if (input.dpSeed === -1) input.dpSeed = null;

@@ -56,6 +56,7 @@ NODE_OPTIONS = (
     "top-k",
     "lb-coef",
     "lb-rho",
+    "lora-targets",
     "aggregation",
     "dp",
     "dp-clip",

@@ -64,6 +64,8 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     "20000,all,all,all",
     "--lb-coef",
     "0",
+    "--lora-targets",
+    "q,v",
     "--router-on-train",
   ]);
   assertEquals(
@@ -80,11 +82,18 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
       "20000,all,all,all",
       "--lb-coef",
       "0",
+      "--lora-targets",
+      "q,v",
     ]],
   );
   assertEquals(parseInvocation(["--help"]), { help: true });
   assertThrows(() => parseInvocation([]), UsageError, "topics, languages, domains, iid");
   assertThrows(() => parseInvocation(["--scenario", "news"]), UsageError, 'got "news"');
+  assertThrows(
+    () => parseInvocation(["--scenario", "iid", "--lora-targets", "q,z"]),
+    UsageError,
+    '--lora-targets "z" is not an attention projection',
+  );
   assertThrows(() => parseInvocation(["--scenario", "iid", "--seeds", "0"]), UsageError, "1..100");
   assertThrows(
     () => parseInvocation(["--scenario", "iid", "--seeds", "2.5"]),

@@ -26,7 +26,7 @@ Deno.test("train: no flags give CoMiGS-1G1S on topics with the shipped defaults"
   assertEquals([o.routerEvery, o.routerSteps, o.lr], [10, 2, 2e-3]);
   assertEquals([o.rank, o.alpha, o.scaling, o.topK], [8, 16, "rslora", 2]);
   assertEquals([o.lbCoef, o.lbRho, o.aggregation], [0.01, 0.5, "uniform"]);
-  assertEquals([o.ood, o.routerOnTrain], [false, false]);
+  assertEquals([o.ood, o.routerOnTrain, o.loraTargets], [false, false, null]);
   assertEquals(o.out, "runs/comigs-1g1s-topics-s0-20261125-083005");
   assertEquals(o.seed, DEFAULTS.seed);
 });
@@ -85,6 +85,8 @@ Deno.test("train: the paper's settings are reachable by flags", () => {
     0,
   ]);
   assertEquals([o.aggregation, o.out, o.seed], ["tokens", "x", 3]);
+  assertEquals(options(["--lora-targets", "v, q"]).loraTargets, ["q_proj", "v_proj"]);
+  assertEquals(options(["--lora-targets=o,k_proj"]).loraTargets, ["k_proj", "o_proj"]);
   assertEquals(options(["--method", "comigs-1gxs"]).experts, [2, 2, 4, 4]);
   assertEquals(options(["--scenario", "iid", "--clients", "12"]).clients, 12);
 });
@@ -122,6 +124,10 @@ Deno.test("train: bad flags and values are clear errors listing what is allowed"
     [["--top-k", "0"], "--top-k must be an integer in 1..16"],
     [["--lb-coef=-0.1"], "--lb-coef must be a number ≥ 0"],
     [["--lb-rho", "1"], "--lb-rho must be a number in (0, 1)"],
+    [["--lora-targets", ""], "--lora-targets names no projection: give a non-empty subset of q"],
+    [["--lora-targets", "q,,v"], '--lora-targets "" is not an attention projection'],
+    [["--lora-targets", "q,up"], '--lora-targets "up" is not an attention projection'],
+    [["--lora-targets", "q,v,q"], "--lora-targets names q_proj twice"],
     [["--aggregation", "krum"], "uniform, tokens, median, trimmed-mean"],
     [["--trim", "0.5"], "--trim must be a number in [0, 0.5)"],
     [["--min-clients", "5"], "--min-clients must be an integer in 1..4"],
@@ -152,6 +158,38 @@ Deno.test("train: a bad flag ends the process with one message and exit code 2",
   assertEquals(code, 2);
   assert(text.includes("--clients must be an integer in 1..4"), text);
   assert(!text.includes("    at "), text);
+});
+
+Deno.test("train: --lora-targets on a GPT-2 base is one message before any file", async () => {
+  const dir = await Deno.makeTempDir();
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../../cli/train.ts", import.meta.url).pathname,
+      "--lora-targets",
+      "q,v",
+      "--out",
+      `${dir}/run`,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    // It answers at once; a version that did not refuse would go on to load the data and train.
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assertEquals(code, 2);
+  assert(
+    text.includes(
+      "--lora-targets chooses among the attention projections of a Llama-family " +
+        "base (q, k, v, o); the base model (--model models/base) is GPT-2",
+    ),
+    text,
+  );
+  assert(text.includes("leave --lora-targets out"), text);
+  assert(!text.includes("    at "), text);
+  assertEquals([...Deno.readDirSync(dir)], []);
+  await Deno.remove(dir);
 });
 
 Deno.test("train: --resume of a folder without a run is a clear error", async () => {

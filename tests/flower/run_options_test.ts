@@ -35,6 +35,7 @@ function config(overrides: Record<string, unknown> = {}) {
     "top-k": 2,
     "lb-coef": 0.01,
     "lb-rho": 0.5,
+    "lora-targets": "",
     aggregation: "uniform",
     dp: "none",
     "dp-clip": 1.0,
@@ -72,6 +73,13 @@ Deno.test("flower node options: the simulation's, with the node's own at its cli
     ["local", 0.5, 1.1, 1e-6, null],
   );
   assertEquals(nodeTrainOptions(config({ ...dp, "dp-seed": 3 }), local).dpSeed, 3);
+
+  // "" (pyproject.toml's default): every projection of the base; else the projections named.
+  assertEquals(nodeTrainOptions(config(), local).loraTargets, null);
+  assertEquals(
+    nodeTrainOptions(config({ "lora-targets": "v,q" }), local).loraTargets,
+    ["q_proj", "v_proj"],
+  );
 });
 
 Deno.test("flower node options: a bad run config names its key, a bad flag its option", () => {
@@ -93,6 +101,8 @@ Deno.test("flower node options: a bad run config names its key, a bad flag its o
   refused({ "top-k": 3 }, '"top-k" 3 exceeds the experts a client holds (at most 2)');
   refused({ dp: "both" }, '"dp" "both" is not one of: none, central, local');
   refused({ "dp-seed": -2 }, '"dp-seed" must be an integer in 0..4294967295, got -2');
+  refused({ "lora-targets": "q,x" }, '"lora-targets" "x" is not an attention projection');
+  refused({ "lora-targets": 3 }, '"lora-targets" is "3", not text');
   assertThrows(
     () => nodeTrainOptions({ ...config(), rounds: undefined! }, local),
     RunConfigError,

@@ -2,6 +2,7 @@
 // tokenizer beside it (the llama3-style test tokenizer, vocab 1003): the files of a Hub
 // repository or a model folder, for tests that need a Llama run end to end.
 import {
+  type LlamaConfig,
   llamaConfigJson,
   llamaParameterShapes,
   parseLlamaConfig,
@@ -12,9 +13,9 @@ import { hfSafetensorsBytes } from "./hf_files.ts";
 
 const TOKENIZER = new URL("../golden/hf_tokenizers/llama3_style/tokenizer.json", import.meta.url);
 
-/** File name → bytes: config.json, model.safetensors (F32) and tokenizer.json. */
-export function tinyLlamaFiles(seed = 7): Map<string, Uint8Array> {
-  const config = parseLlamaConfig({
+/** The model's configuration: 2 blocks of width 16, 4 heads over 2 KV heads, vocab 1003. */
+export function tinyLlamaConfig(): LlamaConfig {
+  return parseLlamaConfig({
     model_type: "llama",
     hidden_size: 16,
     intermediate_size: 24,
@@ -26,6 +27,11 @@ export function tinyLlamaFiles(seed = 7): Map<string, Uint8Array> {
     tie_word_embeddings: true,
     eos_token_id: 1001,
   }, "config.json");
+}
+
+/** File name → bytes: config.json, model.safetensors (F32) and tokenizer.json. */
+export function tinyLlamaFiles(seed = 7): Map<string, Uint8Array> {
+  const config = tinyLlamaConfig();
   const rng = new Rng(seed);
   const tensors = [...llamaParameterShapes(config)].map(([name, shape]): [string, NamedTensor] => {
     const data = Float32Array.from(rng.uniform(shape.reduce((a, b) => a * b, 1)), (u) => u * 0.2);
