@@ -52,7 +52,7 @@ const BASE_LLAMA: LlamaConfig = {
 };
 
 /** The base models compared: each record's `config`, and how to put the model on the engine. */
-const BASES: { config: string; load: (engine: Engine) => Promise<BaseModel> }[] = [
+export const BASES: { config: string; load: (engine: Engine) => Promise<BaseModel> }[] = [
   { config: "base", load: (engine) => loadFolder(engine, "base") },
   {
     config: "base-llama",
@@ -142,6 +142,8 @@ export const BENCH_ADAMW = { lr: 2e-3, betas: [0.9, 0.95], weightDecay: 0.01 } a
 export interface Step {
   /** The step's commands (zero grads, forward, backward, AdamW): one submit. */
   commands: () => Command[];
+  /** The step's forward commands alone (recorded for training: no backward, no update). */
+  forward: Command[];
   /** [1]: the step's cross-entropy (without λ·LB). */
   loss: Tensor;
   /** [1]: what the step minimises (the mixture's loss + λ·LB; the single LoRA's loss). */
@@ -169,9 +171,11 @@ export function trainingStep(
     ? { ...singleLoraForward(tape, model, adapters, batch), objective: undefined }
     : forwardAdapted(tape, model, adapters, batch);
   const target = objective ?? loss;
-  const pass = [...tape.forward(), ...tape.backward(target)];
+  const forward = tape.forward();
+  const pass = [...forward, ...tape.backward(target)];
   const opt = new AdamW(engine, params, BENCH_ADAMW);
   return {
+    forward,
     // After backward: the gradient tensors exist only once it has been recorded, and zeroGrad
     // clears those that exist (before, it returned nothing and gradients summed over steps).
     commands: () => [...zeroGrad(params), ...pass, ...opt.step()],

@@ -3,6 +3,7 @@
 // ~200 ms (one submit-and-wait costs ~12 ms on lavapipe whatever it holds), the order rotating
 // from round to round so that a drift within a round favours none; then per program the median
 // ms per repetition, and the median over rounds of the first program's ms over each other's.
+import process from "node:process";
 import type { Command, Engine } from "../engine/device.ts";
 
 const TARGET_MS = 200;
@@ -48,5 +49,43 @@ export async function interleaved(
     min: times.map((ts) => Math.min(...ts)),
     ratios: times.map((ts) => median(ts.map((t, round) => times[0][round] / t))),
     reps,
+  };
+}
+
+/**
+ * `runs` interleaved rounds of whole passes (each an async call that ends when the GPU is done),
+ * the order rotating as in `interleaved`. Per pass: ms, its median wall time, and min, its
+ * fastest round; cpuMs, the median CPU time the process spent (every thread: lavapipe's workers
+ * run the kernels, so on a machine shared with other jobs this is the cost that load does not
+ * inflate, where wall time waits for the scheduler); ratios[i] and cpuRatios[i], the medians of
+ * the per-round time of pass 0 over pass i's.
+ */
+export async function interleavedPasses(
+  passes: (() => Promise<void>)[],
+  runs: number,
+): Promise<
+  { ms: number[]; min: number[]; cpuMs: number[]; ratios: number[]; cpuRatios: number[] }
+> {
+  const wall = passes.map((): number[] => []);
+  const cpu = passes.map((): number[] => []);
+  for (let round = 0; round < runs; round++) {
+    for (let k = 0; k < passes.length; k++) {
+      const i = (round + k) % passes.length;
+      const cpu0 = process.cpuUsage();
+      const t0 = performance.now();
+      await passes[i]();
+      wall[i].push(performance.now() - t0);
+      const { user, system } = process.cpuUsage(cpu0);
+      cpu[i].push((user + system) / 1000);
+    }
+  }
+  const perRound = (times: number[][]) =>
+    times.map((ts) => median(ts.map((t, round) => times[0][round] / t)));
+  return {
+    ms: wall.map(median),
+    min: wall.map((ts) => Math.min(...ts)),
+    cpuMs: cpu.map(median),
+    ratios: perRound(wall),
+    cpuRatios: perRound(cpu),
   };
 }

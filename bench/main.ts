@@ -12,6 +12,7 @@ import { moeSwigluVsLoraMlp } from "./cases/moe_swiglu.ts";
 import { comigsVsLoraStep } from "./comigs_step.ts";
 import { comigsSparseVsDense, mixtureDispatchCrossover } from "./comigs_sparse.ts";
 import { trainStepCases } from "./train_step.ts";
+import { evalVsForward } from "./eval_step.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -110,6 +111,7 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
   { kernel: "comigs_vs_lora_step", run: () => comigsVsLoraStep(engine, { runs }) },
   { kernel: "comigs_sparse_vs_dense", run: () => comigsSparseVsDense(engine, { runs }) },
   { kernel: "mixture_dispatch_crossover", run: () => mixtureDispatchCrossover(engine, { runs }) },
+  { kernel: "eval_vs_forward", run: () => evalVsForward(engine, { runs }) },
 ];
 
 const results: Record<string, unknown>[] = [];
