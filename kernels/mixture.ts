@@ -15,48 +15,30 @@
 //   dA_kj = v_kjᵀ·x,  dB_kj = s·dp_kjᵀ·u_kj,  dA_oj = s·(g_j·v_oj)ᵀ·h_j,  dB_oj = s·dyᵀ·(g_j·u_oj).
 // (W stands for the weight as applied: a frozen weight is stored [in, out], GPT-2's Conv1D, or
 // [out, in], Hugging Face's Linear with y = x·Wᵀ; the matmul operand transposes it as needed.)
-// Two dispatches compute it. Dense (here) runs every expert on every token, an unselected one
-// weighted by its gate 0: the big products go through kernels/matmul.ts; the per-expert low-rank
-// products run in the stacked kernels of kernels/lowrank.ts, the elementwise work in two fused
-// kernels (and the gate's gradient in a third) generated in kernels/mixture_kernels.ts; forward
-// saves p_kj for every expert ([E, N, H] per branch) and each consumer recomputes h_j on load
-// (kernels/activation.ts). Sparse (kernels/mixture_sparse.ts) runs each token through the
-// experts its top-k gate selects only, saving k·N rows; the same values, except that dgate_j of
-// an expert the gate does not select is 0 (exact for the router: kernels/mixture_kernels.ts).
-import type { Command, Engine } from "../engine/device.ts";
+// Two dispatches compute it, recorded by one skeleton (kernels/mixture_record.ts) over the rows
+// each gives (kernels/mixture_row_space.ts). Dense (kernels/mixture_dense.ts) runs every expert
+// on every token, an unselected one weighted by its gate 0, saving p_kj for every expert
+// ([E, N, H] per branch); sparse (kernels/mixture_sparse.ts) runs each token through the experts
+// its top-k gate selects only, saving k·N rows: the same values, except that dgate_j of an
+// expert the gate does not select is 0 (exact for the router: kernels/mixture_kernels.ts). The
+// big products go through kernels/matmul.ts, the per-expert low-rank products through
+// kernels/lowrank.ts, the elementwise work through the kernels of kernels/mixture_kernels.ts;
+// each consumer of h_j recomputes it from p_kj on load (kernels/activation.ts).
+import type { Engine } from "../engine/device.ts";
 import { ShapeError } from "../engine/errors.ts";
-import type { GradTarget, Tape } from "../engine/tape.ts";
+import type { Tape } from "../engine/tape.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { IDENTITY } from "./activation.ts";
-import {
-  contract,
-  type ContractSpec,
-  expand,
-  type ExpandSpec,
-  outer,
-  type OuterSpec,
-} from "./lowrank.ts";
-import {
-  dgateWgsl,
-  type MixBackwardOutputs,
-  mixBackwardPasses,
-  mixBackwardWgsl,
-  mixForwardWgsl,
-  type MixtureDims,
-  passBranches,
-} from "./mixture_kernels.ts";
+import { denseSpace } from "./mixture_dense.ts";
+import type { MixtureDims } from "./mixture_kernels.ts";
 import {
   checkBindings,
-  frozenOperand,
-  type FrozenProduct,
   frozenProduct,
   type MixtureDispatch,
   type MixtureMlp,
   type MixtureOptions,
-  rowsOf,
 } from "./mixture_layers.ts";
+import { recordMixture } from "./mixture_record.ts";
 import { sparseMixture } from "./mixture_sparse.ts";
-import { launch, range, RowTile } from "./tile_codegen.ts";
 import { MAX_EXPERTS, selectedPerRow } from "./topk_gate.ts";
 import { kernelVariant } from "./variant.ts";
 
@@ -141,6 +123,7 @@ export function mixtureMlp(
   const maxBindingBytes = opts.maxBindingBytes ?? engine.limits.maxStorageBufferBindingSize;
   const matmul = frozenProduct(engine, name, variant, maxBindingBytes);
   const maxStorageBuffers = opts.maxStorageBuffers ?? engine.limits.maxStorageBuffersPerShaderStage;
+  const op = { tape, name, x, gate, mlp, d, scale };
   const perRow = opts.dispatch
     ? sparseDispatch(name, gate, d, opts.dispatch)
     : sparseDispatch(name, gate, d, chosenDispatch.get(engine) ?? "auto", false);
@@ -149,7 +132,7 @@ export function mixtureMlp(
     return sparseMixture(tape, name, x, gate, mlp, d, scale, perRow, matmul, maxStorageBuffers);
   }
   checkBindings(name, mlp, d, [d.experts, d.rows], maxBindingBytes);
-  return denseMixture(tape, name, x, gate, mlp, d, scale, matmul, maxStorageBuffers);
+  return recordMixture(op, denseSpace(op), matmul, maxStorageBuffers);
 }
 
 /**
@@ -195,231 +178,4 @@ function sparseDispatch(
     return k ?? null;
   }
   return k !== undefined && k < d.experts && d.rows >= SPARSE_MIN_ROWS ? k : null;
-}
-
-/** The dense dispatch: every expert on every token (header). */
-function denseMixture(
-  tape: Tape,
-  name: string,
-  x: Tensor, /*[N, C]*/
-  gate: Tensor, /*[N, E]*/
-  mlp: MixtureMlp,
-  d: MixtureDims,
-  scale: number,
-  matmul: FrozenProduct,
-  maxStorageBuffers: number,
-): Tensor {
-  const engine = tape.engine;
-  const { rows, embd, hidden, rank, experts } = d;
-  const { branches, activation, out } = mlp;
-  const overwrite = (tensor: Tensor) => ({ tensor, accumulate: false });
-  const K = range(branches.length);
-  const perExpert = (what: string, width: number) =>
-    tape.tensor([experts, rows, width], `${name} ${what}(${x.label})`);
-  const bases = branches.map((l) =>
-    tape.tensor([rows, hidden], `${name} base_${l.name}(${x.label})`)
-  );
-  const us = branches.map((l) => perExpert(`u_${l.name}`, rank));
-  const pres = branches.map((l) => perExpert(`p_${l.name}`, hidden));
-  const mix = tape.tensor([rows, hidden], `${name} mix(${x.label})`);
-  const uo = perExpert(`u_${out.name}`, rank);
-  const y = tape.tensor([rows, embd], `${name}(${x.label})`);
-  // Every low-rank tensor is a stack of the experts' matrices.
-  const stack = { rows, rank, experts, stacked: true };
-  const contractE = (label: string, spec: Omit<ContractSpec, keyof typeof stack>, on: Tensor[]) =>
-    contract(engine, `${name} ${label}`, { ...stack, ...spec }, on);
-  const expandE = (label: string, spec: Omit<ExpandSpec, keyof typeof stack>, on: Tensor[]) =>
-    expand(engine, `${name} ${label}`, { ...stack, ...spec }, on);
-  const tiles = new RowTile(rows, hidden);
-  const forward = [
-    ...branches.flatMap((l, k) => [
-      ...matmul(
-        `base_${l.name} = x·W_${l.name}${l.bias ? ` + b_${l.name}` : ""}`,
-        rowsOf(x, rows, embd),
-        frozenOperand(l, false),
-        overwrite(bases[k]),
-        l.bias,
-      ),
-      contractE(
-        `u_${l.name} = x·A_${l.name}ᵀ`,
-        { k: embd, actPerExpert: false, activation: IDENTITY, weight: "rank-major", scale: 1 },
-        [x, l.a, us[k]],
-      ),
-    ]),
-    launch(
-      engine,
-      `${name} ${branches.map((l) => `p_${l.name}`).join(", ")}, mix`,
-      (index) => mixForwardWgsl(d, scale, activation, index),
-      tiles.invocations,
-      [...K.flatMap((k) => [bases[k], us[k], branches[k].b]), gate, ...pres, mix],
-    ),
-    contractE(
-      `u_${out.name} = h·A_${out.name}ᵀ`,
-      { k: hidden, actPerExpert: true, activation, weight: "rank-major", scale: 1 },
-      [...pres, out.a, uo],
-    ),
-    ...matmul(
-      `y = mix·W_${out.name}`,
-      rowsOf(mix, rows, hidden),
-      frozenOperand(out, false),
-      overwrite(y),
-    ),
-    expandE(
-      `y += ${out.bias ? `Σg·b_${out.name} + ` : ""}s·Σ g·u_${out.name}·B_${out.name}ᵀ`,
-      {
-        wide: embd,
-        weight: "wide-major",
-        scale,
-        gated: true,
-        bias: out.bias !== null,
-        epilogue: "add",
-      },
-      [uo, out.b, y, gate, ...(out.bias ? [out.bias] : [])],
-    ),
-  ];
-
-  /** target (+)= sumScale·Σ_n big_e[n]ᵀ ⊗ (g[n, e]·)small_e[n], for each expert e. */
-  const outerE = (
-    label: string,
-    layout: OuterSpec["layout"],
-    spec: Omit<OuterSpec, keyof typeof stack | "layout">,
-    [big, small]: [Tensor[], Tensor],
-    sumScale: number,
-    target: GradTarget,
-  ): Command[] =>
-    outer(
-      tape,
-      `${name} ${label}`,
-      { ...stack, ...spec, layout },
-      { big, small, gate },
-      sumScale,
-      target,
-    );
-
-  tape.record({
-    name,
-    inputs: [x, gate, ...branches.flatMap((l) => [l.a, l.b]), out.a, out.b],
-    outputs: [y],
-    forward,
-    backward: (ctx) => {
-      const dy = ctx.gradOutput(0);
-      const [dx, dgate] = [ctx.gradInput(0), ctx.gradInput(1)];
-      const dBranch = K.map((k) => ({
-        da: ctx.gradInput(2 + 2 * k),
-        db: ctx.gradInput(3 + 2 * k),
-      }));
-      const [doA, doB] = [ctx.gradInput(2 + 2 * K.length), ctx.gradInput(3 + 2 * K.length)];
-      const commands: Command[] = [];
-      if (doB) {
-        const spec = { wide: embd, bigPerExpert: false, activation: IDENTITY, gated: true };
-        commands.push(...outerE(`dB_${out.name}`, "wide-major", spec, [[dy], uo], scale, doB));
-      }
-      const needBranch = dBranch.map(({ da, db }) => !!(dx || da || db));
-      const anyBranch = needBranch.some(Boolean);
-      if (!anyBranch && !dgate && !doA) return commands;
-      const vo = perExpert(`v_${out.name}`, rank);
-      commands.push(contractE(
-        `v_${out.name} = dy·B_${out.name}`,
-        { k: embd, actPerExpert: false, activation: IDENTITY, weight: "k-major", scale: 1 },
-        [dy, out.b, vo],
-      ));
-      if (doA) {
-        const spec = { wide: hidden, bigPerExpert: true, activation, gated: true };
-        commands.push(...outerE(`dA_${out.name}`, "rank-major", spec, [pres, vo], scale, doA));
-      }
-      if (!anyBranch && !dgate) return commands;
-      const dm = tape.tensor([rows, hidden], `${name} dm(${x.label})`);
-      commands.push(...matmul(
-        `dm = dy·W_${out.name}ᵀ`,
-        rowsOf(dy, rows, embd),
-        frozenOperand(out, true),
-        overwrite(dm),
-      ));
-      const dps = branches.map((l, k) => needBranch[k] ? perExpert(`dp_${l.name}`, hidden) : null);
-      const sums = dx
-        ? branches.map((l) => tape.tensor([rows, hidden], `${name} Σ dp_${l.name}(${x.label})`))
-        : [];
-      const partial = dgate
-        ? tape.tensor([tiles.colTiles, rows, experts], `${name} dgate partials`)
-        : null;
-      const source = (outputs: MixBackwardOutputs) => (index: string) =>
-        mixBackwardWgsl(d, scale, activation, outputs, index);
-      const outputs = { grads: needBranch, sums: !!dx, dgate: !!dgate };
-      for (const pass of mixBackwardPasses(outputs, (o) => source(o)("0u"), maxStorageBuffers)) {
-        commands.push(launch(
-          engine,
-          `${name} ${passBranches(pass, branches).map((l) => `dp_${l.name}`).join(", ")}`,
-          source(pass),
-          tiles.invocations,
-          [
-            dm,
-            ...pres,
-            vo,
-            out.a,
-            gate,
-            ...passBranches(pass, dps),
-            ...(pass.sums ? passBranches(pass, sums) : []),
-            ...(pass.dgate && partial ? [partial] : []),
-          ],
-        ));
-      }
-      if (dgate && partial) {
-        commands.push(launch(
-          engine,
-          `${name} dgate`,
-          (index) => dgateWgsl(d, scale, out.bias !== null, dgate.accumulate, index),
-          rows * experts,
-          [partial, dy, ...(out.bias ? [out.bias] : []), uo, vo, dgate.tensor],
-        ));
-      }
-      const vs: Tensor[] = [];
-      for (const [k, l] of branches.entries()) {
-        const dp = dps[k];
-        if (!dp) continue;
-        const { da, db } = dBranch[k];
-        if (db) {
-          const spec = { wide: hidden, bigPerExpert: true, activation: IDENTITY, gated: false };
-          commands.push(...outerE(`dB_${l.name}`, "wide-major", spec, [[dp], us[k]], scale, db));
-        }
-        if (!dx && !da) continue;
-        vs[k] = perExpert(`v_${l.name}`, rank);
-        commands.push(contractE(
-          `v_${l.name} = s·dp_${l.name}·B_${l.name}`,
-          { k: hidden, actPerExpert: true, activation: IDENTITY, weight: "k-major", scale },
-          [dp, l.b, vs[k]],
-        ));
-        if (da) {
-          const spec = { wide: embd, bigPerExpert: false, activation: IDENTITY, gated: false };
-          commands.push(...outerE(`dA_${l.name}`, "rank-major", spec, [[x], vs[k]], 1, da));
-        }
-      }
-      if (!dx) return commands;
-      // dx = the first branch's product (overwrite or accumulate as asked), then adds.
-      const dxAdd = { tensor: dx.tensor, accumulate: true };
-      for (const [k, l] of branches.entries()) {
-        commands.push(...matmul(
-          `dx ${k === 0 && !dx.accumulate ? "=" : "+="} Σdp_${l.name}·W_${l.name}ᵀ`,
-          rowsOf(sums[k], rows, hidden),
-          frozenOperand(l, true),
-          k === 0 ? dx : dxAdd,
-        ));
-      }
-      for (const [k, l] of branches.entries()) {
-        commands.push(expandE(
-          `dx += Σ v_${l.name}·A_${l.name}`,
-          {
-            wide: embd,
-            weight: "rank-major",
-            scale: 1,
-            gated: false,
-            bias: false,
-            epilogue: "add",
-          },
-          [vs[k], l.a, dx.tensor],
-        ));
-      }
-      return commands;
-    },
-  });
-  return y;
 }

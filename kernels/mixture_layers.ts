@@ -1,7 +1,7 @@
 // The mixture of LoRA experts (kernels/mixture.ts) as its two dispatches see it, dense
-// (kernels/mixture.ts) and sparse (kernels/mixture_sparse.ts): the frozen MLP's layers with the
-// experts' LoRA on them, the options, the frozen products both run once whatever E is, and the
-// refusal of tensors the mixture's own kernels could not bind whole.
+// (kernels/mixture_dense.ts) and sparse (kernels/mixture_sparse.ts): the frozen MLP's layers with
+// the experts' LoRA on them, the options, the frozen products both run once whatever E is, and
+// the refusal of tensors the mixture's own kernels could not bind whole.
 import type { Command, Engine } from "../engine/device.ts";
 import { LimitError } from "../engine/errors.ts";
 import type { GradTarget } from "../engine/tape.ts";
