@@ -38,7 +38,7 @@ import {
   type MixtureOptions,
 } from "./mixture_layers.ts";
 import { recordMixture } from "./mixture_record.ts";
-import { sparseMixture } from "./mixture_sparse.ts";
+import { sparseSpace } from "./mixture_sparse.ts";
 import { MAX_EXPERTS, selectedPerRow } from "./topk_gate.ts";
 import { kernelVariant } from "./variant.ts";
 
@@ -129,7 +129,7 @@ export function mixtureMlp(
     : sparseDispatch(name, gate, d, chosenDispatch.get(engine) ?? "auto", false);
   if (perRow !== null) {
     checkBindings(name, mlp, d, [perRow * d.rows], maxBindingBytes);
-    return sparseMixture(tape, name, x, gate, mlp, d, scale, perRow, matmul, maxStorageBuffers);
+    return recordMixture(op, sparseSpace(op, perRow), matmul, maxStorageBuffers);
   }
   checkBindings(name, mlp, d, [d.experts, d.rows], maxBindingBytes);
   return recordMixture(op, denseSpace(op), matmul, maxStorageBuffers);
