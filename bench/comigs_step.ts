@@ -136,8 +136,9 @@ export function benchAdapterConfig(layers: number, experts: number): AdapterConf
   };
 }
 
-/** The steps' AdamW (scripts/torch_llama_step.py's ADAMW is the same). */
-export const BENCH_ADAMW = { lr: 2e-3, betas: [0.9, 0.95], weightDecay: 0.01 } as const;
+/** The steps' AdamW (scripts/torch_llama_step.py's ADAMW is the same; bench/gpt2_vs_torch.ts
+ * gives it to bench/torch_gpt2_step.py). */
+export const BENCH_ADAMW = { lr: 2e-3, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.01 } as const;
 
 export interface Step {
   /** The step's commands (zero grads, forward, backward, AdamW): one submit. */

@@ -13,6 +13,8 @@ import { comigsVsLoraStep } from "./comigs_step.ts";
 import { comigsSparseVsDense, mixtureDispatchCrossover } from "./comigs_sparse.ts";
 import { trainStepCases } from "./train_step.ts";
 import { evalVsForward } from "./eval_step.ts";
+import { trainStepVsTorch } from "./gpt2_vs_torch.ts";
+import { positiveFlag } from "./flags.ts";
 
 const { values: flags } = parseArgs({
   args: Deno.args,
@@ -21,18 +23,28 @@ const { values: flags } = parseArgs({
     filter: { type: "string" },
     runs: { type: "string", default: "7" },
     variant: { type: "string" },
+    "torch-rounds": { type: "string", default: "3" },
+    "torch-steps": { type: "string", default: "3" },
+    python: { type: "string", default: "/usr/bin/python3" },
     help: { type: "boolean", default: false },
   },
   strict: true,
 });
 if (flags.help) {
   console.log(
-    "usage: deno task bench [--json] [--filter NAME] [--runs N] [--variant texture|storage]",
+    "usage: deno task bench [--json] [--filter NAME] [--runs N] [--variant texture|storage]\n" +
+      "  [--torch-rounds 3] [--torch-steps 3] [--python /usr/bin/python3]\n" +
+      "  (train_step_vs_torch: interleaved rounds, steps timed per side and round, the Python\n" +
+      "  that has torch)",
   );
   Deno.exit(0);
 }
-const runs = Number(flags.runs);
-if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer`);
+const runs = positiveFlag("bench", "runs", flags.runs);
+const vsTorch = {
+  rounds: positiveFlag("bench", "torch-rounds", flags["torch-rounds"]),
+  steps: positiveFlag("bench", "torch-steps", flags["torch-steps"]),
+  python: flags.python,
+};
 
 const engine = await Engine.create({ verbose: !flags.json });
 if (flags.variant) chooseKernelVariant(engine, parseKernelVariant(flags.variant, "--variant"));
@@ -91,7 +103,7 @@ function report(result: Record<string, unknown>): void {
   if (flags.json) return console.log(JSON.stringify(result));
   const { kernel, variant, config, ok, adapter: _, runs: __, reps: ___, ...rest } = result;
   console.log(
-    `${String(kernel).padEnd(20)} ${String(variant ?? config ?? "").padEnd(10)} ` +
+    `${String(kernel).padEnd(20)} ${[config, variant].filter(Boolean).join(" ").padEnd(10)} ` +
       `${ok ? "ok  " : "FAIL"} ` + Object.entries(rest).map(([k, v]) => `${k}=${v}`).join(" "),
   );
 }
@@ -112,6 +124,7 @@ const programs: { kernel: string; run: () => Promise<Record<string, unknown>[]> 
   { kernel: "comigs_sparse_vs_dense", run: () => comigsSparseVsDense(engine, { runs }) },
   { kernel: "mixture_dispatch_crossover", run: () => mixtureDispatchCrossover(engine, { runs }) },
   { kernel: "eval_vs_forward", run: () => evalVsForward(engine, { runs }) },
+  { kernel: "train_step_vs_torch", run: () => trainStepVsTorch(engine, vsTorch) },
 ];
 
 const results: Record<string, unknown>[] = [];

@@ -31,6 +31,7 @@ import type { LlamaConfig } from "../model/llama_config.ts";
 import { createModel } from "../model/load.ts";
 import { Mulberry32 } from "../model/rng.ts";
 import { benchAdapterConfig, trainingStep } from "./comigs_step.ts";
+import { positiveFlag } from "./flags.ts";
 import { median, round3 } from "./interleave.ts";
 
 /** SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), in our parsed form. */
@@ -77,14 +78,7 @@ const { values: flags } = parseArgs({
   },
   strict: true,
 });
-const positive = (name: string, text: string) => {
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < 1) {
-    console.error(`smollm2_size: --${name} ${text} must be a positive integer`);
-    Deno.exit(2);
-  }
-  return value;
-};
+const positive = (name: string, text: string) => positiveFlag("smollm2_size", name, text);
 const B = positive("batch", flags.batch), T = positive("seq", flags.seq);
 const steps = positive("steps", flags.steps), rounds = positive("rounds", flags.rounds);
 const withTorch = !flags["no-torch"];

@@ -20,28 +20,32 @@ import { TokenBatch } from "../model/batch.ts";
 import { initWeights } from "../model/init.ts";
 import { kernelVariant } from "../kernels/variant.ts";
 import { Mulberry32 } from "../model/rng.ts";
+import type { Step } from "./comigs_step.ts";
 
-interface StepSpec {
+export interface StepSpec {
   config: string;
   model: GPT2Config;
   B: number;
   T: number;
 }
 
-const SPECS: StepSpec[] = [
-  {
-    config: "ref-5.3M",
-    model: {
-      n_layer: 4,
-      n_head: 4,
-      n_embd: 256,
-      vocab_size: 8192,
-      n_positions: 128,
-      layer_norm_epsilon: 1e-5,
-    },
-    B: 8,
-    T: 128,
+/** The issue's reference config: 4 layers, 4 heads, d 256, vocab 8192, 8 × 128 tokens. */
+export const REF_5_3M: StepSpec = {
+  config: "ref-5.3M",
+  model: {
+    n_layer: 4,
+    n_head: 4,
+    n_embd: 256,
+    vocab_size: 8192,
+    n_positions: 128,
+    layer_norm_epsilon: 1e-5,
   },
+  B: 8,
+  T: 128,
+};
+
+const SPECS: StepSpec[] = [
+  REF_5_3M,
   {
     config: "base",
     model: {
@@ -64,13 +68,15 @@ export interface TrainStepOptions {
   breakdown?: boolean;
 }
 
+/** The full step's AdamW, on every parameter (bench/torch_gpt2_step.py is given the same). */
+export const TRAIN_ADAMW = { lr: 1e-3, betas: [0.9, 0.95], eps: 1e-8, weightDecay: 0.1 } as const;
+
 // A fresh init gives logits of variance ≈ 0.02²·n_embd (0.1 here), so the first loss is
 // ln(V) + ~0.05: 0.5 nats of slack still catches a broken init or loss.
 const FIRST_LOSS_SLACK = 0.5;
-// Memorising one batch with AdamW at CHECK_LR lowers the loss by ~0.3–1 nats in CHECK_STEPS
+// Memorising one batch with TRAIN_ADAMW lowers the loss by ~0.3–1 nats in CHECK_STEPS
 // steps; requiring 0.05 only rules out a step that does not train.
 const CHECK_STEPS = 5;
-const CHECK_LR = 1e-3;
 const MIN_DECREASE = 0.05;
 
 export async function trainStepCases(
@@ -90,18 +96,10 @@ async function measureStep(
   const runs = opts.runs ?? 5;
   const { model: config, B, T } = spec;
   const model = new GPT2(engine, config, initWeights(config, 1));
-  model.setTrainable(true);
-  const params = [...model.params.values()];
   const batch = new TokenBatch(engine, config, B, T);
   batch.set(randomSequences(B, T + 1, config.vocab_size, 42));
-  const tape = new Tape(engine);
-  const opt = new AdamW(engine, params, { lr: CHECK_LR, betas: [0.9, 0.95], weightDecay: 0.1 });
+  const { commands: step, body, loss, dispose } = fullTrainingStep(engine, model, batch);
   try {
-    const { loss } = model.forward(tape, batch);
-    const body = [...tape.forward(), ...tape.backward(loss)];
-    // zeroGrad after backward is recorded: only then do the gradient tensors exist to clear.
-    const step = () => [...zeroGrad(params), ...body, ...opt.step()];
-
     const losses: number[] = [];
     for (let s = 0; s < CHECK_STEPS; s++) {
       await engine.run(step(), "train step");
@@ -133,11 +131,37 @@ async function measureStep(
       adapter: engine.adapterName,
     };
   } finally {
-    opt.dispose();
-    tape.dispose();
+    dispose();
     batch.dispose();
     model.dispose();
   }
+}
+
+/** A training step of every parameter of `model` on `batch`, built once (one submit a step). */
+export function fullTrainingStep(
+  engine: Engine,
+  model: GPT2,
+  batch: TokenBatch,
+): Step & { body: Command[] } {
+  model.setTrainable(true);
+  const params = [...model.params.values()];
+  const opt = new AdamW(engine, params, TRAIN_ADAMW);
+  const tape = new Tape(engine);
+  const { loss } = model.forward(tape, batch);
+  const forward = tape.forward();
+  const body = [...forward, ...tape.backward(loss)];
+  return {
+    // zeroGrad after backward is recorded: only then do the gradient tensors exist to clear.
+    commands: () => [...zeroGrad(params), ...body, ...opt.step()],
+    forward,
+    body,
+    loss,
+    objective: loss,
+    dispose: () => {
+      opt.dispose();
+      tape.dispose();
+    },
+  };
 }
 
 /** The matrix products of a step: forward, dA and dB blocks and their operand packing. */
@@ -199,7 +223,12 @@ async function medianMs(
 }
 
 /** `count` sequences of `length` token ids below `vocab`, from a mulberry32 stream. */
-function randomSequences(count: number, length: number, vocab: number, seed: number): number[][] {
+export function randomSequences(
+  count: number,
+  length: number,
+  vocab: number,
+  seed: number,
+): number[][] {
   const rng = new Mulberry32(seed);
   const sequences: number[][] = [];
   for (let s = 0; s < count; s++) {

@@ -35,8 +35,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from golden_common import gate, lora_scale, read_safetensors, write_adapter_case  # noqa: E402
 from golden_gpt2 import gelu_tanh  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
-
 BASE = "tests/golden/gpt2-tiny"
 CASES = [
     dict(name="k2", n_experts=[2, 3], top_k=2, rank=4, alpha=8, scaling="rslora",
@@ -72,8 +70,22 @@ def lora(x, W, b, A, B_, s):
     return x @ W + b + s * ((x @ A.T) @ B_.T)
 
 
-def forward(p, ad, c, idx, n_experts, k, s):
-    """GPT-2 (as golden_gpt2.forward) with attention LoRA and a mixture of LoRA experts per MLP.
+def experts_mlp(p, ad, h, xm, E, g, s):
+    """Block h's MLP on xm [N, C] as method.md §1 defines it: Σ_j g_j·expert_j(xm), each expert
+    the frozen MLP with its own LoRA on c_fc and c_proj (g [N, E]; None when E = 1)."""
+    ys = []
+    for j in range(E):
+        e = f"{h}.mlp.experts.{j}"
+        hj = gelu_tanh(lora(xm, p[h + ".mlp.c_fc.weight"], p[h + ".mlp.c_fc.bias"],
+                            ad[e + ".c_fc.lora_A"], ad[e + ".c_fc.lora_B"], s))
+        ys.append(lora(hj, p[h + ".mlp.c_proj.weight"], p[h + ".mlp.c_proj.bias"],
+                       ad[e + ".c_proj.lora_A"], ad[e + ".c_proj.lora_B"], s))
+    return ys[0] if g is None else sum(g[:, j:j + 1] * ys[j] for j in range(E))
+
+
+def forward(p, ad, c, idx, n_experts, k, s, mlp=experts_mlp):
+    """GPT-2 (as golden_gpt2.forward) with attention LoRA and a mixture of LoRA experts per MLP
+    (mlp computes it: experts_mlp by definition; bench/torch_gpt2_step.py passes the fused form).
 
     Returns logits [B, T, V] and per-layer router info [(router logits [N, E], chosen [N, k])]
     (None for layers with E = 1).
@@ -96,22 +108,14 @@ def forward(p, ad, c, idx, n_experts, k, s):
                      ad[h + ".attn.c_proj.lora_A"], ad[h + ".attn.c_proj.lora_B"], s)
         xm = ln(x, h + ".ln_2").reshape(Bn * Tn, C)
         E = n_experts[i]
-        ys = []
-        for j in range(E):
-            e = f"{h}.mlp.experts.{j}"
-            hj = gelu_tanh(lora(xm, p[h + ".mlp.c_fc.weight"], p[h + ".mlp.c_fc.bias"],
-                                ad[e + ".c_fc.lora_A"], ad[e + ".c_fc.lora_B"], s))
-            ys.append(lora(hj, p[h + ".mlp.c_proj.weight"], p[h + ".mlp.c_proj.bias"],
-                           ad[e + ".c_proj.lora_A"], ad[e + ".c_proj.lora_B"], s))
         if E == 1:
-            m = ys[0]
+            g = None
             routing.append(None)
         else:
             rl = xm @ ad[h + ".mlp.router.weight"].T
             g, chosen = gate(rl, k)
-            m = sum(g[:, j:j + 1] * ys[j] for j in range(E))
             routing.append((rl, chosen))
-        x = x + m.reshape(Bn, Tn, C)
+        x = x + mlp(p, ad, h, xm, E, g, s).reshape(Bn, Tn, C)
     return ln(x, "ln_f") @ p["wte.weight"].T, routing
 
 
@@ -131,6 +135,8 @@ def run_case(case, p, c, idx, targets, out):
 
 
 def main():
+    # Here, not on import: bench/torch_gpt2_step.py imports forward to run it in float32.
+    torch.set_default_dtype(torch.float64)
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/golden/comigs-tiny"
     os.makedirs(out, exist_ok=True)
     for f in ("config.json", "model.safetensors", "tokens.json"):

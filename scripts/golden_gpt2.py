@@ -21,9 +21,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from golden_common import base_debug_metadata, base_debug_state, stored, write_safetensors  # noqa: E402
 
-torch.manual_seed(1234)
-torch.set_default_dtype(torch.float64)
-
 CONFIG = dict(n_layer=2, n_head=3, n_embd=36, vocab_size=101, n_positions=24, layer_norm_epsilon=1e-5)
 B, T = 3, 13
 ADAMW = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.01, steps=10)
@@ -86,6 +83,9 @@ def forward(p, c, idx):
 
 
 def main():
+    # Here, not on import: bench/torch_gpt2_step.py imports forward to run it in float32.
+    torch.manual_seed(1234)
+    torch.set_default_dtype(torch.float64)
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/golden/gpt2-tiny"
     os.makedirs(out, exist_ok=True)
     c = CONFIG

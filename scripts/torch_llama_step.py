@@ -19,44 +19,21 @@ this process and torch's version.
 
 Run: /usr/bin/python3 scripts/torch_llama_step.py DIR --steps N [--warmup 1] [--threads 2]
 """
-import argparse
 import json
-import math
 import os
-import struct
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from golden_common import gate, lb_value, lora_scale  # noqa: E402
+from golden_common import gate, lb_value  # noqa: E402
+from torch_step_common import (  # noqa: E402
+    adapter_meta, read_f32_safetensors, run_steps, step_arguments)
 
 # model/optim.ts's defaults and bench/comigs_step.ts's settings, which bench/smollm2_size.ts uses.
 ADAMW = dict(lr=2e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
 ATTN_PROJS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJS = ("gate_proj", "up_proj", "down_proj")
-
-
-def read_f32_safetensors(path):
-    """{name: f32 tensor} and the metadata, each tensor read straight into its own storage, so
-    the peak memory is the model's, not the file's twice (golden_common's reader is float64)."""
-    out = {}
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        meta = header.pop("__metadata__", {})
-        for name, h in header.items():
-            if h["dtype"] != "F32":
-                sys.exit(f"{path}: {name} is {h['dtype']}; this script reads F32 files "
-                         "(what the project writes)")
-            t = torch.empty(h["shape"], dtype=torch.float32)
-            a, b = h["data_offsets"]
-            f.seek(8 + n + a)
-            if f.readinto(memoryview(t.numpy()).cast("B")) != b - a:
-                sys.exit(f"{path}: {name} runs past the end of the file")
-            out[name] = t
-    return out, meta
 
 
 def rms_norm(x, w, eps):
@@ -148,33 +125,8 @@ def forward(c, p, ad, meta, idx, targets):
     return loss, loss + meta["lb_coef"] * torch.stack(lbs).mean()
 
 
-def peak_rss_bytes():
-    """This process's peak resident memory: VmHWM, which exec starts afresh (getrusage's
-    ru_maxrss can carry the high-water mark of the parent that forked this process)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def adapter_meta(meta, layers):
-    experts = [int(e) for e in meta["n_experts"].split(",")]
-    case = dict(rank=int(meta["lora_rank"]), alpha=float(meta["lora_alpha"]),
-                scaling=meta["lora_scaling"])
-    return dict(s=lora_scale(case), top_k=int(meta["top_k"]),
-                n_experts=experts * layers if len(experts) == 1 else experts,
-                lb_coef=float(meta.get("lb_coef", "0.01")), lb_rho=float(meta.get("lb_rho", "0.5")))
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("dir")
-    ap.add_argument("--steps", type=int, required=True, help="steps timed (after the warm-up)")
-    ap.add_argument("--warmup", type=int, default=1, help="steps run first, not timed")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = step_arguments(__doc__)
     with open(os.path.join(args.dir, "config.json")) as f:
         c = json.load(f)
     if c.get("model_type") != "llama" or c.get("attention_bias") or c.get("rope_scaling"):
@@ -187,29 +139,7 @@ def main():
         ids = torch.tensor(json.load(f)["ids"], dtype=torch.long)
     idx, targets = ids[:, :-1], ids[:, 1:]
     lora = [t.requires_grad_() for name, t in ad.items() if name.endswith(("lora_A", "lora_B"))]
-    opt = torch.optim.AdamW(lora, **ADAMW)
-    losses, objectives, seconds = [], [], []
-    for step in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        loss, objective = forward(c, p, ad, meta, idx, targets)
-        objective.backward()
-        opt.step()
-        elapsed = time.perf_counter() - t0
-        losses.append(loss.item())
-        objectives.append(objective.item())
-        if step >= args.warmup:
-            seconds.append(elapsed)
-        if not math.isfinite(losses[-1]):
-            sys.exit(f"step {step}: the loss is {losses[-1]}")
-    print(json.dumps({
-        "losses": losses,
-        "objectives": objectives,
-        "step_s": seconds,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }))
+    run_steps(lora, lambda: forward(c, p, ad, meta, idx, targets), ADAMW, args.steps, args.warmup)
 
 
 if __name__ == "__main__":
