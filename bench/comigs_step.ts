@@ -211,24 +211,29 @@ async function stepMs(engine: Engine, step: Step): Promise<number> {
   return performance.now() - t0;
 }
 
-export async function comigsVsLoraStep(
+/** One `kernel` record per base model of BASES, each from `measure` on that base (then freed). */
+export async function perBase(
   engine: Engine,
-  opts: { runs: number },
+  kernel: string,
+  measure: (model: BaseModel) => Promise<Record<string, unknown>>,
 ): Promise<Record<string, unknown>[]> {
   const records: Record<string, unknown>[] = [];
   for (const base of BASES) {
     const model = await base.load(engine);
     try {
-      records.push({
-        kernel: "comigs_vs_lora_step",
-        config: base.config,
-        ...await compare(engine, model, opts.runs),
-      });
+      records.push({ kernel, config: base.config, ...await measure(model) });
     } finally {
       model.dispose();
     }
   }
   return records;
+}
+
+export function comigsVsLoraStep(
+  engine: Engine,
+  opts: { runs: number },
+): Promise<Record<string, unknown>[]> {
+  return perBase(engine, "comigs_vs_lora_step", (model) => compare(engine, model, opts.runs));
 }
 
 /** One family's record: both steps checked, then timed in interleaved rounds. */

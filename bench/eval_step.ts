@@ -30,7 +30,7 @@ import { TokenBatch } from "../model/batch.ts";
 import { forwardAdapted } from "../model/comigs.ts";
 import { StreamEvaluator } from "../model/evaluate.ts";
 import { evalBatches, evalWindows } from "../model/pretrain_data.ts";
-import { BASES, benchAdapterConfig, trainingStep } from "./comigs_step.ts";
+import { benchAdapterConfig, perBase, trainingStep } from "./comigs_step.ts";
 import { interleavedPasses, round3 } from "./interleave.ts";
 
 const B = 8, T = 128;
@@ -49,24 +49,11 @@ const ADAPTED = 1e-3;
 
 const PASSES = ["eval", "forward", "train_forward", "step", "base_eval"] as const;
 
-export async function evalVsForward(
+export function evalVsForward(
   engine: Engine,
   opts: { runs: number },
 ): Promise<Record<string, unknown>[]> {
-  const records: Record<string, unknown>[] = [];
-  for (const base of BASES) {
-    const model = await base.load(engine);
-    try {
-      records.push({
-        kernel: "eval_vs_forward",
-        config: base.config,
-        ...await compare(engine, model, opts.runs),
-      });
-    } finally {
-      model.dispose();
-    }
-  }
-  return records;
+  return perBase(engine, "eval_vs_forward", (model) => compare(engine, model, opts.runs));
 }
 
 /** One family's record: every pass checked, then timed in interleaved rounds. */
