@@ -154,6 +154,25 @@ export interface Step {
 }
 
 /**
+ * Times `steps` replays of `step`, one submit each, waiting for each (seconds per step), and
+ * whether its objective is still finite after them.
+ */
+export async function timedSteps(
+  engine: Engine,
+  step: Step,
+  steps: number,
+): Promise<{ seconds: number[]; finite: boolean }> {
+  const seconds: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    const t0 = performance.now();
+    await engine.run(step.commands(), "timed step");
+    await engine.sync();
+    seconds.push((performance.now() - t0) / 1000);
+  }
+  return { seconds, finite: Number.isFinite((await engine.readF32(step.objective))[0]) };
+}
+
+/**
  * One training step of `adapters`' LoRA tensors on the frozen `model`, built once: CoMiGS's
  * expert step (forwardAdapted: the mixture, trained on loss + λ·LB; the routers frozen), or with
  * `single` the single LoRA's (one expert per block, built from the plain ops, trained on its loss).

@@ -28,7 +28,13 @@ import { saveBaseCheckpoint } from "../model/checkpoint.ts";
 import type { GPT2Config } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { initWeights } from "../model/init.ts";
-import { BENCH_ADAMW, benchAdapterConfig, type Step, trainingStep } from "./comigs_step.ts";
+import {
+  BENCH_ADAMW,
+  benchAdapterConfig,
+  type Step,
+  timedSteps,
+  trainingStep,
+} from "./comigs_step.ts";
 import { positiveFlag } from "./flags.ts";
 import { median, round3 } from "./interleave.ts";
 import { fullTrainingStep, randomSequences, REF_5_3M, TRAIN_ADAMW } from "./train_step.ts";
@@ -173,15 +179,9 @@ export async function compareWithTorch(
     let torch: TorchResult | undefined;
     for (let round = 0; round < opts.rounds; round++) {
       const timeOurs = async () => {
-        const times: number[] = [];
-        for (let s = 0; s < opts.steps; s++) {
-          const t0 = performance.now();
-          await engine.run(step.commands(), "timed step");
-          await engine.sync();
-          times.push((performance.now() - t0) / 1000);
-        }
-        ok &&= Number.isFinite((await engine.readF32(step.objective))[0]);
-        return times;
+        const { seconds, finite } = await timedSteps(engine, step, opts.steps);
+        ok &&= finite;
+        return seconds;
       };
       const timeTorch = async () => {
         torch = await torchSteps(opts, dir);

@@ -30,7 +30,7 @@ import { initBaseWeights } from "../model/init.ts";
 import type { LlamaConfig } from "../model/llama_config.ts";
 import { createModel } from "../model/load.ts";
 import { Mulberry32 } from "../model/rng.ts";
-import { benchAdapterConfig, trainingStep } from "./comigs_step.ts";
+import { benchAdapterConfig, timedSteps, trainingStep } from "./comigs_step.ts";
 import { positiveFlag } from "./flags.ts";
 import { median, round3 } from "./interleave.ts";
 
@@ -138,15 +138,9 @@ async function measure(dir: string, ids: number[][]): Promise<Record<string, unk
     let torchRss = 0, torchVersion = "", torchThreads = 0;
     for (let round = 0; round < rounds; round++) {
       const timeOurs = async () => {
-        const times: number[] = [];
-        for (let s = 0; s < steps; s++) {
-          const t0 = performance.now();
-          await engine.run(step.commands(), "timed step");
-          await engine.sync();
-          times.push((performance.now() - t0) / 1000);
-        }
-        ok &&= Number.isFinite((await engine.readF32(step.objective))[0]);
-        return times;
+        const { seconds, finite } = await timedSteps(engine, step, steps);
+        ok &&= finite;
+        return seconds;
       };
       const timeTorch = async () => {
         if (!withTorch) return [];
