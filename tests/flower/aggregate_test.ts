@@ -9,7 +9,7 @@ import { aggregate, type Aggregation } from "../../fed/aggregate.ts";
 import type { Message } from "../../fed/message.ts";
 import { assertEquals } from "../assert.ts";
 import { Rng } from "../util.ts";
-import { flowerTest, ROOT } from "./harness.ts";
+import { flowerPython, flowerTest } from "./harness.ts";
 
 const hex = (data: Float32Array) =>
   Array.from(
@@ -65,19 +65,7 @@ async function pythonAggregates(cases: Case[]): Promise<Record<string, string>[]
       )
     ),
   }));
-  const child = new Deno.Command(`${ROOT}flower/.venv/bin/python`, {
-    args: [`${ROOT}tests/flower/flower_aggregate.py`],
-    env: { PYTHONPATH: `${ROOT}flower` },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify(input)));
-  await writer.close();
-  const out = await child.output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return JSON.parse(new TextDecoder().decode(out.stdout));
+  return await flowerPython("flower_aggregate.py", input);
 }
 
 flowerTest(

@@ -11,7 +11,7 @@ import { GaussianNoise, seedKey } from "../../fed/noise.ts";
 import type { NamedTensor } from "../../model/safetensors.ts";
 import { assert, assertEquals } from "../assert.ts";
 import { Rng } from "../util.ts";
-import { flowerTest, ROOT } from "./harness.ts";
+import { flowerPython, flowerTest } from "./harness.ts";
 
 const hexOf = (data: Float32Array | Float64Array) =>
   Array.from(
@@ -32,19 +32,7 @@ interface Results {
 }
 
 async function python(cases: unknown): Promise<Results> {
-  const child = new Deno.Command(`${ROOT}flower/.venv/bin/python`, {
-    args: [`${ROOT}tests/flower/flower_dp.py`],
-    env: { PYTHONPATH: `${ROOT}flower` },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify(cases)));
-  await writer.close();
-  const out = await child.output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return JSON.parse(new TextDecoder().decode(out.stdout));
+  return await flowerPython("flower_dp.py", cases);
 }
 
 /** Global tensors a [3, 4] and b [5], and clients moved from them by updates of norm `norms`. */

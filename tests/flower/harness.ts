@@ -21,6 +21,30 @@ export function haveFlower(): boolean {
   }
 }
 
+/**
+ * Runs the Python script tests/flower/`script` in the Flower venv (the comigs_flower package on
+ * its path) with `input` as JSON on stdin, and parses its stdout as JSON (typed as the caller
+ * says, else as JSON.parse types it).
+ */
+export async function flowerPython<T = ReturnType<typeof JSON.parse>>(
+  script: string,
+  input: unknown,
+): Promise<T> {
+  const child = new Deno.Command(`${VENV_BIN}/python`, {
+    args: [`${ROOT}tests/flower/${script}`],
+    env: { PYTHONPATH: `${ROOT}flower` },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(JSON.stringify(input)));
+  await writer.close();
+  const out = await child.output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
 const SETUP_HINT = "flower/.venv is absent: run `bash scripts/setup_flower.sh` (npm test does)";
 
 /** Deno.test, skipped with a message when the Flower venv is absent (failing in CI). */

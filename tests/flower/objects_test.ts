@@ -20,7 +20,7 @@ import {
   generateNodeKeys,
   importPrivateKeyPem,
 } from "../../fed/flower/node_keys.ts";
-import { flowerTest, ROOT } from "./harness.ts";
+import { flowerPython, flowerTest } from "./harness.ts";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 const unhex = (h: string) => Uint8Array.from(h.match(/../g) ?? [], (x) => parseInt(x, 16));
@@ -62,18 +62,7 @@ async function flowerOwn() {
       Object.entries(metadata).map(([k, v]) => [k, typeof v === "bigint" ? String(v) : v]),
     ),
   };
-  const child = new Deno.Command(`${ROOT}flower/.venv/bin/python`, {
-    args: [`${ROOT}tests/flower/flower_objects.py`],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify(spec)));
-  await writer.close();
-  const out = await child.output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return JSON.parse(new TextDecoder().decode(out.stdout));
+  return await flowerPython("flower_objects.py", spec);
 }
 
 flowerTest("flower objects: byte-identical to Flower's own deflate, ids included", async () => {
