@@ -36,6 +36,7 @@ import {
   trainingStep,
 } from "./comigs_step.ts";
 import { positiveFlag } from "./flags.ts";
+import { runTorchSteps, type TorchResult } from "./torch_steps.ts";
 import { median, round3 } from "./interleave.ts";
 import { fullTrainingStep, randomSequences, REF_5_3M, TRAIN_ADAMW } from "./train_step.ts";
 
@@ -273,35 +274,11 @@ async function buildStep(
   return { step, adamw: BENCH_ADAMW };
 }
 
-interface TorchResult {
-  losses: number[];
-  objectives: number[];
-  step_s: number[];
-  peak_rss_bytes: number;
-  threads: number;
-  torch: string;
-}
-
 /** One run of bench/torch_gpt2_step.py on `dir`: its warm-up steps, then `opts.steps` timed. */
-async function torchSteps(opts: VsTorchOptions, dir: string): Promise<TorchResult> {
+function torchSteps(opts: VsTorchOptions, dir: string): Promise<TorchResult> {
   const script = new URL("./torch_gpt2_step.py", import.meta.url).pathname;
   const args = [script, dir, "--steps", String(opts.steps), "--warmup", String(TORCH_WARMUP)];
-  // PASSIVE: OpenMP's idle threads sleep instead of spinning between operations (the way
-  // PyTorch's CPU figures in platform.md were taken).
-  const output = await new Deno.Command(opts.python, {
-    args: [...args, "--threads", "2"],
-    env: { OMP_WAIT_POLICY: "PASSIVE" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!output.success) {
-    throw new Error(
-      `train_step_vs_torch: ${opts.python} ${args.join(" ")} failed:\n` +
-        new TextDecoder().decode(output.stderr),
-    );
-  }
-  const text = new TextDecoder().decode(output.stdout).trim();
-  return JSON.parse(text.split("\n").pop()!) as TorchResult;
+  return runTorchSteps("train_step_vs_torch", opts.python, [...args, "--threads", "2"]);
 }
 
 if (import.meta.main) {

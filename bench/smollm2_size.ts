@@ -32,6 +32,7 @@ import { createModel } from "../model/load.ts";
 import { Mulberry32 } from "../model/rng.ts";
 import { benchAdapterConfig, timedSteps, trainingStep } from "./comigs_step.ts";
 import { positiveFlag } from "./flags.ts";
+import { runTorchSteps, type TorchResult } from "./torch_steps.ts";
 import { median, round3 } from "./interleave.ts";
 
 /** SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), in our parsed form. */
@@ -204,43 +205,11 @@ async function measure(dir: string, ids: number[][]): Promise<Record<string, unk
   }
 }
 
-interface TorchResult {
-  losses: number[];
-  objectives: number[];
-  step_s: number[];
-  peak_rss_bytes: number;
-  threads: number;
-  torch: string;
-}
-
 /** One run of scripts/torch_llama_step.py on `dir`: one warm-up step, then `steps` timed. */
-async function torchSteps(dir: string): Promise<TorchResult> {
+function torchSteps(dir: string): Promise<TorchResult> {
   const script = new URL("../scripts/torch_llama_step.py", import.meta.url).pathname;
   const args = [script, dir, "--steps", String(steps), "--warmup", "1", "--threads", "2"];
-  let output: Deno.CommandOutput;
-  try {
-    // PASSIVE: OpenMP's idle threads sleep instead of spinning between operations (the way
-    // PyTorch's CPU figures in platform.md were taken).
-    output = await new Deno.Command(flags.python, {
-      args,
-      env: { OMP_WAIT_POLICY: "PASSIVE" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-  } catch (e) {
-    throw new Error(
-      `smollm2_size: cannot run ${flags.python} (${(e as Error).message}); give --python the ` +
-        `Python that has torch (Debian's python3-torch: /usr/bin/python3), or --no-torch`,
-    );
-  }
-  const text = new TextDecoder().decode(output.stdout).trim();
-  if (!output.success) {
-    throw new Error(
-      `smollm2_size: ${flags.python} ${args.join(" ")} failed:\n` +
-        new TextDecoder().decode(output.stderr),
-    );
-  }
-  return JSON.parse(text.split("\n").pop()!) as TorchResult;
+  return runTorchSteps("smollm2_size", flags.python, args, ", or --no-torch");
 }
 
 /** This process's peak resident memory in bytes (Linux), or null where /proc cannot tell. */
