@@ -1,9 +1,9 @@
 // `deno task browser`: a tiny CoMiGS run computed in headless Chromium's WebGPU (SwiftShader here)
 // matches the same run computed by Deno's WebGPU (lavapipe here) record by record, and writes the
 // same run folder, on the shipped GPT-2 base and on a Llama-family one; a tab joins a networked
-// run beside a Deno client and the run matches the simulated one; its flags are train's minus
-// --resume (or --join's), and a missing Chromium is a clear error raised before anything is
-// written.
+// run beside a Deno client (on either base) and the run matches the simulated one; its flags are
+// train's minus --resume (or --join's), and a missing Chromium is a clear error raised before
+// anything is written.
 import { UsageError } from "../../cli/args.ts";
 import { joinInBrowser, parseInvocation, runInBrowser } from "../../cli/browser.ts";
 import { joinRun } from "../../fed/join.ts";
@@ -132,14 +132,18 @@ gpuTest(
   },
 );
 
-gpuTest(
-  "a tab joins a networked run beside a Deno client; the run matches the simulated one",
-  async (engine) => {
+/**
+ * A tab joins a networked run (on the base `model` makes, or the shipped tiny GPT-2) beside a
+ * Deno client; the run matches the same run simulated in this process.
+ */
+function joinTest(name: string, model?: (dir: string) => Promise<string>): void {
+  gpuTest(name, async (engine) => {
     const dir = await Deno.makeTempDir();
-    const simulated = options(`${dir}/sim`, "comigs-1g1s", 2);
+    const base = model ? { model: await model(dir) } : {};
+    const simulated = { ...options(`${dir}/sim`, "comigs-1g1s", 2), ...base };
     await runTraining(engine, { options: simulated }, { progress: quiet(), corpora: corpora() });
     const clients: Promise<unknown>[] = [];
-    await serveRun({ options: options(`${dir}/net`, "comigs-1g1s", 2) }, {
+    await serveRun({ options: { ...options(`${dir}/net`, "comigs-1g1s", 2), ...base } }, {
       progress: quiet(),
       hostname: "127.0.0.1",
       port: 0,
@@ -163,9 +167,19 @@ gpuTest(
       await closeAdapters(
         `${dir}/${folder}/adapters.safetensors`,
         `${simulated.out}/clients/${id}/adapters.safetensors`,
+        base.model,
       );
     }
     await Deno.remove(dir, { recursive: true });
+  });
+}
+
+joinTest("a tab joins a networked run beside a Deno client; the run matches the simulated one");
+joinTest(
+  "a tab joins a networked run on a Llama base beside a Deno client; it matches the simulated one",
+  async (dir) => {
+    await writeTinyLlama(`${dir}/llama`);
+    return `${dir}/llama`;
   },
 );
 
