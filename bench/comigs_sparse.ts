@@ -29,34 +29,15 @@ import { GPT2 } from "../model/gpt2.ts";
 import { loadGpt2Checkpoint } from "../model/gpt2_checkpoint.ts";
 import { initBaseWeights } from "../model/init.ts";
 import { Llama } from "../model/llama.ts";
-import type { LlamaConfig } from "../model/llama_config.ts";
 import { AdamW } from "../model/optim.ts";
 import { Mulberry32 } from "../model/rng.ts";
+import { BASE_LLAMA } from "./comigs_step.ts";
 import { interleaved, round3 } from "./interleave.ts";
 
 const MODEL = new URL("../models/base", import.meta.url).pathname;
 const B = 8, T = 128, TOP_K = 2;
 /** Sparse against dense: the same f32 sums in another order, through a 4-block model. */
 const SAME = 1e-4;
-
-const LLAMA: LlamaConfig = {
-  model_type: "llama",
-  hidden_size: 128,
-  intermediate_size: 344,
-  num_hidden_layers: 4,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  head_dim: 32,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  rope_scaling: null,
-  max_position_embeddings: T,
-  vocab_size: 4096,
-  tie_word_embeddings: true,
-  attention_bias: false,
-  bos_token_id: null,
-  eos_token_id: 4095,
-};
 
 interface Step {
   commands: () => Command[];
@@ -140,7 +121,10 @@ async function baseModels(engine: Engine): Promise<{ config: string; model: Base
   const { config, weights } = await loadGpt2Checkpoint(MODEL);
   return [
     { config: "base (GPT-2)", model: new GPT2(engine, config, weights) },
-    { config: "llama-base (random)", model: new Llama(engine, LLAMA, initBaseWeights(LLAMA, 1)) },
+    {
+      config: "llama-base (random)",
+      model: new Llama(engine, BASE_LLAMA, initBaseWeights(BASE_LLAMA, 1)),
+    },
   ];
 }
 

@@ -32,7 +32,7 @@ const B = 8, T = 128;
 const SAME_LOSS = 1e-4;
 
 /** The shipped Llama base's configuration (cli/pretrain.ts --arch llama, as models/base-llama). */
-const BASE_LLAMA: LlamaConfig = {
+export const BASE_LLAMA: LlamaConfig = {
   model_type: "llama",
   hidden_size: 128,
   intermediate_size: 344,
