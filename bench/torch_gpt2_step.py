@@ -33,7 +33,8 @@ from golden_common import lb_value, loss_of  # noqa: E402
 from golden_comigs import forward as comigs_forward  # noqa: E402
 from golden_gpt2 import forward as gpt2_forward, gelu_tanh  # noqa: E402
 from torch_step_common import (  # noqa: E402
-    adapter_meta, read_f32_safetensors, run_steps, step_arguments)
+    adapter_meta, expert_step_objective, lora_tensors, read_f32_safetensors, run_steps,
+    step_arguments)
 
 
 def fused_experts_mlp(p, ad, h, xm, E, g, s):
@@ -61,9 +62,7 @@ def expert_objective(p, ad, meta, c, idx, targets):
                                      mlp=fused_experts_mlp)
     loss = loss_of(logits, targets)
     lbs = [lb_value(rl, chosen, k, meta["lb_rho"]) for rl, chosen in filter(None, routing)]
-    if not lbs or meta["lb_coef"] == 0:
-        return loss, loss
-    return loss, loss + meta["lb_coef"] * torch.stack(lbs).mean()
+    return expert_step_objective(loss, lbs, meta)
 
 
 def main():
@@ -88,7 +87,7 @@ def main():
     elif step["step"] == "expert":
         ad, raw_meta = read_f32_safetensors(os.path.join(args.dir, "adapters.safetensors"))
         meta = adapter_meta(raw_meta, c["n_layer"])
-        params = [t.requires_grad_() for n, t in ad.items() if n.endswith(("lora_A", "lora_B"))]
+        params = lora_tensors(ad)
 
         def objective():
             return expert_objective(p, ad, meta, c, idx, targets)

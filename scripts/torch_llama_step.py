@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from golden_common import gate, lb_value  # noqa: E402
 from torch_step_common import (  # noqa: E402
-    adapter_meta, read_f32_safetensors, run_steps, step_arguments)
+    adapter_meta, expert_step_objective, lora_tensors, read_f32_safetensors, run_steps,
+    step_arguments)
 
 # model/optim.ts's defaults and bench/comigs_step.ts's settings, which bench/smollm2_size.ts uses.
 ADAMW = dict(lr=2e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
@@ -120,9 +121,7 @@ def forward(c, p, ad, meta, idx, targets):
     head = p["model.embed_tokens.weight"] if c.get("tie_word_embeddings") else p["lm_head.weight"]
     logits = rms_norm(x, p["model.norm.weight"], eps) @ head.T
     loss = torch.nn.functional.cross_entropy(logits, targets.reshape(-1))
-    if not lbs or meta["lb_coef"] == 0:
-        return loss, loss
-    return loss, loss + meta["lb_coef"] * torch.stack(lbs).mean()
+    return expert_step_objective(loss, lbs, meta)
 
 
 def main():
@@ -138,8 +137,7 @@ def main():
     with open(os.path.join(args.dir, "batch.json")) as f:
         ids = torch.tensor(json.load(f)["ids"], dtype=torch.long)
     idx, targets = ids[:, :-1], ids[:, 1:]
-    lora = [t.requires_grad_() for name, t in ad.items() if name.endswith(("lora_A", "lora_B"))]
-    run_steps(lora, lambda: forward(c, p, ad, meta, idx, targets), ADAMW, args.steps, args.warmup)
+    run_steps(lora_tensors(ad), lambda: forward(c, p, ad, meta, idx, targets), ADAMW, args.steps, args.warmup)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What the timed PyTorch step scripts share (scripts/torch_llama_step.py and
-bench/torch_gpt2_step.py): their command line, the f32 safetensors reader, the adapters' metadata
-and the timed AdamW loop.
+bench/torch_gpt2_step.py): their command line, the f32 safetensors reader, the adapters' metadata,
+their LoRA tensors, the expert step's objective and the timed AdamW loop.
 
 Plain PyTorch in float32 on the CPU (Debian's python3-torch under /usr/bin/python3; no
 safetensors package). golden_common's reader is float64 (references); this one reads each tensor
@@ -63,6 +63,20 @@ def adapter_meta(meta, layers):
     return dict(s=lora_scale(case), top_k=int(meta["top_k"]),
                 n_experts=experts * layers if len(experts) == 1 else experts,
                 lb_coef=float(meta.get("lb_coef", "0.01")), lb_rho=float(meta.get("lb_rho", "0.5")))
+
+
+def lora_tensors(adapters):
+    """The adapters' LoRA factors, made trainable: what an expert step's AdamW updates."""
+    return [t.requires_grad_() for name, t in adapters.items()
+            if name.endswith(("lora_A", "lora_B"))]
+
+
+def expert_step_objective(loss, lbs, meta):
+    """(loss, what an expert step minimises): loss + lb_coef · the mean of the blocks' LB terms
+    `lbs`, or the loss alone when no block has a router or lb_coef is 0."""
+    if not lbs or meta["lb_coef"] == 0:
+        return loss, loss
+    return loss, loss + meta["lb_coef"] * torch.stack(lbs).mean()
 
 
 def peak_rss_bytes():
