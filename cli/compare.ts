@@ -4,8 +4,11 @@
 // (DIR/ppl.svg).
 //
 // Each run is `deno run -A cli/train.ts ... --out DIR/<method>-s<seed>` in a child process, one
-// after another, its output streamed through. A run whose summary.json exists is finished and
-// skipped; one with only config.json was interrupted and continues with `--resume`. So compare
+// after another with its output streamed through, or with `--jobs N` up to N at once, each
+// writing its output to DIR/<method>-s<seed>.log: one run leaves part of the cores idle (its
+// submits wait, its host code runs between them), so two at once finish a comparison sooner on
+// a CPU adapter, with the same bits (each run is its own process). A run whose summary.json
+// exists is finished and skipped; one with only config.json was interrupted and continues with `--resume`. So compare
 // can be killed at any moment and rerun with the same command. DIR/compare.json records the
 // scenario and the training options, so a rerun cannot mix runs trained with other settings.
 import { join } from "node:path";
@@ -59,7 +62,7 @@ const PASS_THROUGH = [
 ];
 
 const USAGE = "deno task compare --scenario S [--seeds N] [--methods a,b,c] [--ood] [--out DIR] " +
-  "[training options]";
+  "[--jobs N] [training options]";
 const FLAGS: FlagSpec = {
   scenario: { type: "string", help: `one of ${SCENARIOS.join(", ")} (required)` },
   seeds: { type: "string", help: "seeds 0..N-1 per method, N in 1..100 (default 3)" },
@@ -70,6 +73,11 @@ const FLAGS: FlagSpec = {
   },
   ood: { type: "boolean", help: "out-of-distribution validation and test sets" },
   out: { type: "string", help: "folder of the runs and the report (default runs/compare-S[-ood])" },
+  jobs: {
+    type: "string",
+    help: "runs trained at once, 1..16 (default 1); above 1 each run's output goes to " +
+      "DIR/<method>-s<seed>.log",
+  },
   ...Object.fromEntries(
     PASS_THROUGH.map((name) => [name, {
       ...TRAIN_FLAGS[name],
@@ -85,6 +93,8 @@ export interface CompareOptions {
   methods: string[];
   ood: boolean;
   out: string;
+  /** Runs trained at once (not recorded: it changes no result). */
+  jobs: number;
   /** The forwarded training flags, as `--name value` pairs (`--name` for a switch) in
    * PASS_THROUGH's order. */
   training: string[];
@@ -119,6 +129,13 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
       }`,
     );
   }
+  let jobs = 1;
+  if (flags.jobs !== undefined) {
+    jobs = Number(flags.jobs);
+    if (!/^\d+$/.test(flags.jobs as string) || jobs < 1 || jobs > 16) {
+      throw new UsageError(`--jobs must be an integer in 1..16, got "${flags.jobs}"`);
+    }
+  }
   const ood = flags.ood === true;
   const training: string[] = [];
   for (const name of PASS_THROUGH) {
@@ -133,7 +150,7 @@ export function parseInvocation(args: string[]): { help: true } | { options: Com
     ...Object.fromEntries(PASS_THROUGH.map((n) => [n, flags[n]])),
   });
   const out = (flags.out as string | undefined) ?? `runs/compare-${scenario}${ood ? "-ood" : ""}`;
-  return { options: { scenario, seeds, methods, ood, out, training } };
+  return { options: { scenario, seeds, methods, ood, out, jobs, training } };
 }
 
 export type RunState = "finished" | "interrupted" | "new";
@@ -174,39 +191,81 @@ export function trainArgs(options: CompareOptions, run: RunRef, state: RunState)
 
 const TRAIN_CLI = new URL("./train.ts", import.meta.url).pathname;
 
+/** The file a run's output goes to when runs train at once: beside its folder. */
+export function runLog(run: RunRef): string {
+  return `${run.dir}.log`;
+}
+
 /**
- * Runs train.ts in a child with its output streamed through. SIGINT/SIGTERM sent to compare
- * are passed on, so a killed compare never leaves a trainer writing into a run directory
- * that the next compare would start again.
+ * The children training now. SIGINT/SIGTERM sent to compare are passed on to each, so a killed
+ * compare never leaves a trainer writing into a run directory that the next compare would
+ * start again; compare then exits once they have.
  */
-async function train(args: string[], label: string): Promise<void> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TRAIN_CLI, ...args],
-    stdin: "null",
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn();
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  let forwarded: Deno.Signal | undefined;
-  const forward = signals.map((signal) => () => {
-    forwarded = signal;
-    try {
-      child.kill(signal);
-    } catch { /* already exited */ }
-  });
-  signals.forEach((signal, i) => Deno.addSignalListener(signal, forward[i]));
-  const status = await child.status;
-  signals.forEach((signal, i) => Deno.removeSignalListener(signal, forward[i]));
-  if (forwarded) {
-    console.error(`compare: stopped by ${forwarded}; rerun the same command to continue`);
-    Deno.exit(forwarded === "SIGINT" ? 130 : 143);
+class Trainers {
+  readonly #children = new Set<Deno.ChildProcess>();
+  #stoppedBy: Deno.Signal | undefined;
+  readonly #listeners = (["SIGINT", "SIGTERM"] as const).map((signal) =>
+    [signal, () => {
+      this.#stoppedBy = signal;
+      for (const child of this.#children) {
+        try {
+          child.kill(signal);
+        } catch { /* already exited */ }
+      }
+    }] as const
+  );
+
+  constructor() {
+    for (const [signal, listener] of this.#listeners) Deno.addSignalListener(signal, listener);
   }
-  if (!status.success) {
-    throw new Error(
-      `training run ${label} failed with exit code ${status.code}` +
-        (status.signal ? ` (signal ${status.signal})` : ""),
-    );
+
+  /** Whether a signal has stopped the runs (no new one starts then). */
+  get stopped(): boolean {
+    return this.#stoppedBy !== undefined;
   }
+
+  /** Runs train.ts with `args`: output streamed through, or appended to `log`. */
+  async train(args: string[], label: string, log?: string): Promise<void> {
+    const output = log ? "piped" : "inherit";
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TRAIN_CLI, ...args],
+      stdin: "null",
+      stdout: output,
+      stderr: output,
+    }).spawn();
+    this.#children.add(child);
+    const copied = log
+      ? Promise.all([child.stdout, child.stderr].map(async (stream) => {
+        const file = await Deno.open(log, { append: true, create: true });
+        await stream.pipeTo(file.writable);
+      }))
+      : Promise.resolve();
+    const [status] = await Promise.all([child.status, copied]);
+    this.#children.delete(child);
+    if (this.#stoppedBy) return;
+    if (!status.success) {
+      throw new Error(
+        `training run ${label} failed with exit code ${status.code}` +
+          (status.signal ? ` (signal ${status.signal})` : "") +
+          (log ? `; its output: ${log}\n${await lastLines(log, 20)}` : ""),
+      );
+    }
+  }
+
+  /** Ends compare (exit code 130 or 143) when a signal stopped the runs; else stops listening. */
+  close(): void {
+    for (const [signal, listener] of this.#listeners) Deno.removeSignalListener(signal, listener);
+    if (this.#stoppedBy) {
+      console.error(`compare: stopped by ${this.#stoppedBy}; rerun the same command to continue`);
+      Deno.exit(this.#stoppedBy === "SIGINT" ? 130 : 143);
+    }
+  }
+}
+
+/** The last `count` lines of text file `path`, indented. */
+async function lastLines(path: string, count: number): Promise<string> {
+  const lines = (await Deno.readTextFile(path)).trimEnd().split("\n");
+  return lines.slice(-count).map((line) => `  ${line}`).join("\n");
 }
 
 /** What DIR/compare.json holds: the settings every run in DIR must share. */
@@ -241,29 +300,48 @@ async function main(): Promise<void> {
   await checkSettings(options);
   const runs = expectedRuns(options.out, options.methods, options.seeds);
   const states = await Promise.all(runs.map((run) => runState(run.dir)));
-  // The time left: the runs still to train at the mean time of those trained so far (the first
-  // run, pretrained, is only evaluated, so it is left out of the mean).
-  let trained = 0, trainedSeconds = 0;
-  for (const [i, run] of runs.entries()) {
-    const label = `${run.dir} (${run.method}, seed ${run.seed})`;
+  const todo = runs.flatMap((run, i) => {
     const counter = `[${i + 1}/${runs.length}]`;
-    if (states[i] === "finished") {
-      console.error(`compare: ${counter} ${label}: finished, skipped`);
-      continue;
+    const label = `${run.dir} (${run.method}, seed ${run.seed})`;
+    if (states[i] !== "finished") return [{ run, state: states[i], counter, label }];
+    console.error(`compare: ${counter} ${label}: finished, skipped`);
+    return [];
+  });
+  // The time left: the runs still to train at the mean time of those trained so far (pretrained
+  // is only evaluated, so it is left out of the mean), `jobs` at a time.
+  let trained = 0, trainedSeconds = 0, next = 0, failure: Error | undefined;
+  const trainers = new Trainers();
+  const worker = async () => {
+    while (next < todo.length && !failure && !trainers.stopped) {
+      const { run, state, counter, label } = todo[next++];
+      const left = todo.length - next + 1;
+      const eta = trained
+        ? `; all ${left} left: ETA ${
+          formatDuration(Math.ceil(left / options.jobs) * trainedSeconds / trained)
+        }`
+        : "";
+      const log = options.jobs > 1 ? runLog(run) : undefined;
+      const doing = `${state === "new" ? "training" : "resuming"}${log ? ` (output: ${log})` : ""}`;
+      console.error(`compare: ${counter} ${label}: ${doing}${eta}`);
+      const started = performance.now();
+      try {
+        await trainers.train(trainArgs(options, run, state), label, log);
+      } catch (e) {
+        failure ??= e as Error;
+        return;
+      }
+      const seconds = (performance.now() - started) / 1000;
+      if (log) console.error(`compare: ${counter} ${label}: done in ${formatDuration(seconds)}`);
+      if (run.method !== PRETRAINED) {
+        trained++;
+        trainedSeconds += seconds;
+      }
     }
-    const left = states.slice(i).filter((state) => state !== "finished").length;
-    const eta = trained
-      ? `; all ${left} left: ETA ${formatDuration(left * trainedSeconds / trained)}`
-      : "";
-    const doing = states[i] === "new" ? "training" : "resuming";
-    console.error(`compare: ${counter} ${label}: ${doing}${eta}`);
-    const started = performance.now();
-    await train(trainArgs(options, run, states[i]), label);
-    if (run.method !== PRETRAINED) {
-      trained++;
-      trainedSeconds += (performance.now() - started) / 1000;
-    }
-  }
+  };
+  // A failed run stops new ones; those already training finish (their work is kept).
+  await Promise.all(Array.from({ length: options.jobs }, worker));
+  trainers.close();
+  if (failure) throw failure;
   const comparison = aggregate(
     await readRuns(runs, { scenario: options.scenario, ood: options.ood }),
   );

@@ -3,7 +3,10 @@
 # runs live under runs/results/ (finished runs are skipped, interrupted ones resumed: rerun the
 # same command after a stop), and its report is copied into results/<name>/.
 #
-#   bash scripts/results.sh [main|llama|ablations|hetero|dp|all]    (default all; SEEDS=3)
+#   bash scripts/results.sh [main|llama|ablations|hetero|dp|all]    (default all; SEEDS=3, JOBS=2)
+#
+# JOBS runs of a comparison train at once (deno task compare --jobs): 2 is the fastest measured
+# on this 2-core machine.
 #
 # The options are the ones the reports in results/ state in their "settings" line.
 set -euo pipefail
@@ -11,13 +14,14 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 deno=node_modules/deno/deno
 seeds=${SEEDS:-3}
+jobs=${JOBS:-2}
 part=${1:-all}
 
 # compare NAME FLAGS...: deno task compare over seeds 0..SEEDS-1, report into results/NAME.
 compare() {
   local name=$1
   shift
-  "$deno" task compare --seeds "$seeds" --out "runs/results/$name" "$@"
+  "$deno" task compare --seeds "$seeds" --jobs "$jobs" --out "runs/results/$name" "$@"
   mkdir -p "results/$name"
   cp "runs/results/$name/results.md" "runs/results/$name/ppl.svg" "results/$name/"
 }

@@ -44,6 +44,7 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     methods: MAIN_METHODS,
     ood: false,
     out: "runs/compare-topics",
+    jobs: 1,
     training: [],
   });
   const o = options([
@@ -95,6 +96,14 @@ Deno.test("flags: defaults, pass-through options, and usage errors listing what 
     '--lora-targets "z" is not an attention projection',
   );
   assertThrows(() => parseInvocation(["--scenario", "iid", "--seeds", "0"]), UsageError, "1..100");
+  assertEquals(options(["--scenario", "iid", "--jobs", "2"]).jobs, 2);
+  for (const jobs of ["0", "17", "1.5", "two"]) {
+    assertThrows(
+      () => parseInvocation(["--scenario", "iid", "--jobs", jobs]),
+      UsageError,
+      `--jobs must be an integer in 1..16, got "${jobs}"`,
+    );
+  }
   assertThrows(
     () => parseInvocation(["--scenario", "iid", "--seeds", "2.5"]),
     UsageError,

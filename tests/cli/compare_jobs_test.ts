@@ -1,0 +1,55 @@
+// `deno task compare --jobs 2`: two runs train at once (both start before either ends), each
+// writes its output to DIR/<method>-s<seed>.log, and each ends with the bits it has when trained
+// alone (every run is its own process). A tiny Llama base keeps the runs' evaluations of the
+// topics test sets short (~1 min a run here).
+import { assert, assertEquals } from "../assert.ts";
+import { writeTinyLlama } from "../model/tiny_llama.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+async function deno(script: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}${script}`, ...args],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  return { code, stderr: new TextDecoder().decode(stderr) };
+}
+
+Deno.test("--jobs 2: runs train at once into their logs, each with the bits it has alone", async () => {
+  const dir = await Deno.makeTempDir();
+  await writeTinyLlama(`${dir}/llama`);
+  const settings = ["--scenario", "topics", "--rounds", "1", "--local-steps", "2", "--batch", "8"];
+  const shared = [...settings, "--seq", "64", "--model", `${dir}/llama`];
+  const out = `${dir}/compare`;
+  const compare = await deno("cli/compare.ts", [
+    ...shared,
+    ...["--methods", "local", "--seeds", "1", "--jobs", "2", "--out", out],
+  ]);
+  assertEquals(compare.code, 0, compare.stderr);
+  const events = compare.stderr.split("\n").filter((line) => line.startsWith("compare: ["))
+    .map((line) => line.replace(/^compare: \[\d\/2\] \S+ \((\S+), seed 0\): (\w+).*$/, "$2 $1"));
+  assertEquals(events.slice(0, 2), ["training pretrained", "training local"], compare.stderr);
+  assertEquals(events.slice(2).sort(), ["done local", "done pretrained"], compare.stderr);
+  for (const run of ["pretrained-s0", "local-s0"]) {
+    const log = await Deno.readTextFile(`${out}/${run}.log`);
+    assert(log.includes(`run folder: ${out}/${run}`), `${run}.log:\n${log}`);
+  }
+
+  const alone = await deno("cli/train.ts", [
+    ...shared,
+    ...["--method", "local", "--seed", "0", "--out", `${dir}/alone`],
+  ]);
+  assertEquals(alone.code, 0, alone.stderr);
+  const bytes = (run: string, file: string) => Deno.readFile(`${run}/${file}`);
+  assertEquals(
+    await Deno.readTextFile(`${out}/local-s0/summary.json`),
+    await Deno.readTextFile(`${dir}/alone/summary.json`),
+  );
+  for (const client of [0, 1, 2, 3]) {
+    const file = `clients/${client}/adapters.safetensors`;
+    assertEquals(await bytes(`${out}/local-s0`, file), await bytes(`${dir}/alone`, file), file);
+  }
+  assert((await Deno.readTextFile(`${out}/results.md`)).includes("| local |"));
+  await Deno.remove(dir, { recursive: true });
+});
