@@ -235,10 +235,7 @@ class Trainers {
     }).spawn();
     this.#children.add(child);
     const copied = log
-      ? Promise.all([child.stdout, child.stderr].map(async (stream) => {
-        const file = await Deno.open(log, { append: true, create: true });
-        await stream.pipeTo(file.writable);
-      }))
+      ? Promise.all([child.stdout, child.stderr].map((stream) => appendTo(log, stream)))
       : Promise.resolve();
     const [status] = await Promise.all([child.status, copied]);
     this.#children.delete(child);
@@ -259,6 +256,23 @@ class Trainers {
       console.error(`compare: stopped by ${this.#stoppedBy}; rerun the same command to continue`);
       Deno.exit(this.#stoppedBy === "SIGINT" ? 130 : 143);
     }
+  }
+}
+
+/**
+ * Appends what `stream` yields to file `path` chunk by chunk as it comes, so the log shows a
+ * run's progress live (piping into the file's `writable` held it all until the run ended).
+ */
+async function appendTo(path: string, stream: ReadableStream<Uint8Array>): Promise<void> {
+  const file = await Deno.open(path, { append: true, create: true });
+  try {
+    for await (const chunk of stream) {
+      for (let written = 0; written < chunk.length;) {
+        written += await file.write(chunk.subarray(written));
+      }
+    }
+  } finally {
+    file.close();
   }
 }
 

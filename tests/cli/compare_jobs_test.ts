@@ -1,5 +1,5 @@
 // `deno task compare --jobs 2`: two runs train at once (both start before either ends), each
-// writes its output to DIR/<method>-s<seed>.log, and each ends with the bits it has when trained
+// writes its output to DIR/<method>-s<seed>.log as it comes, and each ends with the bits it has when trained
 // alone (every run is its own process). A tiny Llama base keeps the runs' evaluations of the
 // topics test sets short (~1 min a run here).
 import { assert, assertEquals } from "../assert.ts";
@@ -16,17 +16,30 @@ async function deno(script: string, args: string[]): Promise<{ code: number; std
   return { code, stderr: new TextDecoder().decode(stderr) };
 }
 
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
 Deno.test("--jobs 2: runs train at once into their logs, each with the bits it has alone", async () => {
   const dir = await Deno.makeTempDir();
   await writeTinyLlama(`${dir}/llama`);
   const settings = ["--scenario", "topics", "--rounds", "1", "--local-steps", "2", "--batch", "8"];
   const shared = [...settings, "--seq", "64", "--model", `${dir}/llama`];
   const out = `${dir}/compare`;
-  const compare = await deno("cli/compare.ts", [
+  const running = deno("cli/compare.ts", [
     ...shared,
     ...["--methods", "local", "--seeds", "1", "--jobs", "2", "--out", out],
   ]);
+  // The log shows a run's progress while it trains, not only once it has ended.
+  const run = `${out}/local-s0`;
+  let live = false;
+  while (!live && !(await exists(`${run}/summary.json`))) {
+    live = (await Deno.readTextFile(`${run}.log`).catch(() => "")).includes(`run folder: ${run}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const compare = await running;
   assertEquals(compare.code, 0, compare.stderr);
+  assert(live, `${run}.log said nothing before the run ended`);
   const events = compare.stderr.split("\n").filter((line) => line.startsWith("compare: ["))
     .map((line) => line.replace(/^compare: \[\d\/2\] \S+ \((\S+), seed 0\): (\w+).*$/, "$2 $1"));
   assertEquals(events.slice(0, 2), ["training pretrained", "training local"], compare.stderr);
