@@ -75,16 +75,21 @@ ablations() {
   done
 }
 
-# Heterogeneous resources: client 0 with one expert, the others with 1, 2 or 4.
+# Heterogeneous resources: client 0 with one expert, the others with 1, 2 or 4; and two low-data
+# clients holding only the generalist while the two others hold 1 or 8 experts each (top-2 of
+# 8, sparse dispatch): do the generalist-only clients gain from the others' specialists?
 hetero() {
-  local experts seed
-  for experts in 1,1,1,1 1,2,2,2 1,4,4,4; do
+  local run seed
+  for run in e1-1-1-1 e1-2-2-2 e1-4-4-4 lowdata-e1-1-1-1 lowdata-e1-1-8-8; do
+    local experts=${run#lowdata-e} low=()
+    experts=${experts#e}
+    [ "$run" != "${run#lowdata-}" ] && low=(--train-tokens 8000,8000,all,all)
     for seed in $(seq 0 $((seeds - 1))); do
-      train "runs/results/hetero-topics/e${experts//,/-}-s$seed" --method comigs-1gxs \
-        --experts "$experts" --eval-every 10 --seed "$seed"
-      mkdir -p "results/hetero-topics/e${experts//,/-}-s$seed"
-      cp "runs/results/hetero-topics/e${experts//,/-}-s$seed"/{config,summary}.json \
-        "results/hetero-topics/e${experts//,/-}-s$seed/"
+      train "runs/results/hetero-topics/$run-s$seed" --method comigs-1gxs \
+        --experts "${experts//-/,}" "${low[@]}" --eval-every 10 --seed "$seed"
+      mkdir -p "results/hetero-topics/$run-s$seed"
+      cp "runs/results/hetero-topics/$run-s$seed"/{config,summary}.json \
+        "results/hetero-topics/$run-s$seed/"
     done
   done
 }
