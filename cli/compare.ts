@@ -8,9 +8,10 @@
 // writing its output to DIR/<method>-s<seed>.log: one run leaves part of the cores idle (its
 // submits wait, its host code runs between them), so two at once finish a comparison sooner on
 // a CPU adapter, with the same bits (each run is its own process). A run whose summary.json
-// exists is finished and skipped; one with only config.json was interrupted and continues with `--resume`. So compare
-// can be killed at any moment and rerun with the same command. DIR/compare.json records the
-// scenario and the training options, so a rerun cannot mix runs trained with other settings.
+// exists is finished and skipped; one with only config.json was interrupted and continues with
+// `--resume`. So compare can be killed at any moment and rerun with the same command.
+// DIR/compare.json records the scenario and the training options, so a rerun cannot mix runs
+// trained with other settings.
 import { join } from "node:path";
 import {
   aggregate,
@@ -192,7 +193,7 @@ export function trainArgs(options: CompareOptions, run: RunRef, state: RunState)
 const TRAIN_CLI = new URL("./train.ts", import.meta.url).pathname;
 
 /** The file a run's output goes to when runs train at once: beside its folder. */
-export function runLog(run: RunRef): string {
+function runLog(run: RunRef): string {
   return `${run.dir}.log`;
 }
 

@@ -137,7 +137,8 @@ def main():
     with open(os.path.join(args.dir, "batch.json")) as f:
         ids = torch.tensor(json.load(f)["ids"], dtype=torch.long)
     idx, targets = ids[:, :-1], ids[:, 1:]
-    run_steps(lora_tensors(ad), lambda: forward(c, p, ad, meta, idx, targets), ADAMW, args.steps, args.warmup)
+    run_steps(lora_tensors(ad), lambda: forward(c, p, ad, meta, idx, targets), ADAMW,
+              args.steps, args.warmup)
 
 
 if __name__ == "__main__":

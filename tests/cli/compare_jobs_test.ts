@@ -1,7 +1,7 @@
 // `deno task compare --jobs 2`: two runs train at once (both start before either ends), each
-// writes its output to DIR/<method>-s<seed>.log as it comes, and each ends with the bits it has when trained
-// alone (every run is its own process). A tiny Llama base keeps the runs' evaluations of the
-// topics test sets short (~1 min a run here).
+// writes its output to DIR/<method>-s<seed>.log as it comes, and each ends with the bits it has
+// when trained alone (every run is its own process). A tiny Llama base keeps the runs'
+// evaluations of the topics test sets short (~1 min a run here).
 import { assert, assertEquals } from "../assert.ts";
 import { writeTinyLlama } from "../model/tiny_llama.ts";
 
@@ -23,8 +23,10 @@ async function exists(path: string): Promise<boolean> {
 Deno.test("--jobs 2: runs train at once into their logs, each with the bits it has alone", async () => {
   const dir = await Deno.makeTempDir();
   await writeTinyLlama(`${dir}/llama`);
-  const settings = ["--scenario", "topics", "--rounds", "1", "--local-steps", "2", "--batch", "8"];
-  const shared = [...settings, "--seq", "64", "--model", `${dir}/llama`];
+  const shared = [
+    ...["--scenario", "topics", "--rounds", "1", "--local-steps", "2"],
+    ...["--batch", "8", "--seq", "64", "--model", `${dir}/llama`],
+  ];
   const out = `${dir}/compare`;
   const running = deno("cli/compare.ts", [
     ...shared,
