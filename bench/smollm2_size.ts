@@ -201,7 +201,7 @@ async function measure(dir: string, ids: number[][]): Promise<Record<string, unk
     batch.dispose();
     adapters.dispose();
     model.dispose();
-    engine.destroy();
+    await engine.close();
   }
 }
 

@@ -4,6 +4,7 @@
 // from (`--local-steps must be ...`), through its FlagSpec.
 import { parseArgs } from "node:util";
 import { OptionError } from "../model/option_error.ts";
+import { Engine } from "../engine/device.ts";
 
 /** A CLI's flags; `option` is the library option a flag sets when it is not the flag's name in
  * camelCase (e.g. --lora-scaling sets `scaling`). */
@@ -124,14 +125,19 @@ export function parsePort(text: string | undefined, fallback: number): number {
 /**
  * Runs a CLI's main, printing usage and input errors as one clear message (exit code 2; a
  * library OptionError names the flag of `spec`) and any other error as one line (exit code 1).
+ * Either way the engines are closed first: exiting with GPU work in flight can abort the process
+ * (Engine.close).
  */
 export async function runMain(main: () => Promise<void>, spec: FlagSpec = {}): Promise<void> {
+  let code = 0;
   try {
     await main();
   } catch (e) {
     const error = asUsageError(spec, e) as Error;
     console.error(`error: ${error.message}`);
     if (Deno.env.get("COMIGS_DEBUG")) console.error(error.stack);
-    Deno.exit(error instanceof UsageError ? 2 : 1);
+    code = error instanceof UsageError ? 2 : 1;
   }
+  await Engine.closeAll();
+  if (code !== 0) Deno.exit(code);
 }

@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     if (result.global) await post("/global", serializeSafetensors(result.global));
     await send({ kind: "result", pretrainedPpl: result.pretrainedPpl });
   }
-  engine.device.destroy();
+  await engine.close();
 }
 
 main().catch((e: Error) => {

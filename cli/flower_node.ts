@@ -3,6 +3,7 @@
 // experts and router on its own data where it runs, and sends only what its method shares. Its
 // folder holds its identity, its state after every fit (a restarted node continues) and, at the
 // end, its adapters.
+import { Engine } from "../engine/device.ts";
 import { startEngine } from "./engine.ts";
 import type { FlowerNode } from "../fed/flower/node.ts";
 import { flowerNodeRun, type FlowerNodeRunOptions } from "../fed/flower/node_run.ts";
@@ -96,11 +97,13 @@ export async function flowerNodeMain(
       throw new UsageError(`--ca-cert ${path}: cannot read it (${e.message})`);
     });
   }
-  // A signal signs the node off, so the SuperLink sees it gone at once.
+  // A signal signs the node off, so the SuperLink sees it gone at once, and lets the GPU finish
+  // what it was given (Engine.close).
   let node: FlowerNode | undefined;
   for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
       await node?.close();
+      await Engine.closeAll();
       Deno.exit(code);
     });
   }

@@ -98,7 +98,6 @@ async function main(): Promise<void> {
       `(${(options.maxTokens / seconds).toFixed(1)} tokens/s; context ${context})`,
   );
   model.dispose();
-  engine.destroy();
 }
 
 if (import.meta.main) await runMain(main, FLAGS);

@@ -13,13 +13,24 @@ export function testEngine(): Promise<Engine> {
   return shared;
 }
 
-/** Deno.test for GPU work: WebGPU keeps resources and async ops alive between tests. */
+/**
+ * Deno.test for GPU work: WebGPU keeps resources and async ops alive between tests. Each test
+ * ends with the GPU idle, passed or failed: work left in flight can outlive the module and abort
+ * the test process when it exits (Engine.close).
+ */
 export function gpuTest(name: string, fn: (engine: Engine) => Promise<void>): void {
   Deno.test({
     name,
     sanitizeOps: false,
     sanitizeResources: false,
-    fn: async () => fn(await testEngine()),
+    fn: async () => {
+      const engine = await testEngine();
+      try {
+        await fn(engine);
+      } finally {
+        await engine.device.queue.onSubmittedWorkDone();
+      }
+    },
   });
 }
 

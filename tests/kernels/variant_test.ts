@@ -44,7 +44,7 @@ function ownEngineTest(name: string, fn: (engine: Engine) => void): void {
       try {
         fn(engine);
       } finally {
-        engine.destroy();
+        await engine.close();
       }
     },
   });
