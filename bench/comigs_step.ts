@@ -17,6 +17,7 @@ import { type AdapterConfig, AdapterTensors, initAdapters } from "../model/adapt
 import { dimsOf } from "../model/base.ts";
 import type { BaseModel, ModelOutput } from "../model/base_model.ts";
 import { loadBaseCheckpoint } from "../model/checkpoint.ts";
+import { fileExists } from "../model/file_exists.ts";
 import { forwardAdapted, Gpt2Mixture } from "../model/comigs.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { initBaseWeights } from "../model/init.ts";
@@ -57,7 +58,7 @@ export const BASES: { config: string; load: (engine: Engine) => Promise<BaseMode
   {
     config: "base-llama",
     load: async (engine) =>
-      await exists("base-llama")
+      await fileExists(`${modelDir("base-llama")}/config.json`)
         ? loadFolder(engine, "base-llama")
         : createModel(engine, BASE_LLAMA, initBaseWeights(BASE_LLAMA, 1)),
   },
@@ -65,15 +66,6 @@ export const BASES: { config: string; load: (engine: Engine) => Promise<BaseMode
 
 function modelDir(name: string): string {
   return new URL(`../models/${name}`, import.meta.url).pathname;
-}
-
-async function exists(name: string): Promise<boolean> {
-  try {
-    await Deno.stat(`${modelDir(name)}/config.json`);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function loadFolder(engine: Engine, name: string): Promise<BaseModel> {

@@ -23,6 +23,7 @@ import {
   type RunRef,
 } from "../fed/report.ts";
 import { METHODS } from "../fed/methods.ts";
+import { fileExists } from "../model/file_exists.ts";
 import { SCENARIOS } from "../fed/scenarios.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 import { formatDuration } from "./progress.ts";
@@ -158,19 +159,9 @@ export type RunState = "finished" | "interrupted" | "new";
 
 /** finished: summary.json exists; interrupted: config.json without summary; new: neither. */
 export async function runState(dir: string): Promise<RunState> {
-  if (await exists(join(dir, "summary.json"))) return "finished";
-  if (await exists(join(dir, "config.json"))) return "interrupted";
+  if (await fileExists(join(dir, "summary.json"))) return "finished";
+  if (await fileExists(join(dir, "config.json"))) return "interrupted";
   return "new";
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /** The train.ts arguments for a run: a new one with every option, or `--resume` alone. */
@@ -292,7 +283,7 @@ function recordedSettings(options: CompareOptions) {
 async function checkSettings(options: CompareOptions): Promise<void> {
   const path = join(options.out, "compare.json");
   const wanted = JSON.stringify(recordedSettings(options), null, 2) + "\n";
-  if (await exists(path)) {
+  if (await fileExists(path)) {
     const recorded = await Deno.readTextFile(path);
     if (recorded !== wanted) {
       const r = JSON.parse(recorded);

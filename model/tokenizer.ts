@@ -6,6 +6,7 @@
 // tokens. Decoding `eotId` gives the text "<|endoftext|>".
 import { type BaseConfig, dimsOf, isLlama } from "./base.ts";
 import { BpeTokenizer, EOT, TokenBytes } from "./bpe.ts";
+import { fileExists } from "./file_exists.ts";
 import { loadHfTokenizer } from "./hf_tokenizer.ts";
 import { type TextStream, type Tokenizer, TokenizerError } from "./tokenizer_contract.ts";
 
@@ -18,7 +19,7 @@ export const R50K_VOCAB_SIZE = 50257;
 export async function loadTokenizer(modelDir: string, vocabSize: number): Promise<Tokenizer> {
   const vocabPath = `${modelDir}/vocab.json`;
   const mergesPath = `${modelDir}/merges.txt`;
-  const [hasVocab, hasMerges] = await Promise.all([exists(vocabPath), exists(mergesPath)]);
+  const [hasVocab, hasMerges] = await Promise.all([fileExists(vocabPath), fileExists(mergesPath)]);
   if (hasVocab !== hasMerges) {
     const [present, absent] = hasVocab ? [vocabPath, mergesPath] : [mergesPath, vocabPath];
     throw new TokenizerError(modelDir, `found ${present} but not ${absent}; a BPE needs both`);
@@ -42,7 +43,7 @@ export async function loadTokenizer(modelDir: string, vocabSize: number): Promis
  */
 export async function loadModelTokenizer(modelDir: string, config: BaseConfig): Promise<Tokenizer> {
   const { vocab } = dimsOf(config);
-  if (!await exists(`${modelDir}/tokenizer.json`)) return await loadTokenizer(modelDir, vocab);
+  if (!await fileExists(`${modelDir}/tokenizer.json`)) return await loadTokenizer(modelDir, vocab);
   return await loadHfTokenizer(modelDir, {
     vocabSize: vocab,
     ...isLlama(config) ? { eosTokenId: config.eos_token_id, bosTokenId: config.bos_token_id } : {},
@@ -84,14 +85,4 @@ export function r50kTokenizer(): Promise<Tokenizer> {
     };
   })();
   return r50k;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }

@@ -3,6 +3,7 @@
 // when trained alone (every run is its own process). A tiny Llama base keeps the runs'
 // evaluations of the topics test sets short (~1 min a run here).
 import { assert, assertEquals } from "../assert.ts";
+import { fileExists } from "../../model/file_exists.ts";
 import { writeTinyLlama } from "../model/tiny_llama.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -14,10 +15,6 @@ async function deno(script: string, args: string[]): Promise<{ code: number; std
     stderr: "piped",
   }).output();
   return { code, stderr: new TextDecoder().decode(stderr) };
-}
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.stat(path).then(() => true, () => false);
 }
 
 Deno.test("--jobs 2: runs train at once into their logs, each with the bits it has alone", async () => {
@@ -35,7 +32,7 @@ Deno.test("--jobs 2: runs train at once into their logs, each with the bits it h
   // The log shows a run's progress while it trains, not only once it has ended.
   const run = `${out}/local-s0`;
   let live = false;
-  while (!live && !(await exists(`${run}/summary.json`))) {
+  while (!live && !(await fileExists(`${run}/summary.json`))) {
     live = (await Deno.readTextFile(`${run}.log`).catch(() => "")).includes(`run folder: ${run}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
