@@ -222,3 +222,29 @@ gpuTest(
     await Deno.remove(out, { recursive: true });
   },
 );
+
+gpuTest(
+  "how often a run evaluates leaves its training bits as they are",
+  async (engine) => {
+    const dir = await Deno.makeTempDir();
+    const run = (name: string, evalEvery: number) =>
+      runTraining(
+        engine,
+        { options: { ...options(join(dir, name), "comigs-1g1s", 3), evalEvery } },
+        {
+          progress: quiet(),
+          corpora: corpora(),
+        },
+      );
+    const [often, rarely] = [await run("often", 1), await run("rarely", 3)];
+    assertEquals(rarely.summary.clients, often.summary.clients);
+    for (const file of ["clients/0/adapters.safetensors", "clients/1/adapters.safetensors"]) {
+      const [a, b] = [
+        await Deno.readFile(join(dir, "often", file)),
+        await Deno.readFile(join(dir, "rarely", file)),
+      ];
+      assert(a.length === b.length && a.every((x, i) => x === b[i]), `${file} differs`);
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+);
