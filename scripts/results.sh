@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Every table and plot in results/, from scratch or continuing what is done: each experiment's
-# runs live under runs/results/ (finished runs are skipped, interrupted ones resumed: rerun the
-# same command after a stop), and its report is copied into results/<name>/.
+# Every table and plot in results/, continuing what is done: each experiment's runs live under
+# runs/results/ (finished runs are skipped, interrupted ones resumed: rerun the same command after
+# a stop), and its report is copied into results/<name>/.
 #
 #   bash scripts/results.sh [main|llama|ablations|hetero|dp|all]    (default all; SEEDS=3, JOBS=2)
+#
+# The whole set takes days here, more than one sitting, and runs/ does not travel with the
+# repository; so the records of every finished run (config.json, summary.json, metrics.jsonl:
+# all a report reads) are kept in results/<name>/runs/ and committed, and are put back into
+# runs/results/ before training, where they count as finished. FRESH=1 puts nothing back:
+# everything is trained again from scratch (the same seeds give the same records, wall times
+# aside).
 #
 # JOBS runs of a comparison train at once (deno task compare --jobs): 2 is the fastest measured
 # on this 2-core machine.
@@ -17,25 +24,62 @@ seeds=${SEEDS:-3}
 jobs=${JOBS:-2}
 part=${1:-all}
 
+# The records of a finished run, all a report reads.
+RECORDS=(config.json summary.json metrics.jsonl)
+
+# restore NAME: kept records of NAME's finished runs (results/NAME/runs/) back into runs/results/.
+restore() {
+  local kept=results/$1/runs runs=runs/results/$1 name
+  [ "${FRESH:-0}" = 1 ] || [ ! -d "$kept" ] && return 0
+  mkdir -p "$runs"
+  [ -f "$runs/compare.json" ] || cp "$kept/compare.json" "$runs/"
+  for name in $(cd "$kept" && ls -d -- */); do
+    [ -f "$runs/$name/summary.json" ] && continue
+    rm -rf "${runs:?}/$name"
+    cp -r "$kept/$name" "$runs/$name"
+  done
+}
+
+# keep: the records of every finished run under runs/results/ into results/ (also when a stop
+# ends the script: trap below), so that committing results/ keeps them.
+keep() {
+  local summary run kept
+  for summary in runs/results/*/*/summary.json; do
+    [ -f "$summary" ] || continue
+    run=$(dirname "$summary")
+    kept=results/$(basename "$(dirname "$run")")/runs
+    [ -f "$run/../compare.json" ] || continue # hetero and dp keep theirs in train()
+    mkdir -p "$kept/$(basename "$run")"
+    cp "$run/../compare.json" "$kept/"
+    cp "${RECORDS[@]/#/$run/}" "$kept/$(basename "$run")/"
+  done
+}
+trap keep EXIT
+
 # compare NAME FLAGS...: deno task compare over seeds 0..SEEDS-1, report into results/NAME.
 compare() {
   local name=$1
   shift
+  restore "$name"
   "$deno" task compare --seeds "$seeds" --jobs "$jobs" --out "runs/results/$name" "$@"
   mkdir -p "results/$name"
   cp "runs/results/$name/results.md" "runs/results/$name/ppl.svg" "results/$name/"
 }
 
-# train DIR FLAGS...: one run, skipped when finished, resumed when interrupted.
+# train NAME/RUN FLAGS...: one run in runs/results/NAME/RUN, skipped when finished or kept
+# (results/NAME/RUN/summary.json, unless FRESH=1), resumed when interrupted; its config.json and
+# summary.json are kept in results/NAME/RUN/.
 train() {
-  local dir=$1
+  local dir=runs/results/$1 kept=results/$1
   shift
-  if [ -f "$dir/summary.json" ]; then return; fi
-  if [ -f "$dir/config.json" ]; then
+  if [ "${FRESH:-0}" != 1 ] && [ -f "$kept/summary.json" ]; then return; fi
+  if [ -f "$dir/config.json" ] && [ ! -f "$dir/summary.json" ]; then
     "$deno" task train --resume "$dir"
-  else
+  elif [ ! -f "$dir/config.json" ]; then
     "$deno" task train --out "$dir" "$@"
   fi
+  mkdir -p "$kept"
+  cp "$dir"/{config,summary}.json "$kept/"
 }
 
 main() {
@@ -85,11 +129,8 @@ hetero() {
     experts=${experts#e}
     [ "$run" != "${run#lowdata-}" ] && low=(--train-tokens 8000,8000,all,all)
     for seed in $(seq 0 $((seeds - 1))); do
-      train "runs/results/hetero-topics/$run-s$seed" --method comigs-1gxs \
+      train "hetero-topics/$run-s$seed" --method comigs-1gxs \
         --experts "${experts//-/,}" "${low[@]}" --eval-every 10 --seed "$seed"
-      mkdir -p "results/hetero-topics/$run-s$seed"
-      cp "runs/results/hetero-topics/$run-s$seed"/{config,summary}.json \
-        "results/hetero-topics/$run-s$seed/"
     done
   done
 }
@@ -101,10 +142,8 @@ dp() {
   local run
   for run in c1-z0.5 c0.01-z0.5 c0.01-z2; do
     local clip=${run%%-*} noise=${run##*-z}
-    train "runs/results/dp-topics/central-$run" --dp central --dp-clip "${clip#c}" \
-      --dp-noise "$noise" --dp-seed 0
-    mkdir -p "results/dp-topics/central-$run"
-    cp "runs/results/dp-topics/central-$run"/{config,summary}.json "results/dp-topics/central-$run/"
+    train "dp-topics/central-$run" --dp central --dp-clip "${clip#c}" --dp-noise "$noise" \
+      --dp-seed 0
   done
 }
 
