@@ -22,6 +22,7 @@ bash scripts/setup.sh
 deno=node_modules/deno/deno
 seeds=${SEEDS:-3}
 jobs=${JOBS:-2}
+fresh=${FRESH:-0}
 part=${1:-all}
 
 # The records of a finished run, all a report reads.
@@ -30,7 +31,7 @@ RECORDS=(config.json summary.json metrics.jsonl)
 # restore NAME: kept records of NAME's finished runs (results/NAME/runs/) back into runs/results/.
 restore() {
   local kept=results/$1/runs runs=runs/results/$1 name
-  [ "${FRESH:-0}" = 1 ] || [ ! -d "$kept" ] && return 0
+  [ "$fresh" = 1 ] || [ ! -d "$kept" ] && return 0
   mkdir -p "$runs"
   [ -f "$runs/compare.json" ] || cp "$kept/compare.json" "$runs/"
   for name in $(cd "$kept" && ls -d -- */); do
@@ -72,7 +73,7 @@ compare() {
 train() {
   local dir=runs/results/$1 kept=results/$1
   shift
-  if [ "${FRESH:-0}" != 1 ] && [ -f "$kept/summary.json" ]; then return; fi
+  if [ "$fresh" != 1 ] && [ -f "$kept/summary.json" ]; then return; fi
   if [ -f "$dir/config.json" ] && [ ! -f "$dir/summary.json" ]; then
     "$deno" task train --resume "$dir"
   elif [ ! -f "$dir/config.json" ]; then
