@@ -337,7 +337,14 @@ async function main(): Promise<void> {
         return;
       }
       const seconds = (performance.now() - started) / 1000;
-      if (log) console.error(`compare: ${counter} ${label}: done in ${formatDuration(seconds)}`);
+      // A signal kills the runs training then: they have not finished (the next compare resumes
+      // them), unless one had written its summary before the signal came.
+      const finished = !trainers.stopped || await runState(run.dir) === "finished";
+      const ended = finished ? "done" : "stopped";
+      if (log) {
+        console.error(`compare: ${counter} ${label}: ${ended} in ${formatDuration(seconds)}`);
+      }
+      if (!finished) return;
       if (run.method !== PRETRAINED) {
         trained++;
         trainedSeconds += seconds;

@@ -65,3 +65,40 @@ Deno.test("--jobs 2: runs train at once into their logs, each with the bits it h
   assert((await Deno.readTextFile(`${out}/results.md`)).includes("| local |"));
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("SIGTERM stops compare: the runs it stopped say so, and the same command resumes them", async () => {
+  const dir = await Deno.makeTempDir();
+  await writeTinyLlama(`${dir}/llama`);
+  const out = `${dir}/compare`;
+  const args = [
+    "run",
+    "-A",
+    `${ROOT}cli/compare.ts`,
+    ...["--scenario", "topics", "--rounds", "1", "--local-steps", "2", "--batch", "8"],
+    ...["--seq", "64", "--model", `${dir}/llama`, "--methods", "local", "--seeds", "1"],
+    ...["--jobs", "2", "--out", out],
+  ];
+  const compare = new Deno.Command(Deno.execPath(), { args, stdout: "null", stderr: "piped" })
+    .spawn();
+  const run = `${out}/local-s0`;
+  while (!(await Deno.readTextFile(`${run}.log`).catch(() => "")).includes(`run folder: ${run}`)) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  compare.kill("SIGTERM");
+  const stopped = await compare.output();
+  const stderr = new TextDecoder().decode(stopped.stderr);
+  assertEquals(stopped.code, 143, stderr);
+  assert(!(await fileExists(`${run}/summary.json`)), "the stopped run wrote a summary");
+  assert(stderr.includes(`${run} (local, seed 0): stopped in `), stderr);
+  assert(!stderr.includes(`${run} (local, seed 0): done`), stderr);
+  assert(stderr.includes("compare: stopped by SIGTERM; rerun the same command"), stderr);
+
+  const again = await new Deno.Command(Deno.execPath(), { args, stdout: "null", stderr: "piped" })
+    .output();
+  const resumed = new TextDecoder().decode(again.stderr);
+  assertEquals(again.code, 0, resumed);
+  assert(resumed.includes(`${run} (local, seed 0): resuming`), resumed);
+  assert(resumed.includes(`${run} (local, seed 0): done in `), resumed);
+  assert(await fileExists(`${run}/summary.json`), resumed);
+  await Deno.remove(dir, { recursive: true });
+});
