@@ -49,3 +49,12 @@ function checkError(
   if (!matches) throw new Error(`error message "${e.message}" does not match ${pattern}`);
   return e;
 }
+
+/** Asserts files `a` and `b` hold the same bytes; the error names both and where they part. */
+export async function assertSameFile(a: string, b: string, message?: string): Promise<void> {
+  const [x, y] = await Promise.all([Deno.readFile(a), Deno.readFile(b)]);
+  const at = x.findIndex((v, i) => v !== y[i]);
+  if (x.length === y.length && at < 0) return;
+  const where = at >= 0 ? `at byte ${at}` : `in length (${x.length} vs ${y.length} bytes)`;
+  throw new Error(`${message ? `${message}: ` : ""}${a} and ${b} differ ${where}`);
+}

@@ -2,7 +2,7 @@
 // writes its output to DIR/<method>-s<seed>.log as it comes, and each ends with the bits it has
 // when trained alone (every run is its own process). A tiny Llama base keeps the runs'
 // evaluations of the topics test sets short (~1 min a run here).
-import { assert, assertEquals } from "../assert.ts";
+import { assert, assertEquals, assertSameFile } from "../assert.ts";
 import { fileExists } from "../../model/file_exists.ts";
 import { writeTinyLlama } from "../model/tiny_llama.ts";
 
@@ -53,14 +53,13 @@ Deno.test("--jobs 2: runs train at once into their logs, each with the bits it h
     ...["--method", "local", "--seed", "0", "--out", `${dir}/alone`],
   ]);
   assertEquals(alone.code, 0, alone.stderr);
-  const bytes = (run: string, file: string) => Deno.readFile(`${run}/${file}`);
-  assertEquals(
-    await Deno.readTextFile(`${out}/local-s0/summary.json`),
-    await Deno.readTextFile(`${dir}/alone/summary.json`),
-  );
-  for (const client of [0, 1, 2, 3]) {
-    const file = `clients/${client}/adapters.safetensors`;
-    assertEquals(await bytes(`${out}/local-s0`, file), await bytes(`${dir}/alone`, file), file);
+  for (
+    const file of [
+      "summary.json",
+      ...[0, 1, 2, 3].map((c) => `clients/${c}/adapters.safetensors`),
+    ]
+  ) {
+    await assertSameFile(`${out}/local-s0/${file}`, `${dir}/alone/${file}`);
   }
   assert((await Deno.readTextFile(`${out}/results.md`)).includes("| local |"));
   await Deno.remove(dir, { recursive: true });

@@ -3,7 +3,7 @@
 // what the same files in a folder give; a run records the reference pinned to its commit, which
 // then loads from the cache without a request; a model that cannot be had is the flag's error.
 import { prepareRun } from "../../fed/run.ts";
-import { assert, assertEquals } from "../assert.ts";
+import { assert, assertEquals, assertSameFile } from "../assert.ts";
 import { corpora, options } from "../fed/tiny_run.ts";
 import { LocalHub } from "../model/local_hub.ts";
 import { tinyLlamaFiles, writeTinyLlama } from "../model/tiny_llama.ts";
@@ -62,19 +62,13 @@ Deno.test({
       assert(fromHub.stdout.includes("hf:org/tiny: model.safetensors"), fromHub.stdout);
       const fromFolder = await grad(`${dir}/folder`, "folder.safetensors");
       assertEquals(fromFolder.code, 0, fromFolder.stderr);
-      assertEquals(
-        await Deno.readFile(`${dir}/hub.safetensors`),
-        await Deno.readFile(`${dir}/folder.safetensors`),
-      );
+      await assertSameFile(`${dir}/hub.safetensors`, `${dir}/folder.safetensors`);
 
       const requests = hub.log.length;
       const pinned = await grad(`hf:org/tiny@${COMMIT}`, "pinned.safetensors");
       assertEquals(pinned.code, 0, pinned.stderr);
       assertEquals(hub.log.length, requests, "a cached commit needs no request");
-      assertEquals(
-        await Deno.readFile(`${dir}/pinned.safetensors`),
-        await Deno.readFile(`${dir}/folder.safetensors`),
-      );
+      await assertSameFile(`${dir}/pinned.safetensors`, `${dir}/folder.safetensors`);
     }),
 });
 

@@ -4,7 +4,7 @@
 import { parseInvocation } from "../../cli/train.ts";
 import { TRAIN_DEFAULTS as DEFAULTS } from "../../fed/options.ts";
 import { UsageError } from "../../cli/args.ts";
-import { assert, assertEquals, assertThrows } from "../assert.ts";
+import { assert, assertEquals, assertSameFile, assertThrows } from "../assert.ts";
 
 const NOW = new Date(2026, 10, 25, 8, 30, 5);
 
@@ -258,11 +258,7 @@ Deno.test({
     const resumed = await train(["--resume", `${dir}/killed`]).output();
     assertEquals(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
     for (const file of ["clients/0/adapters.safetensors", "summary.json"]) {
-      const [a, b] = [
-        await Deno.readFile(`${dir}/whole/${file}`),
-        await Deno.readFile(`${dir}/killed/${file}`),
-      ];
-      assert(a.length === b.length && a.every((x, i) => x === b[i]), `${file} differs`);
+      await assertSameFile(`${dir}/whole/${file}`, `${dir}/killed/${file}`);
     }
     await Deno.remove(dir, { recursive: true });
   },

@@ -9,7 +9,7 @@ import { RunStopped, runTraining } from "../../fed/run.ts";
 import { adapterRole, loadAdapters } from "../../model/adapters.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
-import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertSameFile } from "../assert.ts";
 import { writeTinyLlama } from "../model/tiny_llama.ts";
 import { gpuTest } from "../util.ts";
 import { corpora, options } from "./tiny_run.ts";
@@ -71,11 +71,7 @@ gpuTest("a Llama run stopped after round 1 and resumed ends bit-identical", asyn
   });
   assertEquals(resumed.summary.clients, full.summary.clients);
   for (const file of ["clients/0/adapters.safetensors", "global.safetensors"]) {
-    assertEquals(
-      await Deno.readFile(join(dir, "split", file)),
-      await Deno.readFile(join(dir, "whole", file)),
-      file,
-    );
+    await assertSameFile(join(dir, "split", file), join(dir, "whole", file));
   }
   await Deno.remove(dir, { recursive: true });
 });

@@ -8,16 +8,11 @@ import { joinRun } from "../../fed/join.ts";
 import { RemoteEndpoint, type RunInfo, serverHandler } from "../../fed/http_server.ts";
 import { RunStopped, runTraining, serveRun } from "../../fed/run.ts";
 import { readConfig } from "../../model/checkpoint.ts";
-import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertSameFile } from "../assert.ts";
 import { gpuTest } from "../util.ts";
 import { corpora, MODEL, options } from "./tiny_run.ts";
 
 const quiet = () => new ProgressBar(0, 0, false, () => {});
-
-async function sameBytes(a: string, b: string): Promise<void> {
-  const [x, y] = [await Deno.readFile(a), await Deno.readFile(b)];
-  assert(x.length === y.length && x.every((v, i) => v === y[i]), `${a} and ${b} differ`);
-}
 
 async function sameRecords(a: string, b: string): Promise<void> {
   const strip = async (out: string) =>
@@ -84,9 +79,9 @@ gpuTest(
         reported_by_clients: true,
       });
       await sameRecords(out, `${dir}/sim`);
-      await sameBytes(`${out}/global.safetensors`, `${dir}/sim/global.safetensors`);
+      await assertSameFile(`${out}/global.safetensors`, `${dir}/sim/global.safetensors`);
       for (const client of [0, 1]) {
-        await sameBytes(
+        await assertSameFile(
           `${out}-client${client}/adapters.safetensors`,
           `${dir}/sim/clients/${client}/adapters.safetensors`,
         );

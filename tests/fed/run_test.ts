@@ -11,7 +11,7 @@ import { adapterRole, loadAdapters } from "../../model/adapters.ts";
 import { dimsOf } from "../../model/base.ts";
 import { readConfig } from "../../model/checkpoint.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
-import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertSameFile } from "../assert.ts";
 import { gpuTest } from "../util.ts";
 import { corpora, MODEL, options } from "./tiny_run.ts";
 
@@ -146,14 +146,7 @@ gpuTest(
       if (method === "comigs-1g1s") files.push("global.safetensors");
       else await assertRejects(() => Deno.stat(join(whole, "global.safetensors")));
       for (const file of files) {
-        const [a, b] = [
-          await Deno.readFile(join(whole, file)),
-          await Deno.readFile(join(split, file)),
-        ];
-        assert(
-          a.length === b.length && a.every((x, i) => x === b[i]),
-          `${method}: ${file} differs`,
-        );
+        await assertSameFile(join(whole, file), join(split, file), method);
       }
       const strip = (text: string) =>
         text.trim().split("\n").map((l) => ({ ...JSON.parse(l), wall_s: 0 }));
@@ -239,11 +232,7 @@ gpuTest(
     const [often, rarely] = [await run("often", 1), await run("rarely", 3)];
     assertEquals(rarely.summary.clients, often.summary.clients);
     for (const file of ["clients/0/adapters.safetensors", "clients/1/adapters.safetensors"]) {
-      const [a, b] = [
-        await Deno.readFile(join(dir, "often", file)),
-        await Deno.readFile(join(dir, "rarely", file)),
-      ];
-      assert(a.length === b.length && a.every((x, i) => x === b[i]), `${file} differs`);
+      await assertSameFile(join(dir, "often", file), join(dir, "rarely", file));
     }
     await Deno.remove(dir, { recursive: true });
   },

@@ -6,7 +6,7 @@ import type { Method } from "../../fed/methods.ts";
 import type { TrainOptionsInput } from "../../fed/options.ts";
 import { runTraining } from "../../fed/run.ts";
 import { readSafetensors } from "../../model/safetensors.ts";
-import { assert, assertEquals } from "../assert.ts";
+import { assert, assertEquals, assertSameFile } from "../assert.ts";
 import { testEngine } from "../util.ts";
 import { flowerTest, NodeProcess, SuperLink } from "./harness.ts";
 import { corpora, nodeArgs, serverConfig, simOptions } from "./tiny_comigs.ts";
@@ -118,13 +118,10 @@ export async function assertSameAsSimulation(
     assert(got.data.every((x, i) => Object.is(x, t.data[i])), `global ${name} differs`);
   }
   for (const [client, dir] of nodeDirs.entries()) {
-    const [mine, theirs] = await Promise.all([
-      Deno.readFile(`${dir}/adapters.safetensors`),
-      Deno.readFile(`${sim}/clients/${client}/adapters.safetensors`),
-    ]);
-    assert(
-      mine.length === theirs.length && mine.every((b, i) => b === theirs[i]),
-      `client ${client}'s adapters differ from the simulation's`,
+    await assertSameFile(
+      `${dir}/adapters.safetensors`,
+      `${sim}/clients/${client}/adapters.safetensors`,
+      `client ${client} (Flower) vs the simulation`,
     );
   }
 }

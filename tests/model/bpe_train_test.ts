@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
+import { assert, assertEquals, assertRejects, assertSameFile, assertThrows } from "../assert.ts";
 import { Rng } from "../util.ts";
 import {
   type BpeTables,
@@ -127,10 +127,7 @@ Deno.test("trainBpe: the same input gives identical files, however it is iterate
     await saveBpe(`${dir}/a`, first);
     await saveBpe(`${dir}/b`, second);
     for (const name of ["vocab.json", "merges.txt"]) {
-      assertEquals(
-        await Deno.readFile(`${dir}/a/${name}`),
-        await Deno.readFile(`${dir}/b/${name}`),
-      );
+      await assertSameFile(`${dir}/a/${name}`, `${dir}/b/${name}`);
     }
     // Only the two files: the temporary files of the atomic writes are gone.
     assertEquals([...Deno.readDirSync(`${dir}/a`)].map((e) => e.name).sort(), [
