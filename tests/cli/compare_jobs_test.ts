@@ -8,13 +8,21 @@ import { writeTinyLlama } from "../model/tiny_llama.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
-async function deno(script: string, args: string[]): Promise<{ code: number; stderr: string }> {
-  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+function spawnDeno(script: string, args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${ROOT}${script}`, ...args],
     stdout: "null",
     stderr: "piped",
-  }).output();
+  }).spawn();
+}
+
+async function ended(child: Deno.ChildProcess): Promise<{ code: number; stderr: string }> {
+  const { code, stderr } = await child.output();
   return { code, stderr: new TextDecoder().decode(stderr) };
+}
+
+function deno(script: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return ended(spawnDeno(script, args));
 }
 
 Deno.test("--jobs 2: runs train at once into their logs, each with the bits it has alone", async () => {
@@ -70,31 +78,25 @@ Deno.test("SIGTERM stops compare: the runs it stopped say so, and the same comma
   await writeTinyLlama(`${dir}/llama`);
   const out = `${dir}/compare`;
   const args = [
-    "run",
-    "-A",
-    `${ROOT}cli/compare.ts`,
     ...["--scenario", "topics", "--rounds", "1", "--local-steps", "2", "--batch", "8"],
     ...["--seq", "64", "--model", `${dir}/llama`, "--methods", "local", "--seeds", "1"],
     ...["--jobs", "2", "--out", out],
   ];
-  const compare = new Deno.Command(Deno.execPath(), { args, stdout: "null", stderr: "piped" })
-    .spawn();
+  const compare = spawnDeno("cli/compare.ts", args);
   const run = `${out}/local-s0`;
   while (!(await Deno.readTextFile(`${run}.log`).catch(() => "")).includes(`run folder: ${run}`)) {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   compare.kill("SIGTERM");
-  const stopped = await compare.output();
-  const stderr = new TextDecoder().decode(stopped.stderr);
-  assertEquals(stopped.code, 143, stderr);
+  const { code, stderr } = await ended(compare);
+  assertEquals(code, 143, stderr);
   assert(!(await fileExists(`${run}/summary.json`)), "the stopped run wrote a summary");
   assert(stderr.includes(`${run} (local, seed 0): stopped in `), stderr);
   assert(!stderr.includes(`${run} (local, seed 0): done`), stderr);
   assert(stderr.includes("compare: stopped by SIGTERM; rerun the same command"), stderr);
 
-  const again = await new Deno.Command(Deno.execPath(), { args, stdout: "null", stderr: "piped" })
-    .output();
-  const resumed = new TextDecoder().decode(again.stderr);
+  const again = await deno("cli/compare.ts", args);
+  const resumed = again.stderr;
   assertEquals(again.code, 0, resumed);
   assert(resumed.includes(`${run} (local, seed 0): resuming`), resumed);
   assert(resumed.includes(`${run} (local, seed 0): done in `), resumed);
