@@ -1,7 +1,7 @@
 // `deno task compare --scenario S --seeds 3`: trains every method of a comparison with every
-// seed (pretrained once: it is deterministic and does not depend on the seed), then reports
-// mean ± std test perplexity over seeds (DIR/results.md, printed too) and the perplexity curves
-// (DIR/ppl.svg).
+// seed (pretrained once: it is deterministic and trains nothing; on iid once per seed, as the
+// seed deals the documents it is tested on), then reports mean ± std test perplexity over seeds
+// (DIR/results.md, printed too) and the perplexity curves (DIR/ppl.svg).
 //
 // Each run is `deno run -A cli/train.ts ... --out DIR/<method>-s<seed>` in a child process, one
 // after another with its output streamed through, or with `--jobs N` up to N at once, each
@@ -24,7 +24,7 @@ import {
 } from "../fed/report.ts";
 import { METHODS } from "../fed/methods.ts";
 import { fileExists } from "../model/file_exists.ts";
-import { SCENARIOS } from "../fed/scenarios.ts";
+import { type Scenario, SCENARIOS } from "../fed/scenarios.ts";
 import { type FlagSpec, helpText, parseFlags, runMain, UsageError } from "./args.ts";
 import { formatDuration } from "./progress.ts";
 import { TRAIN_FLAGS, trainOptionsFromFlags } from "./train_flags.ts";
@@ -71,7 +71,7 @@ const FLAGS: FlagSpec = {
   methods: {
     type: "string",
     help: `comma-separated, from ${METHODS.join(", ")} (default ${MAIN_METHODS.join(",")}); ` +
-      `${PRETRAINED} always runs once as the reference`,
+      `${PRETRAINED} always runs as the reference (once; on iid once per seed)`,
   },
   ood: { type: "boolean", help: "out-of-distribution validation and test sets" },
   out: { type: "string", help: "folder of the runs and the report (default runs/compare-S[-ood])" },
@@ -90,7 +90,7 @@ const FLAGS: FlagSpec = {
 };
 
 export interface CompareOptions {
-  scenario: string;
+  scenario: Scenario;
   seeds: number;
   methods: string[];
   ood: boolean;
@@ -105,8 +105,8 @@ export interface CompareOptions {
 export function parseInvocation(args: string[]): { help: true } | { options: CompareOptions } {
   const flags = parseFlags(args, FLAGS, USAGE);
   if (flags.help) return { help: true };
-  const scenario = flags.scenario as string | undefined;
-  if (!scenario || !(SCENARIOS as readonly string[]).includes(scenario)) {
+  const scenario = flags.scenario as Scenario | undefined; // checked next
+  if (!scenario || !SCENARIOS.includes(scenario)) {
     throw new UsageError(
       `--scenario must be one of ${SCENARIOS.join(", ")}, got ${
         scenario === undefined ? "nothing" : `"${scenario}"`
@@ -304,7 +304,7 @@ async function main(): Promise<void> {
   if ("help" in invocation) return console.log(helpText(FLAGS, USAGE));
   const { options } = invocation;
   await checkSettings(options);
-  const runs = expectedRuns(options.out, options.methods, options.seeds);
+  const runs = expectedRuns(options.out, options.scenario, options.methods, options.seeds);
   const states = await Promise.all(runs.map((run) => runState(run.dir)));
   const todo = runs.flatMap((run, i) => {
     const counter = `[${i + 1}/${runs.length}]`;

@@ -8,8 +8,12 @@ import { markdownTable } from "../model/markdown_table.ts";
 import type { TrainOptions } from "./options.ts";
 import { type MetricRecord, metricsOnly, type Summary as RunSummary } from "./records.ts";
 import { readMetrics, readRunConfig } from "./run_folder.ts";
+import { type Scenario, seedDealsDocuments } from "./scenarios.ts";
 
-/** The frozen base: deterministic and seed-independent, so it is trained (evaluated) once. */
+/**
+ * The frozen base: deterministic and trains nothing, so it is evaluated once, or once per seed
+ * where the seed deals the documents (seedDealsDocuments).
+ */
 export const PRETRAINED = "pretrained";
 
 /** One training run the comparison expects: `--method method --seed seed --out dir`. */
@@ -48,7 +52,7 @@ export interface MethodResult {
 }
 
 export interface Comparison {
-  scenario: string;
+  scenario: Scenario;
   ood: boolean;
   seeds: number[];
   baseModel: string;
@@ -66,15 +70,24 @@ export function runDir(out: string, method: string, seed: number): string {
   return `${out}/${method}-s${seed}`;
 }
 
-/** The runs a comparison needs: pretrained once (seed 0), then every method × seed. */
-export function expectedRuns(out: string, methods: readonly string[], seeds: number): RunRef[] {
-  const refs: RunRef[] = [{ method: PRETRAINED, seed: 0, dir: runDir(out, PRETRAINED, 0) }];
-  for (const method of methods) {
-    if (method === PRETRAINED) continue;
-    for (let seed = 0; seed < seeds; seed++) {
+/**
+ * The runs a comparison of `scenario` needs: pretrained (seed 0, or every seed where the seed
+ * deals the documents), then every method × seed.
+ */
+export function expectedRuns(
+  out: string,
+  scenario: Scenario,
+  methods: readonly string[],
+  seeds: number,
+): RunRef[] {
+  const refs: RunRef[] = [];
+  const add = (method: string, count: number) => {
+    for (let seed = 0; seed < count; seed++) {
       refs.push({ method, seed, dir: runDir(out, method, seed) });
     }
-  }
+  };
+  add(PRETRAINED, seedDealsDocuments(scenario) ? seeds : 1);
+  for (const method of methods) if (method !== PRETRAINED) add(method, seeds);
   return refs;
 }
 
@@ -85,7 +98,7 @@ export function expectedRuns(out: string, methods: readonly string[], seeds: num
  */
 export async function readRuns(
   refs: readonly RunRef[],
-  expected: { scenario: string; ood: boolean },
+  expected: { scenario: Scenario; ood: boolean },
 ): Promise<RunData[]> {
   const missing: string[] = [];
   const runs: RunData[] = [];
@@ -285,7 +298,11 @@ function describe(c: Comparison): string {
   const settings = c.settings.map(([key, value]) =>
     `${key} ${typeof value === "object" ? JSON.stringify(value) : String(value)}`
   ).join(", ");
-  const pretrained = c.pretrained ? "; pretrained is one run (it does not depend on the seed)" : "";
+  const pretrained = !c.pretrained
+    ? ""
+    : seedDealsDocuments(c.scenario)
+    ? "; pretrained per seed too, as the seed deals the documents"
+    : "; pretrained is one run (it does not depend on the seed)";
   return `Scenario ${c.scenario}, ${distribution(c.ood)} test sets; seeds ${
     c.seeds.join(", ") || "—"
   } ` +

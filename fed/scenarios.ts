@@ -37,6 +37,14 @@ import { Mulberry32 } from "../model/rng.ts";
 export const SCENARIOS = ["topics", "languages", "domains", "iid"] as const;
 export type Scenario = typeof SCENARIOS[number];
 
+/**
+ * Whether the seed deals the documents (iid): then each seed trains and tests every client on
+ * other documents, so even the untrained base has a result per seed.
+ */
+export function seedDealsDocuments(scenario: Scenario): boolean {
+  return scenario === "iid";
+}
+
 /** One client's documents as text. */
 export interface ClientCorpus {
   name: string;

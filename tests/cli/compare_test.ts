@@ -164,7 +164,7 @@ Deno.test("runs: pretrained once, new runs get every option, interrupted ones on
     "--seq",
     "64",
   ]);
-  const refs = expectedRuns("out", o.methods, o.seeds);
+  const refs = expectedRuns("out", o.scenario, o.methods, o.seeds);
   assertEquals(refs.map((r) => r.dir), ["out/pretrained-s0", "out/fedavg-s0", "out/fedavg-s1"]);
   assertEquals(trainArgs(o, refs[2], "new"), [
     "--method",
@@ -180,6 +180,13 @@ Deno.test("runs: pretrained once, new runs get every option, interrupted ones on
     "64",
   ]);
   assertEquals(trainArgs(o, refs[2], "interrupted"), ["--resume", "out/fedavg-s1"]);
+  // iid's seed deals the documents: the base is tested on each seed's deal.
+  assertEquals(expectedRuns("out", "iid", ["pretrained", "fedavg"], 2).map((r) => r.dir), [
+    "out/pretrained-s0",
+    "out/pretrained-s1",
+    "out/fedavg-s0",
+    "out/fedavg-s1",
+  ]);
 
   const dir = await Deno.makeTempDir();
   assertEquals(await runState(join(dir, "absent")), "new");
@@ -273,7 +280,7 @@ async function writeComparison(out: string): Promise<Comparison> {
   for (const seed of [0, 1, 2]) {
     await writeRun(out, "local", seed, [30, 90], { start: 400, config: { experts: 1 } });
   }
-  const runs = await readRuns(expectedRuns(out, ["fedavg", "local"], 3), {
+  const runs = await readRuns(expectedRuns(out, "topics", ["fedavg", "local"], 3), {
     scenario: "topics",
     ood: false,
   });
@@ -297,6 +304,7 @@ Deno.test("report: mean ± sample std over seeds, the best mean of each column i
   ]);
   const text = resultsMarkdown(c);
   assert(text.includes("Scenario topics, in-distribution test sets; seeds 0, 1, 2"), text);
+  assert(text.includes("pretrained is one run (it does not depend on the seed)"), text);
   assert(text.includes("base model models/base"), text);
   // `experts` differs between methods and `out` between runs: only shared settings are listed.
   assert(
@@ -313,12 +321,28 @@ Deno.test("report: one seed gives plain means", async () => {
   await writeRun(out, "pretrained", 0, [100, 100]);
   await writeRun(out, "fedavg", 0, [40, 61]);
   const c = aggregate(
-    await readRuns(expectedRuns(out, ["fedavg"], 1), { scenario: "topics", ood: false }),
+    await readRuns(expectedRuns(out, "topics", ["fedavg"], 1), { scenario: "topics", ood: false }),
   );
   assert(
     resultsMarkdown(c).includes("| fedavg | **40.00** | **61.00** | **50.50** |"),
     resultsMarkdown(c),
   );
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("report: iid's pretrained row is over its seeds, and says why", async () => {
+  const out = await Deno.makeTempDir();
+  const scenario = "iid";
+  for (const [seed, ppl] of [100, 104, 102].entries()) {
+    await writeRun(out, "pretrained", seed, [ppl, ppl], { scenario });
+    await writeRun(out, "fedavg", seed, [40, 60], { scenario });
+  }
+  const c = aggregate(
+    await readRuns(expectedRuns(out, scenario, ["fedavg"], 3), { scenario, ood: false }),
+  );
+  const text = resultsMarkdown(c);
+  assert(text.includes("| pretrained | 102.00 ± 2.00 | 102.00 ± 2.00 | 102.00 ± 2.00 |"), text);
+  assert(text.includes("pretrained per seed too, as the seed deals the documents"), text);
   await Deno.remove(out, { recursive: true });
 });
 
@@ -328,12 +352,16 @@ Deno.test("report: unfinished runs are named in one error; a mismatched summary 
   await writeRun(out, "fedavg", 0, [40, 60]);
   await Deno.mkdir(join(out, "fedavg-s1")); // started, interrupted before its summary
   await assertRejects(
-    () => readRuns(expectedRuns(out, ["fedavg"], 3), { scenario: "topics", ood: false }),
+    () => readRuns(expectedRuns(out, "topics", ["fedavg"], 3), { scenario: "topics", ood: false }),
     Error,
     `unfinished runs (no summary.json): ${join(out, "fedavg-s1")}, ${join(out, "fedavg-s2")}`,
   );
   await assertRejects(
-    () => readRuns(expectedRuns(out, ["fedavg"], 1), { scenario: "languages", ood: false }),
+    () =>
+      readRuns(expectedRuns(out, "languages", ["fedavg"], 1), {
+        scenario: "languages",
+        ood: false,
+      }),
     Error,
     'has scenario "topics", expected "languages"',
   );
@@ -410,7 +438,7 @@ Deno.test("svg: a narrow range gets a linear axis; names are escaped", async () 
   await writeRun(out, "pretrained", 0, [60, 60]);
   await writeRun(out, "fedavg", 0, [50, 52], { start: 60 });
   const c = aggregate(
-    await readRuns(expectedRuns(out, ["fedavg"], 1), { scenario: "topics", ood: false }),
+    await readRuns(expectedRuns(out, "topics", ["fedavg"], 1), { scenario: "topics", ood: false }),
   );
   c.methods[0].method = "a<b & c";
   const svg = perplexitySvg(c);
