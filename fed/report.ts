@@ -284,9 +284,40 @@ export function resultsMarkdown(c: Comparison): string {
     "",
     table,
     "",
+    ...pairedDifferences(c),
     "![mean test perplexity by round](ppl.svg)",
     "",
   ].join("\n");
+}
+
+/**
+ * Each row's mean over clients minus the first trained method's, seed by seed, as mean ± std
+ * over seeds: what moves every method alike from seed to seed (iid's deal of the documents) is
+ * taken out, so a difference can be set against its own spread. Only rows run with the same
+ * seeds take part; nothing for fewer than two seeds.
+ */
+function pairedDifferences(c: Comparison): string[] {
+  const reference = c.methods[0];
+  if (!reference || reference.seeds.length < 2) return [];
+  const paired = tableRows(c).filter((r) =>
+    r !== reference && JSON.stringify(r.seeds) === JSON.stringify(reference.seeds)
+  );
+  if (!paired.length) return [];
+  const signed = (text: string) => text.startsWith("-") ? text : `+${text}`;
+  const table = markdownTable([
+    ["method", `mean − ${reference.method}'s`],
+    ...paired.map((r) => [
+      r.method,
+      signed(formatMeanStd(r.meanPpl.map((ppl, i) => ppl - reference.meanPpl[i]))),
+    ]),
+  ], { align: ["left", "right"] });
+  return [
+    `Mean over clients minus ${reference.method}'s, paired by seed (mean ± sample std over ` +
+    `seeds ${reference.seeds.join(", ")}):`,
+    "",
+    table,
+    "",
+  ];
 }
 
 function distribution(ood: boolean): string {

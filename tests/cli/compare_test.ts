@@ -301,6 +301,11 @@ Deno.test("report: mean ± sample std over seeds, the best mean of each column i
     // fedavg's means over clients are 50, 54, 52: mean 52, std 2.
     "| fedavg | 42.00 ± 2.00 | **62.00 ± 2.00** | **52.00 ± 2.00** |",
     "| local | **30.00 ± 0.00** | 90.00 ± 0.00 | 60.00 ± 0.00 |",
+    // Paired by seed against the first method: local's 60 minus fedavg's 50, 54, 52. Pretrained
+    // (seed 0 only) pairs with no other seed.
+    "| method | mean − fedavg's |",
+    "| --- | ---: |",
+    "| local | +8.00 ± 2.00 |",
   ]);
   const text = resultsMarkdown(c);
   assert(text.includes("Scenario topics, in-distribution test sets; seeds 0, 1, 2"), text);
@@ -327,6 +332,7 @@ Deno.test("report: one seed gives plain means", async () => {
     resultsMarkdown(c).includes("| fedavg | **40.00** | **61.00** | **50.50** |"),
     resultsMarkdown(c),
   );
+  assert(!resultsMarkdown(c).includes("paired by seed"), resultsMarkdown(c));
   await Deno.remove(out, { recursive: true });
 });
 
@@ -336,13 +342,16 @@ Deno.test("report: iid's pretrained row is over its seeds, and says why", async 
   for (const [seed, ppl] of [100, 104, 102].entries()) {
     await writeRun(out, "pretrained", seed, [ppl, ppl], { scenario });
     await writeRun(out, "fedavg", seed, [40, 60], { scenario });
+    await writeRun(out, "local", seed, [30, 30], { scenario });
   }
   const c = aggregate(
-    await readRuns(expectedRuns(out, scenario, ["fedavg"], 3), { scenario, ood: false }),
+    await readRuns(expectedRuns(out, scenario, ["fedavg", "local"], 3), { scenario, ood: false }),
   );
   const text = resultsMarkdown(c);
   assert(text.includes("| pretrained | 102.00 ± 2.00 | 102.00 ± 2.00 | 102.00 ± 2.00 |"), text);
   assert(text.includes("pretrained per seed too, as the seed deals the documents"), text);
+  // Paired against fedavg's 50 in every seed.
+  assert(text.includes("| pretrained | +52.00 ± 2.00 |\n| local | -20.00 ± 0.00 |"), text);
   await Deno.remove(out, { recursive: true });
 });
 
